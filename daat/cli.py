@@ -1,0 +1,287 @@
+"""``daat`` command line. Thin: parse, load config, call one stage function, print the artifact path
+last. Heavy imports (torch, timm, transformers) happen inside the commands so ``--help`` is instant.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+CONFIG_OPTION = click.option(
+    "--config", "configs", multiple=True, metavar="PRESET_OR_YAML",
+    help="Preset name (see `daat config presets`) or YAML file; repeatable, later ones win.")
+SET_OPTION = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override one config key, e.g. --set train.epochs=5 --set attack.eps=4/255; repeatable.")
+OUT_OPTION = click.option("--out", default="artifacts", show_default=True,
+                          type=click.Path(file_okay=False), help="Directory that holds artifacts.")
+
+
+def _load_config(configs, overrides, base=None):
+    from daat import config as config_mod
+    try:
+        return config_mod.load(configs, overrides, base=base)
+    except config_mod.ConfigError as e:
+        raise click.UsageError(str(e)) from e
+
+
+def _echo_config(cfg) -> None:
+    from daat import config as config_mod
+    click.echo("# resolved config", err=True)
+    click.echo(config_mod.dump(cfg), err=True)
+
+
+def _fail_cleanly(fn):
+    """Turn the project's own boundary errors into one clear line and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from daat.errors import DaatError
+        try:
+            return fn(*args, **kwargs)
+        except DaatError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="daat")
+def main() -> None:
+    """Depth-Aware Adversarial Training: preprocess → train → evaluate → report.
+
+    \b
+    Example (the whole pipeline on the built-in synthetic data, CPU, minutes):
+      daat quickstart
+    \b
+    Example (stage by stage):
+      S=$(daat preprocess --card data_cards/synthetic.yaml --depth oracle | tail -n1)
+      R=$(daat train --config daat --config synthetic --shards $S --use-cached-depth | tail -n1)
+      E=$(daat evaluate --run $R --config synthetic | tail -n1)
+      daat report $R $E --out report/
+    """
+
+
+@main.command()
+@click.option("--card", required=True, metavar="CARD",
+              help="Data card: a name (synthetic, imagenet100), a YAML file, or an ImageFolder dir.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False),
+              help="Directory holding the card's images (not needed for synthetic).")
+@click.option("--depth", "depth_model", metavar="MODEL",
+              help="Depth model: oracle, a hub id (Intel/dpt-hybrid-midas) or a local directory.")
+@OUT_OPTION
+@CONFIG_OPTION
+@SET_OPTION
+@_fail_cleanly
+def preprocess(card, root, depth_model, out, configs, overrides):
+    """Stage 1: run a frozen depth model once over clean images; write shards + saliency.
+
+    \b
+    Example:
+      daat preprocess --card data_cards/synthetic.yaml --depth oracle
+      daat preprocess --card imagenet100 --root /data/imagenet100 --depth Intel/dpt-hybrid-midas \\
+          --config imagenet100
+      torchrun --nproc_per_node 8 -m daat.cli preprocess --card imagenet100 --root /data/in100 \\
+          --depth Intel/dpt-hybrid-midas --config imagenet100
+    The artifact directory is printed as the last line.
+    """
+    extra = [f"data.card={card}"]
+    if root:
+        extra.append(f"data.root={root}")
+    if depth_model:
+        extra.append(f"depth.model={depth_model}")
+    cfg = _load_config(configs, list(overrides) + extra)
+    from daat.pipeline.preprocess import run
+    art = run(cfg, out)
+    click.echo(str(art.path))
+
+
+@main.command()
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Shard artifact made by `daat preprocess`.")
+@click.option("--use-cached-depth", is_flag=True,
+              help="Force depth.target=cached: G(x) from the shards, the depth model never loads.")
+@OUT_OPTION
+@CONFIG_OPTION
+@SET_OPTION
+@_fail_cleanly
+def train(shards, use_cached_depth, out, configs, overrides):
+    """Stage 2: PGD adversarial training with depth-attention and DINOv2 feature alignment.
+
+    \b
+    Example:
+      daat train --config daat --config synthetic --shards $S --use-cached-depth
+      torchrun --nproc_per_node 8 -m daat.cli train --config daat --shards $S
+    Running the same command again resumes from the run's latest checkpoint.
+    The run directory is printed as the last line.
+    """
+    extra = ["depth.target=cached"] if use_cached_depth else []
+    cfg = _load_config(configs, list(overrides) + extra)
+    from daat.train.loop import run
+    art = run(cfg, shards, out)
+    click.echo(str(art.path))
+
+
+@main.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Run artifact made by `daat train`.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint file inside the run (default: the final/latest one).")
+@OUT_OPTION
+@CONFIG_OPTION
+@SET_OPTION
+@_fail_cleanly
+def evaluate(run_dir, checkpoint, out, configs, overrides):
+    """Stage 3: clean, PGD-10, PGD-100 over ε, AutoAttack; attention and Grad-CAM under attack.
+
+    \b
+    Example:
+      daat evaluate --run $R
+      daat evaluate --run $R --set eval.n_autoattack=5000 --set eval.depth_model=Intel/dpt-hybrid-midas
+    The run's own config is the base; --config/--set change eval settings on top.
+    The evaluation directory is printed as the last line.
+    """
+    from daat.eval.evaluate import run
+    art = run(run_dir, checkpoint, list(configs), list(overrides), out)
+    click.echo(str(art.path))
+
+
+@main.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False))
+@_fail_cleanly
+def report(artifacts, out):
+    """Table 1 and Figure 3 (markdown + PNG) over run and eval artifacts.
+
+    \b
+    Example:
+      daat report artifacts/run-* artifacts/eval-* --out report/
+    The report's markdown path is printed as the last line.
+    """
+    from daat.eval.report import run
+    click.echo(str(run(list(artifacts), out)))
+
+
+@main.command()
+@click.option("--out", default="quickstart_out", show_default=True,
+              type=click.Path(file_okay=False))
+@_fail_cleanly
+def quickstart(out):
+    """All stages end to end on the built-in synthetic data, on a CPU, in minutes.
+
+    \b
+    Example:
+      daat quickstart --out /tmp/qs
+    The report's markdown path is printed as the last line.
+    """
+    from daat.eval.quickstart import run
+    click.echo(str(run(out)))
+
+
+@main.group()
+def artifacts():
+    """List, show and verify artifacts.
+
+    \b
+    Example:
+      daat artifacts list
+      daat artifacts verify artifacts/shards-0123456789abcdef
+    """
+
+
+@artifacts.command("list")
+@click.argument("directory", default="artifacts", type=click.Path(file_okay=False))
+def artifacts_list(directory):
+    """One line per artifact under DIRECTORY: id, kind, status, samples, lineage.
+
+    \b
+    Example:
+      daat artifacts list artifacts/
+    """
+    from daat.artifacts import list_artifacts
+    for art in list_artifacts(directory):
+        samples = sum(f.get("samples", 0) for f in art.manifest["files"].values())
+        lineage = ",".join(art.manifest.get("lineage", [])) or "-"
+        click.echo(f"{art.id}\t{art.kind}\t{art.manifest['status']}\t{samples}\t{lineage}")
+
+
+@artifacts.command("show")
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+def artifacts_show(artifact):
+    """Print an artifact's manifest.
+
+    \b
+    Example:
+      daat artifacts show artifacts/shards-0123456789abcdef
+    """
+    import json
+
+    from daat.artifacts import ArtifactError, open_artifact
+    try:
+        click.echo(json.dumps(open_artifact(artifact).manifest, indent=2))
+    except ArtifactError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@artifacts.command("verify")
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+def artifacts_verify(artifact):
+    """Re-hash every file; exit 1 naming each file that differs from the manifest.
+
+    \b
+    Example:
+      daat artifacts verify artifacts/shards-0123456789abcdef
+    """
+    from daat.artifacts import ArtifactError, verify
+    try:
+        problems = verify(artifact)
+    except ArtifactError as e:
+        raise click.ClickException(str(e)) from e
+    for line in problems:
+        click.echo(f"FAIL {line}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"OK {artifact}")
+
+
+@main.group("config")
+def config_group():
+    """Inspect presets and resolved configs.
+
+    \b
+    Example:
+      daat config presets
+      daat config show --config daat --config synthetic --set loss.lam=0.05
+    """
+
+
+@config_group.command("presets")
+def config_presets():
+    """List the built-in presets.
+
+    \b
+    Example:
+      daat config presets
+    """
+    from daat.config import preset_names
+    for name in preset_names():
+        click.echo(name)
+
+
+@config_group.command("show")
+@CONFIG_OPTION
+@SET_OPTION
+def config_show(configs, overrides):
+    """Print the resolved config as YAML.
+
+    \b
+    Example:
+      daat config show --config pgd-at --set train.epochs=10
+    """
+    from daat.config import dump
+    click.echo(dump(_load_config(configs, overrides)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""torch.distributed set-up shared by every stage (torchrun env vars; gloo on CPU, nccl on CUDA)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init(device: torch.device | None = None) -> DistInfo:
+    """Join the process group torchrun describes; a no-op in a plain single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not torch_dist.is_initialized():
+        cuda = device is not None and device.type == "cuda"
+        torch_dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(),
+                    int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.barrier()
+
+
+def all_gather_objects(obj):
+    """Every rank's ``obj`` in rank order (``[obj]`` when not distributed)."""
+    if not torch_dist.is_initialized():
+        return [obj]
+    out = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if torch_dist.is_initialized():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor
+
+
+def cleanup() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("device=cuda requested but CUDA is not available")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)

@@ -1,0 +1,1 @@
+"""daat.eval (installed from ./eval)."""

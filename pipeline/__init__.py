@@ -1,0 +1,1 @@
+"""daat.pipeline (installed from ./pipeline)."""

@@ -1,0 +1,1 @@
+"""daat.train (installed from ./train)."""
