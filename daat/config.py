@@ -23,17 +23,9 @@ class ConfigError(DaatError, ValueError):
 
 
 @dataclass
-class SyntheticConfig:
-    n_train_per_class: int = 160  # procedural scenes per class in the train split
-    n_val_per_class: int = 40  # procedural scenes per class in the val split
-    size: int = 64  # rendered resolution (square)
-    spurious: bool = False  # texture correlated with class in train only (shape-vs-texture probe)
-    seed: int = 0  # everything in the synthetic set is a pure function of this seed
-
-
-@dataclass
 class DataConfig:
     card: str = "synthetic"  # data card: name in data_cards/, a YAML path, or an ImageFolder dir
+    # (the synthetic set's size, resolution, seed and spurious-texture switch live in its card)
     root: str | None = None  # where the card's images live (not needed for the synthetic card)
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
     resize_short: int = 64  # preprocess resizes the short side once to this (ImageNet: 256)
@@ -42,7 +34,6 @@ class DataConfig:
     shard_size: int = 1000  # samples per shard
     num_workers: int = 2  # decode workers (DataLoader) for preprocess and training
     max_image_pixels: int = 178_956_970  # larger images are refused as decompression bombs
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass
@@ -146,7 +137,7 @@ class Config:
 # Which sections determine each artifact kind; everything else may change without a new artifact.
 DETERMINING = {
     "shards": {"data": ["card", "splits", "resize_short", "center_crop", "jpeg_quality",
-                        "shard_size", "max_image_pixels", "synthetic"],
+                        "shard_size", "max_image_pixels"],
                "depth": ["model"]},
 }
 
