@@ -200,6 +200,11 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError as e:
+                raise ConfigError(f"config key '{path}' expects a number, got {value!r}") from e
         raise ConfigError(f"config key '{path}' expects a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):
