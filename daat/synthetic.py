@@ -1,0 +1,471 @@
+"""The embedded synthetic dataset: procedural 3-D scenes with exact ground-truth depth.
+
+Each scene is one object (the class decides its 3-D shape) in front of a tilted, textured wall,
+lit by a directional light (Lambert + ambient + a little specular, soft cast shadow on the wall).
+Objects are signed distance functions, sphere-traced in numpy over all pixels at once; the wall is
+intersected analytically. Depth is the camera-z coordinate of the surface each pixel's centre ray
+hits: exact for the wall, within 1e-5 object units of the surface for object rays (a ray still
+grazing the surface at the step limit counts as a hit within 1e-3, i.e. ~1/50 pixel of the
+silhouette), and finite everywhere (the wall is tilted at most 35 degrees, so every ray meets it).
+Images are anti-aliased along silhouettes; depth is not (it stays the pixel-centre ray's).
+
+Everything is a pure function of (seed, label, size, texture): no global state, no I/O.
+"""
+from __future__ import annotations
+
+import colorsys
+import functools
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from daat.errors import DataError
+
+RENDER_VERSION = 1  # bump whenever a change alters rendered pixels (it is part of the data key)
+CLASSES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid", "capsule",
+                            "ellipsoid", "prism", "octahedron")
+TEXTURES: tuple[str, ...] = ("stripes", "checker", "dots", "blotches", "rings", "grid", "zigzag",
+                             "plain", "gradient", "speckle")
+SPLITS = ("train", "val")
+SPEC_KEYS = ("n_train_per_class", "n_val_per_class", "size", "spurious", "seed")
+SPEC_DEFAULTS = {"spurious_rate": 0.9}
+FOV_DEG = 45.0
+_HIT_EPS = 1e-5  # the tracer stops when the SDF (object units) falls below this: depth tolerance
+_GRAZE_EPS = 1e-3  # ...or, at the step limit, below this (grazing rays converge slowly)
+_MAX_STEPS = 96
+_SHADOW_STEPS = 24
+
+
+@dataclass(frozen=True)
+class SyntheticItem:
+    split: str
+    index: int
+    label: int
+    seed: int
+    texture: int | None  # forced texture family of the object (spurious train items), else None
+
+
+@dataclass(frozen=True)
+class Texture:
+    family: int
+    colour0: tuple[float, float, float]  # sRGB in [0,1]
+    colour1: tuple[float, float, float]
+    freq: float  # pattern frequency, cycles per unit length
+    offset: tuple[float, float, float]
+    dirs: tuple[float, ...]  # three unit vectors (9 floats) that orient directional patterns
+
+
+@dataclass(frozen=True)
+class Scene:
+    shape: int  # index into CLASSES
+    rotation: tuple[float, ...]  # 3x3 row-major, object-local -> camera
+    scale: float
+    centre: tuple[float, float, float]  # camera coordinates (x right, y up, z forward)
+    light: tuple[float, float, float]  # unit direction towards the light
+    ambient: float
+    specular: float
+    shininess: float
+    texture: Texture  # on the object, in object coordinates (it moves with the object)
+    wall_normal: tuple[float, float, float]  # unit, pointing away from the camera
+    wall_offset: float  # the wall is {p : wall_normal . p = wall_offset}
+    wall_texture: Texture
+
+
+# --- signed distance functions in object units; the shape's axis is local y ---------------------
+
+def _len(*c: np.ndarray) -> np.ndarray:
+    return np.sqrt(sum(v * v for v in c))
+
+
+def _sphere(x, y, z):
+    return _len(x, y, z) - 0.8
+
+
+def _cube(x, y, z):  # box of half-side 0.52 with edges rounded by 0.05
+    qx, qy, qz = np.abs(x) - 0.47, np.abs(y) - 0.47, np.abs(z) - 0.47
+    outside = _len(np.maximum(qx, 0), np.maximum(qy, 0), np.maximum(qz, 0))
+    return outside + np.minimum(np.maximum(np.maximum(qx, qy), qz), 0) - 0.05
+
+
+def _cylinder(x, y, z):
+    dr, dy = _len(x, z) - 0.5, np.abs(y) - 0.62
+    return np.minimum(np.maximum(dr, dy), 0) + _len(np.maximum(dr, 0), np.maximum(dy, 0))
+
+
+def _cone(x, y, z, h=0.7, r=0.62):  # exact capped cone (tip radius 0), base at y=-h, tip at y=+h
+    qx = _len(x, z)
+    cax = qx - np.minimum(qx, np.where(y < 0, r, 0.0))
+    cay = np.abs(y) - h
+    t = np.clip((-qx * -r + (h - y) * 2 * h) / (r * r + 4 * h * h), 0, 1)
+    cbx, cby = qx - r * t, y - h + 2 * h * t
+    sign = np.where((cbx < 0) & (cay < 0), -1.0, 1.0)
+    return sign * np.sqrt(np.minimum(cax * cax + cay * cay, cbx * cbx + cby * cby))
+
+
+def _torus(x, y, z):
+    return _len(_len(x, z) - 0.58, y) - 0.24
+
+
+def _pyramid(x, y, z, a=0.58, top=0.68, bottom=-0.5):
+    # intersection of half-spaces: a lower bound of the distance, which is all tracing needs
+    h = top - bottom
+    side = (h * np.maximum(np.abs(x), np.abs(z)) + a * (y - top)) / np.hypot(h, a)
+    return np.maximum(side, bottom - y)
+
+
+def _capsule(x, y, z):
+    return _len(x, y - np.clip(y, -0.45, 0.45), z) - 0.36
+
+
+_ELLIPSOID = (0.9, 0.45, 0.6)
+
+
+def _ellipsoid(x, y, z):  # (|p/r| - 1) * min(r) is 1-Lipschitz, hence a safe distance bound
+    a, b, c = _ELLIPSOID
+    return (_len(x / a, y / b, z / c) - 1) * min(_ELLIPSOID)
+
+
+def _prism(x, y, z, w=0.55, top=0.55, bottom=-0.4, half=0.72):  # a tent lying along local x
+    h = top - bottom
+    side = (h * np.abs(z) + w * (y - top)) / np.hypot(h, w)
+    return np.maximum(np.maximum(side, bottom - y), np.abs(x) - half)
+
+
+def _octahedron(x, y, z):
+    return (np.abs(x) + np.abs(y) + np.abs(z) - 0.9) / np.sqrt(3.0)
+
+
+_SDFS = (_sphere, _cube, _cylinder, _cone, _torus, _pyramid, _capsule, _ellipsoid, _prism,
+         _octahedron)
+# Radius of a sphere about the local origin that encloses each shape (bounds the tracing).
+_BOUNDS = (0.8, 0.52 * 3 ** 0.5, float(np.hypot(0.5, 0.62)), float(np.hypot(0.62, 0.7)), 0.82,
+           float(np.sqrt(2 * 0.58 ** 2 + 0.5 ** 2)), 0.81, 0.9, float(np.sqrt(0.72 ** 2 + 0.4 ** 2
+                                                                               + 0.55 ** 2)), 0.9)
+
+
+# --- procedural solid textures: each returns the blend weight between colour0 and colour1 --------
+
+def _texture_weight(tex: Texture, x, y, z) -> np.ndarray:
+    f = tex.freq
+    px, py, pz = x - tex.offset[0], y - tex.offset[1], z - tex.offset[2]
+    d = tex.dirs
+    along = px * d[0] + py * d[1] + pz * d[2]
+    name = TEXTURES[tex.family]
+    if name == "stripes":
+        return np.clip(0.5 + 2 * np.sin(2 * np.pi * f * along), 0, 1)
+    if name == "checker":
+        return (np.floor(f * px) + np.floor(f * py) + np.floor(f * pz)) % 2
+    if name == "dots":
+        r = _len(*(f * c - np.floor(f * c) - 0.5 for c in (px, py, pz)))
+        return np.clip((0.32 - r) * 12 + 0.5, 0, 1)
+    if name == "blotches":
+        n = sum(np.sin(2 * np.pi * f * (px * d[i] + py * d[i + 1] + pz * d[i + 2]) + i)
+                for i in (0, 3, 6))
+        return np.clip(0.5 + 1.5 * n, 0, 1)
+    if name == "rings":
+        return np.clip(0.5 + 2 * np.sin(2 * np.pi * f * _len(px, py, pz)), 0, 1)
+    if name == "grid":  # thin lines where any coordinate crosses a lattice plane
+        near = np.minimum(np.minimum(np.abs(f * px - np.round(f * px)),
+                                     np.abs(f * py - np.round(f * py))),
+                          np.abs(f * pz - np.round(f * pz)))
+        return np.clip((0.09 - near) * 20 + 0.5, 0, 1)
+    if name == "zigzag":
+        across = px * d[3] + py * d[4] + pz * d[5]
+        tri = np.abs(2 * (f * across - np.floor(f * across + 0.5)))
+        return np.clip(0.5 + 2 * np.sin(2 * np.pi * f * (along + 0.35 * tri)), 0, 1)
+    if name == "plain":
+        return np.zeros_like(px)
+    if name == "gradient":
+        return np.clip(0.5 + 0.6 * along, 0, 1)
+    cell = np.floor(f * px) * 12.9898 + np.floor(f * py) * 78.233 + np.floor(f * pz) * 37.719
+    return (np.sin(cell) * 43758.5453) % 1.0  # speckle: one pseudo-random shade per cell
+
+
+_FREQ = {"stripes": (1.3, 2.6), "checker": (1.8, 3.2), "dots": (2.2, 3.5), "blotches": (0.6, 1.1),
+         "rings": (1.4, 2.6), "grid": (1.8, 3.0), "zigzag": (1.2, 2.2), "plain": (1.0, 1.0),
+         "gradient": (1.0, 1.0), "speckle": (4.0, 6.0)}
+
+
+# --- scene sampling --------------------------------------------------------------------------
+
+def _rot(axis: int, angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+# Pose each class so its characteristic outline shows: the torus faces the camera, the rest stand.
+_BASE_POSE = {CLASSES.index("torus"): _rot(0, -np.pi / 2)}
+
+
+def _colour(h: float, s: float, v: float) -> tuple[float, float, float]:
+    return tuple(float(c) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
+
+
+def _sample_texture(rng: np.random.Generator, family: int, freq_scale: float,
+                    vivid: float) -> Texture:
+    """``vivid`` in (0,1] scales saturation and contrast: walls are duller than objects."""
+    lo, hi = _FREQ[TEXTURES[family]]
+    freq = float(rng.uniform(lo, hi)) * freq_scale
+    hue, value = float(rng.random()), float(rng.uniform(0.6, 1.0))
+    colour0 = _colour(hue, vivid * rng.uniform(0.35, 0.9), value)
+    colour1 = _colour(hue + rng.uniform(0.25, 0.75), vivid * rng.uniform(0.2, 0.9),
+                      value - vivid * rng.uniform(0.3, 0.6))
+    offset = tuple(float(v) for v in rng.uniform(-1, 1, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return Texture(family, colour0, colour1, freq, offset, tuple(float(v) for v in q.T.ravel()))
+
+
+def _check_label(label: int) -> None:
+    if not isinstance(label, (int, np.integer)) or not 0 <= label < len(CLASSES):
+        raise DataError(f"synthetic label must be an integer in [0, {len(CLASSES)}), got {label!r}")
+
+
+def _check_texture(texture: int | None) -> None:
+    if texture is not None and (not isinstance(texture, (int, np.integer))
+                                or not 0 <= texture < len(TEXTURES)):
+        raise DataError(f"synthetic texture must be None or an integer in [0, {len(TEXTURES)}), "
+                        f"got {texture!r}")
+
+
+def sample_scene(seed: int, label: int, texture: int | None = None) -> Scene:
+    """The scene parameters of (seed, label); ``texture`` forces the object's texture family."""
+    _check_label(label)
+    _check_texture(texture)
+    rng = np.random.default_rng(seed)
+    # Every draw happens whatever the label/texture, so forcing a texture changes nothing else.
+    family = int(rng.integers(len(TEXTURES)))
+    spin, pitch, roll = rng.uniform(0, 2 * np.pi), rng.uniform(-0.8, 0.3), rng.uniform(-0.4, 0.4)
+    rotation = _rot(2, roll) @ _rot(0, pitch) @ _BASE_POSE.get(label, np.eye(3)) @ _rot(1, spin)
+    scale = float(rng.uniform(0.9, 1.2))
+    z = float(rng.uniform(3.0, 4.4))
+    room = max(z * np.tan(np.radians(FOV_DEG / 2)) - scale * _BOUNDS[label], 0.0)
+    x, y = (float(v) * room for v in rng.uniform(-0.6, 0.6, 2))
+    light = np.array([rng.uniform(-1, 1), rng.uniform(-0.1, 1.0), -rng.uniform(0.5, 1.5)])
+    light /= np.linalg.norm(light)
+    ambient, specular = float(rng.uniform(0.12, 0.3)), float(rng.uniform(0.0, 0.35))
+    shininess = float(rng.uniform(8, 40))
+    tex = _sample_texture(rng, family if texture is None else int(texture), 1.0, 1.0)
+    tilt, azimuth = rng.uniform(0, np.radians(35)), rng.uniform(0, 2 * np.pi)
+    normal = (float(np.sin(tilt) * np.cos(azimuth)), float(np.sin(tilt) * np.sin(azimuth)),
+              float(np.cos(tilt)))
+    # The wall clears the object's bounding sphere by a random gap: never intersects it.
+    offset = float(np.dot(normal, (x, y, z)) + scale * _BOUNDS[label] + rng.uniform(0.4, 3.5))
+    wall_tex = _sample_texture(rng, int(rng.integers(len(TEXTURES))), 0.5, 0.55)
+    return Scene(int(label), tuple(float(v) for v in rotation.ravel()), scale, (x, y, z),
+                 tuple(float(v) for v in light), ambient, specular, shininess, tex, normal, offset,
+                 wall_tex)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _camera_rays(size: int) -> np.ndarray:
+    """Unit ray directions through the pixel centres, row-major, row 0 at the top."""
+    half = np.tan(np.radians(FOV_DEG / 2))
+    coords = ((np.arange(size) + 0.5) / size * 2 - 1) * half
+    u, v = np.meshgrid(coords, -coords)
+    dirs = np.stack([u.ravel(), v.ravel(), np.ones(size * size)], axis=1)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    dirs.setflags(write=False)
+    return dirs
+
+
+def _sphere_entry(o: np.ndarray, d: np.ndarray, radius: float):
+    """Ray/sphere (about the origin) entry and exit distances and which rays cross it ahead."""
+    b = np.einsum("ij,ij->i", o, d) if o.ndim == 2 else d @ o
+    disc = b * b - (np.einsum("ij,ij->i", o, o) if o.ndim == 2 else o @ o) + radius * radius
+    root = np.sqrt(np.maximum(disc, 0))
+    crosses = (disc > 0) & (root - b > 0)
+    return np.maximum(-b - root, 0), -b + root, crosses
+
+
+def _trace(sdf, o: np.ndarray, d: np.ndarray, t: np.ndarray, t_end: np.ndarray):
+    """Sphere-trace rays o + t d (one origin) from ``t`` until the SDF falls below _HIT_EPS or
+    t passes ``t_end``. Returns (hit, t at the hit, closest approach dist/t, t there); the last
+    two give missed rays their silhouette coverage."""
+    n = t.shape[0]
+    hit, t_hit = np.zeros(n, bool), np.zeros(n)
+    near, t_near = np.full(n, np.inf), np.zeros(n)
+    idx, best, t_best = np.arange(n), near.copy(), t_near.copy()
+    dx, dy, dz = d[:, 0], d[:, 1], d[:, 2]
+    for step in range(_MAX_STEPS):
+        dist = sdf(o[0] + t * dx, o[1] + t * dy, o[2] + t * dz)
+        ratio = dist / np.maximum(t, 1e-9)
+        closer = ratio < best
+        best, t_best = np.where(closer, ratio, best), np.where(closer, t, t_best)
+        t = t + dist
+        last = step == _MAX_STEPS - 1
+        # A ray still creeping along a surface at the step limit is a grazing hit.
+        done = dist < (_GRAZE_EPS if last else _HIT_EPS)
+        live = ~done & (t < t_end) & (not last)
+        if live.all():
+            continue
+        hit[idx[done]], t_hit[idx[done]] = True, t[done]
+        gone = idx[~live]
+        near[gone], t_near[gone] = best[~live], t_best[~live]
+        idx, t, t_end, best, t_best = idx[live], t[live], t_end[live], best[live], t_best[live]
+        dx, dy, dz = dx[live], dy[live], dz[live]
+        if idx.size == 0:
+            break
+    return hit, t_hit, near, t_near
+
+
+def _soft_shadow(sdf, o: np.ndarray, d: np.ndarray, t: np.ndarray, t_end: np.ndarray, k=6.0):
+    """Light visibility in [0,1] along o + t d (penumbra from the closest approach)."""
+    vis = np.ones(t.shape[0])
+    for _ in range(_SHADOW_STEPS):
+        dist = sdf(*(o[:, c] + t * d[c] for c in range(3)))
+        vis = np.minimum(vis, np.where(t < t_end, k * dist / np.maximum(t, 1e-3), 1.0))
+        t = t + np.maximum(dist, 0.02)
+    return np.clip(vis, 0, 1)
+
+
+def _normals(sdf, x, y, z, h: float = 1e-4) -> np.ndarray:
+    g = np.zeros((x.shape[0], 3))
+    for k in ((1, -1, -1), (-1, -1, 1), (-1, 1, -1), (1, 1, 1)):
+        g += np.outer(sdf(x + h * k[0], y + h * k[1], z + h * k[2]), k)
+    return g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+
+
+def _albedo(tex: Texture, x, y, z) -> np.ndarray:
+    w = _texture_weight(tex, x, y, z)[:, None]
+    linear0, linear1 = np.array(tex.colour0) ** 2.2, np.array(tex.colour1) ** 2.2
+    return linear0 * (1 - w) + linear1 * w
+
+
+def render_scene(scene: Scene, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterise ``scene``: (uint8 [size,size,3] sRGB image, float32 [size,size] camera-z depth)."""
+    dirs = _camera_rays(size)
+    sdf, bound = _SDFS[scene.shape], _BOUNDS[scene.shape]
+    rot, centre = np.array(scene.rotation).reshape(3, 3), np.array(scene.centre)
+    origin = rot.T @ -centre / scene.scale  # the camera in object units
+    local_dirs = dirs @ rot
+    pixel = 2 * np.tan(np.radians(FOV_DEG / 2)) / size  # angular pixel width
+    # Trace rays that pass within a pixel of the bounding sphere too: they get edge coverage.
+    t0, t1, crosses = _sphere_entry(origin, local_dirs, bound + pixel * np.linalg.norm(origin))
+    cand = np.flatnonzero(crosses)
+    hit, t_hit, near, t_near = _trace(sdf, origin, local_dirs[cand], t0[cand], t1[cand])
+    obj = cand[hit]
+
+    t = scene.wall_offset / (dirs @ np.array(scene.wall_normal))
+    t[obj] = scene.scale * t_hit[hit]
+    depth = (t * dirs[:, 2]).astype(np.float32)
+
+    colour = np.empty((size * size, 3))
+    is_wall = np.ones(size * size, bool)
+    is_wall[obj] = False
+    colour[is_wall] = _shade_wall(scene, sdf, bound, rot, centre, dirs[is_wall] * t[is_wall, None])
+    colour[obj] = _shade_object(scene, sdf, rot, origin + t_hit[hit, None] * local_dirs[obj],
+                                dirs[obj])
+    # Silhouette anti-aliasing: a missed ray passing within half a pixel of the object takes the
+    # share of the pixel the object would cover. Depth stays that of the pixel-centre ray.
+    cover = np.clip(0.5 - near / pixel, 0, 1)
+    edge = ~hit & (cover > 0)
+    if edge.any():
+        rays, alpha = cand[edge], cover[edge, None]
+        points = origin + t_near[edge, None] * local_dirs[rays]
+        colour[rays] = (alpha * _shade_object(scene, sdf, rot, points, dirs[rays])
+                        + (1 - alpha) * colour[rays])
+    image = np.clip(colour, 0, 1) ** (1 / 2.2)
+    return ((image * 255 + 0.5).astype(np.uint8).reshape(size, size, 3),
+            depth.reshape(size, size))
+
+
+def _shade_object(scene: Scene, sdf, rot: np.ndarray, p: np.ndarray, dirs: np.ndarray):
+    """Linear RGB of object points ``p`` (object units) seen along camera rays ``dirs``."""
+    light = np.array(scene.light)
+    n = _normals(sdf, p[:, 0], p[:, 1], p[:, 2]) @ rot.T
+    half = light - dirs
+    half /= np.linalg.norm(half, axis=1, keepdims=True)
+    spec = scene.specular * np.maximum(np.einsum("ij,ij->i", n, half), 0) ** scene.shininess
+    shade = scene.ambient + (1 - scene.ambient) * np.maximum(n @ light, 0)
+    return _albedo(scene.texture, p[:, 0], p[:, 1], p[:, 2]) * shade[:, None] + spec[:, None]
+
+
+def _shade_wall(scene: Scene, sdf, bound: float, rot: np.ndarray, centre: np.ndarray,
+                points: np.ndarray) -> np.ndarray:
+    normal, light = np.array(scene.wall_normal), np.array(scene.light)
+    e1 = np.cross(normal, (0.0, 1.0, 0.0))
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(e1, normal)
+    tex = scene.wall_texture
+    # Wall texture lives in the wall's own 2-D coordinates; the third is pinned mid-cell.
+    u, v = points @ e1, points @ e2
+    albedo = _albedo(tex, u, v, np.full_like(u, tex.offset[2] + 0.5 / tex.freq))
+    lit = max(float(-normal @ light), 0.0) * np.ones(len(points))
+    local_o = (points - centre) @ rot / scene.scale
+    local_l = light @ rot
+    t0, t1, crosses = _sphere_entry(local_o, np.broadcast_to(local_l, local_o.shape), bound)
+    ray = np.flatnonzero(crosses)
+    if ray.size:
+        lit[ray] *= _soft_shadow(sdf, local_o[ray], local_l, t0[ray], t1[ray])
+    return albedo * (scene.ambient + (1 - scene.ambient) * lit)[:, None]
+
+
+def render(seed: int, label: int, size: int = 64,
+           texture: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scene ``seed`` of class ``label``: (uint8 HxWx3 image, float32 HxW depth along camera z)."""
+    if not isinstance(size, (int, np.integer)) or size < 4:
+        raise DataError(f"synthetic image size must be an integer >= 4, got {size!r}")
+    return render_scene(sample_scene(seed, label, texture), int(size))
+
+
+def render_item(item: SyntheticItem, size: int) -> tuple[np.ndarray, np.ndarray]:
+    return render(item.seed, item.label, size, item.texture)
+
+
+# --- the dataset -----------------------------------------------------------------------------
+
+def validate_spec(spec: dict, where: str = "synthetic spec") -> dict:
+    """The spec with defaults filled in; a missing, unknown or badly typed key is a DataError."""
+    if not isinstance(spec, dict):
+        raise DataError(f"{where}: expected a mapping, got {type(spec).__name__}")
+    known = set(SPEC_KEYS) | set(SPEC_DEFAULTS)
+    for key in spec:
+        if key not in known:
+            raise DataError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+    for key in SPEC_KEYS:
+        if key not in spec:
+            raise DataError(f"{where}: missing key '{key}'")
+    out = {**spec, **{k: v for k, v in SPEC_DEFAULTS.items() if k not in spec}}
+    for key, low in (("n_train_per_class", 0), ("n_val_per_class", 0), ("size", 4), ("seed", 0)):
+        value = out[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise DataError(f"{where}: key '{key}' must be an integer >= {low}, got {value!r}")
+    if not isinstance(out["spurious"], bool):
+        raise DataError(f"{where}: key 'spurious' must be true or false, got {out['spurious']!r}")
+    rate = out["spurious_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise DataError(f"{where}: key 'spurious_rate' must be a number in [0, 1], got {rate!r}")
+    out["spurious_rate"] = float(rate)
+    return out
+
+
+def item_seed(spec_seed: int, split: str, index: int) -> int:
+    """A 64-bit scene seed unique to (spec seed, split, index): train and val never share one."""
+    entropy = [spec_seed, zlib.crc32(split.encode()), index]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def items(spec: dict, split: str) -> list[SyntheticItem]:
+    """The split's items, classes interleaved (labels 0,1,..,9,0,1,..) so every prefix is balanced.
+
+    Spurious variant: in train, each object's texture family is forced to ``label % #families``
+    with probability ``spurious_rate`` (otherwise random, as always in val)."""
+    spec = validate_spec(spec)
+    if split not in SPLITS:
+        raise DataError(f"synthetic split must be one of {SPLITS}, got '{split}'")
+    n = spec[f"n_{split}_per_class"] * len(CLASSES)
+    out = []
+    for index in range(n):
+        label, seed = index % len(CLASSES), item_seed(spec["seed"], split, index)
+        texture = None
+        if spec["spurious"] and split == "train":
+            coin = np.random.default_rng([seed, 1]).random()
+            texture = label % len(TEXTURES) if coin < spec["spurious_rate"] else None
+        out.append(SyntheticItem(split, index, label, seed, texture))
+    return out
