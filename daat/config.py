@@ -34,6 +34,7 @@ class DataConfig:
     shard_size: int = 1000  # samples per shard
     num_workers: int = 2  # decode workers (DataLoader) for preprocess and training
     max_image_pixels: int = 178_956_970  # larger images are refused as decompression bombs
+    min_image_side: int = 8  # inputs whose short side is below this many pixels are skipped
 
 
 @dataclass
@@ -97,6 +98,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA for the weight update; master weights fp32
     compile: bool = False  # torch.compile the student
     ckpt_every_steps: int = 500  # also at every epoch end
+    keep_step_checkpoints: int = 2  # newest mid-epoch checkpoints kept (besides latest/final)
+    keep_epoch_checkpoints: int = 3  # newest epoch-end checkpoints kept (besides latest/final)
     val_samples: int = 1000  # val subset evaluated after each epoch (0 = all)
     val_pgd_steps: int = 10
     log_every_steps: int = 50
@@ -117,6 +120,11 @@ class EvalConfig:
     n_figures: int = 4  # fixed val images drawn for Fig. 2/4 style figures
     figure_eps: list[float] = field(default_factory=lambda: [2, 4])  # in 1/255 units
     depth_model: str | None = None  # if set, also draw depth of x and x_adv (Fig. 1a)
+    eps: float = 4  # Table 1 PGD and AutoAttack radius, in 1/255 units
+    alpha: float = 1  # Table 1 PGD step, in 1/255 units
+    pgd_long_alpha_frac: float = 0.25  # PGD-100 step = this x eps (eps/4, Table 1's 1/255 at 4/255)
+    n_pgd_long: int = 0  # PGD-100 subset of the evaluated samples (0 = all)
+    seed: int = 0  # attack randomness; fixed (not the run's seed) so runs face identical attacks
 
 
 @dataclass
@@ -137,7 +145,7 @@ class Config:
 # Which sections determine each artifact kind; everything else may change without a new artifact.
 DETERMINING = {
     "shards": {"data": ["card", "splits", "resize_short", "center_crop", "jpeg_quality",
-                        "shard_size", "max_image_pixels"],
+                        "shard_size", "max_image_pixels", "min_image_side"],
                "depth": ["model"]},
 }
 
