@@ -17,6 +17,13 @@ OUT_OPTION = click.option("--out", default="artifacts", show_default=True,
                           type=click.Path(file_okay=False), help="Directory that holds artifacts.")
 
 
+def _print_result(path) -> None:
+    """The artifact path, last line of stdout, once: under torchrun only rank 0 prints it."""
+    import os
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(str(path))
+
+
 def _load_config(configs, overrides, base=None):
     from daat import config as config_mod
     try:
@@ -93,8 +100,7 @@ def preprocess(card, root, depth_model, out, configs, overrides):
         extra.append(f"depth.model={depth_model}")
     cfg = _load_config(configs, list(overrides) + extra)
     from daat.pipeline.preprocess import run
-    art = run(cfg, out)
-    click.echo(str(art.path))
+    _print_result(run(cfg, out).path)
 
 
 @main.command()
@@ -119,8 +125,7 @@ def train(shards, use_cached_depth, out, configs, overrides):
     extra = ["depth.target=cached"] if use_cached_depth else []
     cfg = _load_config(configs, list(overrides) + extra)
     from daat.train.loop import run
-    art = run(cfg, shards, out)
-    click.echo(str(art.path))
+    _print_result(run(cfg, shards, out).path)
 
 
 @main.command()
@@ -143,8 +148,7 @@ def evaluate(run_dir, checkpoint, out, configs, overrides):
     The evaluation directory is printed as the last line.
     """
     from daat.eval.evaluate import run
-    art = run(run_dir, checkpoint, list(configs), list(overrides), out)
-    click.echo(str(art.path))
+    _print_result(run(run_dir, checkpoint, list(configs), list(overrides), out).path)
 
 
 @main.command()
@@ -160,7 +164,7 @@ def report(artifacts, out):
     The report's markdown path is printed as the last line.
     """
     from daat.eval.report import run
-    click.echo(str(run(list(artifacts), out)))
+    _print_result(run(list(artifacts), out))
 
 
 @main.command()
@@ -176,7 +180,7 @@ def quickstart(out):
     The report's markdown path is printed as the last line.
     """
     from daat.eval.quickstart import run
-    click.echo(str(run(out)))
+    _print_result(run(out))
 
 
 @main.group()

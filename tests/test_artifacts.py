@@ -86,3 +86,12 @@ def test_newer_schema_refused(tmp_path):
     (art.path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(A.ArtifactError, match="newer"):
         A.open_artifact(art.path)
+
+
+def test_atomic_files_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        A.atomic_write_text(tmp_path / "shared.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
