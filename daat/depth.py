@@ -34,9 +34,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from daat.errors import DaatError
+from daat.depth_ref import (ORACLE, DepthModelError, dir_hash, is_oracle,  # noqa: F401
+                            resolve)
 
-ORACLE = "oracle"
 OUTPUT_MODE = "bicubic"
 # PIL resampling codes stored in preprocessor_config.json -> F.interpolate modes (as
 # transformers' pil_torch_interpolation_mapping + torchvision's resize do it).
@@ -44,20 +44,10 @@ _RESAMPLE_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
 _TORCH_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic")
 _HUB_TIMEOUT_S = 10.0  # the one reachability check before downloading from the hub
 _RANGE_SLACK = 1e-3  # tolerated rounding outside [0, 1] in input images
-_HASHED_FILES = ("config.json", "preprocessor_config.json")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
-
-
-class DepthModelError(DaatError):
-    """A depth model cannot be loaded or its preprocessing config is unusable."""
 
 
 class OracleDepthError(DepthModelError):
     """'oracle' names the synthetic data's ground-truth depth, not a network."""
-
-
-def is_oracle(name: str) -> bool:
-    return isinstance(name, str) and name.strip().lower() == ORACLE
 
 
 @dataclass(frozen=True)
@@ -339,7 +329,7 @@ def load_depth_model(name: str, device: torch.device | str, amp: bool = True,
             "depth model 'oracle' is not a network: it is the synthetic dataset's exact depth, "
             "which the synthetic card supplies with the data (the preprocess pipeline handles "
             "it); pass a hub id or a local directory to load a depth network")
-    source, local = _resolve(name)
+    source, local = resolve(name)
     where = f"depth model '{name}'"
     hub_kwargs, commit = ({}, None) if local else _hub_access(name)
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
@@ -356,26 +346,10 @@ def load_depth_model(name: str, device: torch.device | str, amp: bool = True,
                 "with save_pretrained instead.")
         raise DepthModelError(f"could not load {where}: {e}{hint}") from e
     spec = Preprocessing.from_processor(processor, where)
-    version = _dir_hash(Path(source)) if local else (commit or "")[:12]
+    version = dir_hash(Path(source)) if local else (commit or "")[:12]
     model_id = f"{name}@{version}" if version else name
     return DepthModel(model, spec, model_id, torch.device(device), amp=amp,
                       channels_last=channels_last, compile=compile)
-
-
-def _resolve(name: str) -> tuple[str, bool]:
-    path = Path(name).expanduser()
-    if path.is_dir():
-        for needed in _HASHED_FILES:
-            if not (path / needed).is_file():
-                raise DepthModelError(f"depth model directory {path} has no {needed} (save both "
-                                      "the model and its image processor with save_pretrained)")
-        return str(path), True
-    if path.exists():
-        raise DepthModelError(f"depth model '{name}' is a file; expected a hub id or a "
-                              "directory written by save_pretrained")
-    if _looks_like_path(name):
-        raise DepthModelError(f"depth model directory not found: {name}")
-    return name, False
 
 
 def _hub_access(name: str) -> tuple[dict[str, Any], str | None]:
@@ -403,22 +377,3 @@ def _hub_access(name: str) -> tuple[dict[str, Any], str | None]:
             f"could not be found on the hub ({type(e).__name__}: {e}). Offline? Pass a local "
             "directory saved with save_pretrained.") from e
     return {"revision": info.sha} if info.sha else {}, info.sha
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are 'repo' or 'org/repo'; anything else with separators is meant as a path.
-    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
-            or name.endswith("/"))
-
-
-def _dir_hash(path: Path) -> str:
-    """Short sha256 over the config, processor config and weight files of a local model."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.iterdir()
-                   if p.is_file() and (p.name in _HASHED_FILES or p.suffix in _WEIGHT_SUFFIXES))
-    for file in files:
-        digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()[:12]

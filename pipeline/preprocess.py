@@ -21,6 +21,8 @@ import numpy as np
 
 from daat import artifacts
 from daat import config as config_mod
+from daat import depth_ref
+from daat.depth_ref import ORACLE, is_oracle
 from daat.errors import DataError
 from daat.pipeline import shards as fmt
 from daat.pipeline.images import (JPEG_SUBSAMPLING, RESAMPLE_NAME, BadImage, Geometry,
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
 # finds its artifact complete answers from the manifest without paying torch's import.
 
 _CHUNK = 8  # inputs per DataLoader item: fewer inter-process messages, still fine-grained
-ORACLE = "oracle"
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,6 @@ class _Job:
     relpath: str
     path: str | None
     synthetic: object | None
-
-
-def is_oracle(name: str) -> bool:
-    """The same rule as ``daat.depth.is_oracle``, without importing torch."""
-    return isinstance(name, str) and name.strip().lower() == ORACLE
 
 
 def run(cfg: config_mod.Config, out: str) -> artifacts.Artifact:
@@ -125,22 +121,11 @@ def _render_size(card) -> int | None:
     return int(card.synthetic["size"])
 
 
-def _depth_identity(name: str) -> str:
-    """What identifies the depth model in the content key, known without loading it: a local
-    directory by a hash of its config and weights (so a retrained model in the same place gives
-    a new artifact), a hub id by its name."""
-    if is_oracle(name):
-        return ORACLE
-    from daat import depth
-    source, local = depth._resolve(name)
-    return f"{name}@{depth._dir_hash(Path(source))}" if local else name
-
-
 def _determining(cfg, card, oracle: bool) -> dict:
     """Everything the shards depend on: the data/depth config, the resolved card, the depth
     model's identity, the inputs' fingerprints, and the format/encoding versions."""
     return {**config_mod.determining(cfg, "shards"), "card": card.to_dict(),
-            "depth_identity": ORACLE if oracle else _depth_identity(cfg.depth.model),
+            "depth_identity": ORACLE if oracle else depth_ref.identity(cfg.depth.model),
             "inputs": {s: card.input_fingerprint(s) for s in cfg.data.splits},
             "format": fmt.FORMAT_VERSION, "saliency": fmt.SAL_ENCODING,
             "image_encoding": f"{RESAMPLE_NAME}; JPEG {JPEG_SUBSAMPLING}"}

@@ -122,10 +122,13 @@ def test_reuse_path_does_not_import_torch(tiny_shards, tiny_card):
     assert result.stdout.strip() == str(tiny_shards.path)
 
 
-def test_oracle_name_rule_matches_the_depth_module():
-    from daat.depth import is_oracle
-    for name in ["oracle", " Oracle ", "ORACLE", "oracles", "Intel/dpt-large", "", "/x/oracle"]:
-        assert preprocess.is_oracle(name) == is_oracle(name), name
+def test_depth_names_resolve_without_torch():
+    code = ("import sys; from daat.depth_ref import is_oracle, identity\n"
+            "assert [is_oracle(n) for n in ['oracle', ' Oracle ', 'oracles', '', '/x/oracle']]"
+            " == [True, True, False, False, False]\n"
+            "assert identity('ORACLE') == 'oracle' and identity('Intel/dpt-large') == 'Intel/dpt-large'\n"
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_cli_rerun_prints_the_same_path_last(tiny_shards, tiny_card):
