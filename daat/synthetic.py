@@ -29,7 +29,7 @@ TEXTURES: tuple[str, ...] = ("stripes", "checker", "dots", "blotches", "rings", 
                              "plain", "gradient", "speckle")
 SPLITS = ("train", "val")
 SPEC_KEYS = ("n_train_per_class", "n_val_per_class", "size", "spurious", "seed")
-SPEC_DEFAULTS = {"spurious_rate": 0.9}
+SPEC_DEFAULTS = {"spurious_rate": 0.9, "clutter": 1.0}
 FOV_DEG = 45.0
 _HIT_EPS = 1e-5  # the tracer stops when the SDF (object units) falls below this: depth tolerance
 _GRAZE_EPS = 1e-3  # ...or, at the step limit, below this (grazing rays converge slowly)
@@ -44,6 +44,7 @@ class SyntheticItem:
     label: int
     seed: int
     texture: int | None  # forced texture family of the object (spurious train items), else None
+    clutter: float = 1.0  # contrast of the wall's texture: 0 = a plain wall, 1 = full pattern
 
 
 @dataclass(frozen=True)
@@ -231,8 +232,10 @@ def _check_texture(texture: int | None) -> None:
                         f"got {texture!r}")
 
 
-def sample_scene(seed: int, label: int, texture: int | None = None) -> Scene:
-    """The scene parameters of (seed, label); ``texture`` forces the object's texture family."""
+def sample_scene(seed: int, label: int, texture: int | None = None,
+                 clutter: float = 1.0) -> Scene:
+    """The scene parameters of (seed, label); ``texture`` forces the object's texture family;
+    ``clutter`` scales the wall pattern's contrast (0: plain wall, the object's shape stands out)."""
     _check_label(label)
     _check_texture(texture)
     rng = np.random.default_rng(seed)
@@ -254,7 +257,7 @@ def sample_scene(seed: int, label: int, texture: int | None = None) -> Scene:
               float(np.cos(tilt)))
     # The wall clears the object's bounding sphere by a random gap: never intersects it.
     offset = float(np.dot(normal, (x, y, z)) + scale * _BOUNDS[label] + rng.uniform(0.4, 3.5))
-    wall_tex = _sample_texture(rng, int(rng.integers(len(TEXTURES))), 0.5, 0.55)
+    wall_tex = _sample_texture(rng, int(rng.integers(len(TEXTURES))), 0.5, 0.55 * clutter)
     return Scene(int(label), tuple(float(v) for v in rotation.ravel()), scale, (x, y, z),
                  tuple(float(v) for v in light), ambient, specular, shininess, tex, normal, offset,
                  wall_tex)
@@ -406,16 +409,16 @@ def _shade_wall(scene: Scene, sdf, bound: float, rot: np.ndarray, centre: np.nda
     return albedo * (scene.ambient + (1 - scene.ambient) * lit)[:, None]
 
 
-def render(seed: int, label: int, size: int = 64,
-           texture: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render(seed: int, label: int, size: int = 64, texture: int | None = None,
+           clutter: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Scene ``seed`` of class ``label``: (uint8 HxWx3 image, float32 HxW depth along camera z)."""
     if not isinstance(size, (int, np.integer)) or size < 4:
         raise DataError(f"synthetic image size must be an integer >= 4, got {size!r}")
-    return render_scene(sample_scene(seed, label, texture), int(size))
+    return render_scene(sample_scene(seed, label, texture, clutter), int(size))
 
 
 def render_item(item: SyntheticItem, size: int) -> tuple[np.ndarray, np.ndarray]:
-    return render(item.seed, item.label, size, item.texture)
+    return render(item.seed, item.label, size, item.texture, item.clutter)
 
 
 # --- the dataset -----------------------------------------------------------------------------
@@ -442,6 +445,10 @@ def validate_spec(spec: dict, where: str = "synthetic spec") -> dict:
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
         raise DataError(f"{where}: key 'spurious_rate' must be a number in [0, 1], got {rate!r}")
     out["spurious_rate"] = float(rate)
+    clutter = out["clutter"]
+    if isinstance(clutter, bool) or not isinstance(clutter, (int, float)) or not 0 <= clutter <= 1:
+        raise DataError(f"{where}: key 'clutter' must be a number in [0, 1], got {clutter!r}")
+    out["clutter"] = float(clutter)
     return out
 
 
@@ -467,5 +474,5 @@ def items(spec: dict, split: str) -> list[SyntheticItem]:
         if spec["spurious"] and split == "train":
             coin = np.random.default_rng([seed, 1]).random()
             texture = label % len(TEXTURES) if coin < spec["spurious_rate"] else None
-        out.append(SyntheticItem(split, index, label, seed, texture))
+        out.append(SyntheticItem(split, index, label, seed, texture, spec["clutter"]))
     return out

@@ -48,7 +48,8 @@ def test_packaged_cards_load_and_match_their_files():
     syn = load_card("synthetic")
     assert syn.classes == list(synthetic.CLASSES) and syn.root is None
     assert syn.synthetic == {"n_train_per_class": 160, "n_val_per_class": 40, "size": 64,
-                             "spurious": False, "seed": 0, "spurious_rate": 0.9}
+                             "spurious": False, "seed": 0, "spurious_rate": 0.9,
+                             "clutter": 0.0}
     assert syn.expected_counts == {"train": 1600, "val": 400}
     spur = load_card("synthetic-spurious")
     assert spur.synthetic["spurious"] is True

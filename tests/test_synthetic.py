@@ -198,3 +198,18 @@ def test_render_speed_fits_the_preprocess_budget():
     for i in range(40):
         S.render(1000 + i, i % len(S.CLASSES), 64)
     assert (time.process_time() - start) / 40 < 0.030
+
+
+def test_clutter_zero_gives_a_plain_wall_and_leaves_the_object_alone():
+    busy_img, busy_depth = S.render(11, 4, size=48, clutter=1.0)
+    plain_img, plain_depth = S.render(11, 4, size=48, clutter=0.0)
+    np.testing.assert_array_equal(busy_depth, plain_depth)  # geometry is untouched
+    wall = plain_depth > np.percentile(plain_depth, 70)  # far pixels: the wall
+    # A plain wall varies only through shading; a patterned one has much more local contrast.
+    def local_contrast(img):
+        g = img.astype(float).mean(-1)
+        return np.abs(np.diff(g, axis=1))[wall[:, 1:]].mean()
+    assert local_contrast(plain_img) < 0.5 * local_contrast(busy_img)
+    with pytest.raises(DataError, match="clutter"):
+        S.validate_spec({"n_train_per_class": 1, "n_val_per_class": 1, "size": 8,
+                                 "spurious": False, "seed": 0, "clutter": 2})
