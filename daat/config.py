@@ -115,6 +115,7 @@ class EvalConfig:
     pgd_long_steps: int = 100  # the Fig. 3c PGD
     n_samples: int = 0  # val samples evaluated (0 = all)
     n_autoattack: int = 1000  # AutoAttack subset (0 = all)
+    autoattack: bool = True  # run AutoAttack (Table 1); false only for quick looks
     autoattack_version: str = "standard"
     chunk_size: int = 256  # samples per zarr chunk (the unit of resume)
     n_figures: int = 4  # fixed val images drawn for Fig. 2/4 style figures

@@ -1,0 +1,299 @@
+"""``daat report``: Table 1 and Figure 3 (markdown + PNG) over run and eval artifacts.
+
+Inputs are run and/or eval artifact directories (or directories holding artifacts). Each eval is
+paired with its run through its lineage ([run id, shard id]); a run given without an eval gets a
+row without test numbers; an eval whose run was not given is paired with the run of that id found
+beside it (same parent directory) when there is one.
+
+Outputs in ``out``: ``report.md`` with
+- Table 1 (clean / PGD-10 / AutoAttack per evaluation, method, preset, seed, λ, sample counts;
+  for ImageNet-100 runs the paper's numbers beside ours),
+- Fig. 3a/3b: clean and PGD validation accuracy per epoch (the run's ``metrics.jsonl``),
+- Fig. 3c: robust accuracy vs ε (PGD-100 from each eval),
+- Fig. 3d: clean / PGD-10 / AutoAttack vs λ, when ≥ 2 runs differ only in ``loss.lam``,
+- attention-under-attack numbers, sanity flags, and each eval's Grad-CAM figures (copied in).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daat.artifacts import Artifact, ArtifactError, atomic_write_text, list_artifacts, open_artifact
+from daat.errors import DaatError
+from daat.eval import report_figures
+from daat.eval.report_figures import lam, method
+
+PAPER_TABLE1 = {  # ImageNet-100, clean / PGD-10 / AutoAttack, % (paper Table 1)
+    "standard": (81.84, 10.24, 8.60), "pgd-at": (78.30, 52.32, 46.74),
+    "daat-no-align": (80.32, 55.06, 51.14), "daat": (80.74, 56.02, 53.70)}
+METHOD_NAMES = {"standard": "Standard", "pgd-at": "PGD-AT", "daat-no-align": "DAAT w/o L_align",
+                "daat": "DAAT"}
+METHOD_ORDER = ("standard", "pgd-at", "daat-no-align", "daat")
+
+
+@dataclass
+class Row:
+    """One Table 1 row: a run and (optionally) one of its evaluations."""
+
+    run: Artifact | None
+    eval: Artifact | None
+    summary: dict = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict:
+        return (self.run or self.eval).config
+
+    @property
+    def label(self) -> str:
+        cfg = self.config
+        return (f"{METHOD_NAMES[method(cfg)]} · {cfg.get('preset') or '-'} "
+                f"(seed {cfg.get('seed')}, λ={lam(cfg):g})")
+
+
+def is_imagenet100(cfg: dict) -> bool:
+    return Path(str(cfg.get("data", {}).get("card", ""))).stem == "imagenet100"
+
+
+# -- gathering -------------------------------------------------------------------------------
+def _expand(paths: list[str]) -> list[Artifact]:
+    found: dict[str, Artifact] = {}
+    for raw in paths:
+        path = Path(raw)
+        if (path / "manifest.json").is_file():
+            arts = [open_artifact(path)]
+        elif path.is_dir():
+            listed = [a for a in list_artifacts(path) if a.kind in ("run", "eval")]
+            arts = [a for a in listed if a.complete]
+            for art in (a for a in listed if not a.complete):
+                print(f"[report] skipping incomplete {art.path}", file=sys.stderr)
+            if not arts:
+                raise DaatError(f"{path} is neither a run/eval artifact nor a directory holding "
+                                f"complete ones")
+        else:
+            raise DaatError(f"{path} is not an artifact directory")
+        for art in arts:
+            if art.kind not in ("run", "eval"):
+                raise DaatError(f"{art.path} is a '{art.kind}' artifact; report takes run and eval "
+                                f"artifacts")
+            found.setdefault(art.id, art)
+    return list(found.values())
+
+
+def read_metrics(run: Artifact) -> list[dict]:
+    path = run.path / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DaatError(f"{path}:{n}: not JSON: {e}") from e
+    return [r for r in records if r.get("kind") == "epoch"]
+
+
+def read_summary(ev: Artifact) -> dict:
+    if not ev.complete:
+        raise DaatError(f"{ev.path} is an incomplete evaluation; rerun `daat evaluate` to "
+                        f"finish it")
+    try:
+        return json.loads(ev.file("summary.json").read_text())
+    except (ArtifactError, json.JSONDecodeError) as e:
+        raise DaatError(f"{ev.path}: cannot read summary.json: {e}") from e
+
+
+def _sibling_run(ev: Artifact) -> Artifact | None:
+    run_id = (ev.manifest.get("lineage") or [None])[0]
+    candidate = ev.path.parent / str(run_id)
+    try:
+        return open_artifact(candidate, kind="run") if run_id else None
+    except ArtifactError:
+        return None
+
+
+def gather(paths: list[str]) -> list[Row]:
+    arts = _expand(paths)
+    runs = {a.id: a for a in arts if a.kind == "run"}
+    rows, evaluated = [], set()
+    for ev in (a for a in arts if a.kind == "eval"):
+        run_id = (ev.manifest.get("lineage") or [None])[0]
+        run = runs.get(run_id) or _sibling_run(ev)
+        evaluated.add(run_id)
+        rows.append(Row(run, ev, read_summary(ev), read_metrics(run) if run else []))
+    for run_id, run in runs.items():
+        if run_id not in evaluated:
+            rows.append(Row(run, None, {}, read_metrics(run)))
+    rows.sort(key=lambda r: (METHOD_ORDER.index(method(r.config)), lam(r.config),
+                             r.config.get("seed", 0), (r.run or r.eval).id))
+    return rows
+
+
+# -- markdown --------------------------------------------------------------------------------
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f}"
+
+
+def table1(rows: list[Row]) -> list[str]:
+    paper = any(is_imagenet100(r.config) for r in rows)
+    head = ["method", "preset", "seed", "λ", "clean", "PGD-10", "AutoAttack", "n (clean / AA)",
+            "run", "eval"]
+    if paper:
+        head.append("paper clean / PGD-10 / AA")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        acc = r.summary.get("accuracy", {})
+        counts = r.summary.get("counts", {})
+        cells = [METHOD_NAMES[method(r.config)], f"`{r.config.get('preset') or '-'}`",
+                 str(r.config.get("seed")), f"{lam(r.config):g}", _pct(acc.get("clean")),
+                 _pct(acc.get("pgd-10")), _pct(acc.get("autoattack")),
+                 f"{counts.get('evaluated', '—')} / {counts.get('autoattack', '—')}",
+                 f"`{r.run.id}`" if r.run else "—", f"`{r.eval.id}`" if r.eval else "not evaluated"]
+        if paper:
+            ref = PAPER_TABLE1[method(r.config)] if is_imagenet100(r.config) else None
+            cells.append(" / ".join(f"{v:.2f}" for v in ref) if ref else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def same_samples_table(rows: list[Row]) -> list[str]:
+    """Every attack on the AutoAttack subset itself, so the attacks compare on the same images."""
+    keys = sorted({k for r in rows for k in r.summary.get("accuracy_on_same_samples", {})
+                   .get("autoattack_subset", {})},
+                  key=lambda k: (k == "autoattack", k != "clean", "@" in k, k))  # weakest first
+    if not keys:
+        return []
+    lines = ["| run | " + " | ".join(keys) + " | n |", "|---|" + "---|" * (len(keys) + 1)]
+    for r in rows:
+        same = r.summary.get("accuracy_on_same_samples", {}).get("autoattack_subset")
+        if same:
+            lines.append(f"| {r.label} | " + " | ".join(_pct(same.get(k)) for k in keys)
+                         + f" | {r.summary['counts']['autoattack']} |")
+    return lines
+
+
+def _num(v) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
+def robust_vs_eps_table(rows: list[Row]) -> list[str]:
+    """Fig. 3c's numbers: PGD-100 accuracy (%) at each ε of each evaluation."""
+    grids = [(r, k, v) for r in rows for k, v in r.summary.get("accuracy", {}).items()
+             if isinstance(v, dict)]
+    if not grids:
+        return []
+    eps = sorted({e for _, _, v in grids for e in v}, key=float)
+    lines = ["| run | attack | " + " | ".join(f"ε={e}/255" for e in eps) + " | n |",
+             "|---|---|" + "---|" * (len(eps) + 1)]
+    for r, key, values in grids:
+        lines.append(f"| {r.label} | {key} | " + " | ".join(_pct(values.get(e)) for e in eps)
+                     + f" | {r.summary.get('counts', {}).get('pgd_long', '—')} |")
+    return lines
+
+
+def attention_table(rows: list[Row]) -> list[str]:
+    lines = ["| run | attack | cos(A(x), A(x_adv)) | JS(A(x) ‖ A(x_adv)) [nats] | "
+             "top-20% G mass, clean | top-20% G mass, adv | uniform baseline |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        att = r.summary.get("attention")
+        if not att:
+            continue
+        lines.append(f"| {r.label} | {att['attack']} | {_num(att['cos_clean_adv'])} | "
+                     f"{_num(att['js_clean_adv'])} | {_num(att['top20_mass_clean'])} | "
+                     f"{_num(att['top20_mass_adv'])} | {_num(att['top20_uniform_baseline'])} |")
+    return lines
+
+
+def sanity_lines(rows: list[Row]) -> list[str]:
+    lines = []
+    for r in rows:
+        if not r.eval:
+            continue
+        flags = r.summary.get("sanity", {}).get("flags", [])
+        if flags:
+            lines.append(f"- **{r.label}: {len(flags)} flag(s)** — robust numbers may be "
+                         f"overestimated:")
+            lines += [f"  - `{f['name']}`: {f['message']}" for f in flags]
+        else:
+            lines.append(f"- {r.label}: all sanity checks passed "
+                         f"({', '.join(c['name'] for c in r.summary['sanity']['checks'])}).")
+    return lines
+
+
+def copy_eval_figures(rows: list[Row], out: Path) -> list[str]:
+    lines = []
+    for r in rows:
+        for rel in r.summary.get("figures", []):
+            src = r.eval.path / rel
+            if not src.is_file():
+                continue
+            dst = out / "figures" / r.eval.id / Path(rel).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            lines += [f"**{r.label}** — `{Path(rel).name}`", "",
+                      f"![{r.label} {Path(rel).stem}]({dst.relative_to(out).as_posix()})", ""]
+    return lines
+
+
+def attack_text(rows: list[Row]) -> str:
+    """The PGD settings the evaluations used, from their summaries."""
+    seen = []
+    for r in rows:
+        for key, facts in r.summary.get("attacks", {}).items():
+            if key.startswith("pgd-") and isinstance(facts, dict):
+                alpha = facts.get("alpha")
+                step = f"α = {255 * alpha:g}/255" if isinstance(alpha, float) else f"α = {alpha}"
+                text = f"{key}: {facts.get('steps')} steps, {step}"
+                if text not in seen:
+                    seen.append(text)
+    return "; ".join(seen) or "settings not recorded"
+
+
+def render(rows: list[Row], out: Path) -> str:
+    figs = report_figures.draw_all(rows, out)
+    md = ["# DAAT report", "", "## Table 1: clean / PGD-10 / AutoAttack accuracy (%)", ""]
+    md += table1(rows)
+    subsets = sorted({(r.summary["counts"]["evaluated"], r.summary["counts"]["autoattack"],
+                       r.summary["counts"]["val"]) for r in rows if r.summary})
+    md += ["", "Accuracies are on the val split: clean and PGD-10 on the evaluated samples, "
+           "AutoAttack (pyautoattack `standard`: APGD-CE, APGD-T, FAB-T, Square; L∞, ε = 4/255) on "
+           "a fixed random subset of them, the same for every run — " + "; ".join(
+               f"{e} evaluated of {v} val samples, AutoAttack on {a}" for e, a, v in subsets) + ".",
+           "PGD accuracies are worst case over iterates (random start; " + attack_text(rows) + ")."]
+    if any(is_imagenet100(r.config) for r in rows):
+        md += ["The last column is the paper's Table 1 (ImageNet-100) for the same method."]
+    same = same_samples_table(rows)
+    if same:
+        md += ["", "The same attacks on the AutoAttack subset only (accuracy %, identical images "
+               "for every attack, so AA ≤ PGD-100 ≤ PGD-10 ≤ clean is expected):", ""] + same
+    md += ["", "## Figure 3", ""]
+    for key, caption in report_figures.CAPTIONS.items():
+        if key in figs:
+            md += [f"**{caption}**", "", f"![{caption}]({figs[key]})", ""]
+        else:
+            md += [f"*{caption}: not drawn ({report_figures.MISSING[key]}).*", ""]
+    md += ["Fig. 3c in numbers (PGD-100 accuracy, %):", ""] + robust_vs_eps_table(rows) + [""]
+    md += ["## Attention under attack", ""] + attention_table(rows)
+    md += ["", "A(x): the student's CLS→patch attention (unit mass); JS in nats (max ln 2); "
+           "top-20% G mass: share of A on the 20% patches with the highest depth saliency G(x).",
+           "", "## Sanity checks", ""] + sanity_lines(rows)
+    figures = copy_eval_figures(rows, out)
+    if figures:
+        md += ["", "## Grad-CAM and attention under attack (Fig. 2/4 style)", ""] + figures
+    return "\n".join(md) + "\n"
+
+
+def run(paths: list[str], out: str) -> Path:
+    rows = gather(list(paths))
+    if not rows:
+        raise DaatError("report: no run or eval artifacts given")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.md"
+    atomic_write_text(path, render(rows, out_dir))
+    return path

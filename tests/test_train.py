@@ -1,0 +1,296 @@
+"""train_step and the depth-target policy, on tiny in-process models (no shards needed).
+
+Every check compares against values computed independently here: the update against a hand
+written Eq. 5 + clip + AdamW step on a copy of the model, the depth model's input against the
+PGD output, the teacher and depth-model call counts against the configured schedule.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from daat import attacks
+from daat import config as config_mod
+from daat.errors import TrainingError
+from daat.models import Outputs
+from daat.train import step as step_mod
+from daat.train.loop import build_state, determining
+from daat.train.online_depth import DepthTarget, check_policy, wants_online
+from daat.train.step import NonFiniteGuard, StepSchedule, train_step
+from daat.train.teacher import ResolvedTeacher, RunTeacher, standard_config
+
+TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
+        "model.num_heads=2", "train.batch_size=4", "attack.steps=2", "seed=3",
+        "depth.target=cached"]
+CLASSES = 5
+
+
+def tiny_cfg(*presets, overrides=()):
+    return config_mod.load(list(presets) or ["daat", "synthetic"], TINY + list(overrides))
+
+
+def batch(seed=0, n=4, size=32, grid=4):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size, size, generator=gen)
+    y = torch.randint(0, CLASSES, (n,), generator=gen)
+    g = torch.rand(n, grid * grid, generator=gen)
+    return x, y, g / g.sum(1, keepdim=True)
+
+
+class CountingTeacher(torch.nn.Module):
+    """A frozen random linear map of the patches to [B, 1+N, D] tokens that counts its calls."""
+
+    def __init__(self, dim=24, grid=4, patch=8):
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * patch * patch, dim).requires_grad_(False)
+        self.patch, self.calls, self.inputs = patch, 0, []
+
+    def forward(self, x):
+        self.calls += 1
+        self.inputs.append(x)
+        p = F.unfold(x, self.patch, stride=self.patch).transpose(1, 2)  # [B, N, 3*p*p]
+        t = self.proj(p)
+        return torch.cat([t.mean(1, keepdim=True), t], dim=1)
+
+
+def resolved(teacher, dim=24):
+    return ResolvedTeacher(teacher, "counting", [], dim)
+
+
+class FakeDepth:
+    """Stands in for load_depth_model(...): a 'depth' that is the mean channel; records inputs."""
+
+    model_id = "fake-depth"
+
+    def __init__(self):
+        self.inputs = []
+
+    def __call__(self, images):
+        self.inputs.append(images.clone())
+        return images.mean(1)
+
+
+def never_load(*args, **kwargs):
+    raise AssertionError("the depth model must not be loaded")
+
+
+# -- the update itself -----------------------------------------------------------------------
+def test_train_step_is_eq5_then_clip_then_adamw():
+    """With PGD off (x_adv = x) the step must equal Eq. 5 computed by hand with separate forwards
+    (adversarial with the tap, clean with tokens), global-norm clipping and one AdamW step."""
+    cfg = tiny_cfg(overrides=["attack.steps=0", "loss.lam=0.7", "loss.gamma0=0.5",
+                              "optim.grad_clip=0.05"])
+    teacher = CountingTeacher()
+    state = build_state(cfg, CLASSES, resolved(teacher), torch.device("cpu"))
+    ref_model = copy.deepcopy(state.model)
+    copy_before = [(n, p.detach().clone()) for n, p in ref_model.named_parameters()]
+    ref_proj = copy.deepcopy(state.projection)
+    x, y, g = batch()
+    sched = StepSchedule(step=0, epoch=0, lr=3e-3, gamma=0.5, s=0.8)
+
+    out = train_step(state, (x, y, g), sched)
+
+    adv = ref_model.forward_train(x, need_attention=True)
+    clean = ref_model.forward_train(x, need_tokens=True)
+    ce = F.cross_entropy(adv.logits, y)
+    align = (1 - F.cosine_similarity(adv.attention, g, dim=1)).mean()
+    phi_s = ref_proj(clean.tokens).flatten(1)
+    phi_t = teacher(x).flatten(1)
+    feat = (1 - F.cosine_similarity(phi_s, phi_t, dim=1)).mean()
+    loss = ce + 0.7 * 0.8 * align + 0.5 * feat
+    for name, value in (("ce", ce), ("align", align), ("feat", feat), ("loss", loss)):
+        assert out[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+    ref_opt = step_mod.build_optimizer(cfg, ref_model, ref_proj)
+    for group in ref_opt.param_groups:
+        group["lr"] = 3e-3
+    loss.backward()
+    params = list(ref_model.parameters()) + list(ref_proj.parameters())
+    norm = torch.nn.utils.clip_grad_norm_(params, 0.05)
+    assert norm > 0.05  # the clip is active, so it is being tested
+    ref_opt.step()
+    # Adam's first step is lr * g / (|g| + 1e-8): for near-zero gradients a float-summation
+    # difference between one batched forward and two separate ones moves an element by a few
+    # 1e-3 of lr, so the tolerance is 1e-3 * lr, still far below a single step (lr = 3e-3).
+    for (name, p), q in zip(ref_model.named_parameters(), state.model.parameters()):
+        assert not torch.equal(p, dict(copy_before)[name]), name  # every weight moved
+        torch.testing.assert_close(q, p, rtol=0, atol=3e-6, msg=lambda m: f"{name}: {m}")
+    assert out["nonfinite"].item() == 0.0
+
+
+def test_optimizer_groups_skip_decay_on_norms_biases_tokens():
+    cfg = tiny_cfg("pgd-at", "synthetic", overrides=["model.name=vit_base_patch14_dinov2"])
+    state = build_state(cfg, CLASSES, None, torch.device("cpu"))
+    names = {id(p): n for n, p in state.model.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in g["params"]} for g in state.optimizer.param_groups)
+    assert state.optimizer.param_groups[0]["weight_decay"] == cfg.optim.weight_decay
+    assert state.optimizer.param_groups[1]["weight_decay"] == 0.0
+    assert {"vit.pos_embed", "vit.cls_token", "vit.norm.weight", "vit.norm.bias",
+            "vit.blocks.0.attn.qkv.bias", "vit.blocks.0.ls1.gamma"} <= no_decay
+    assert {"vit.blocks.0.attn.qkv.weight", "vit.head.weight",
+            "vit.patch_embed.proj.weight"} <= decay
+    assert len(decay) + len(no_decay) == len(names)
+
+
+def test_pgd_runs_on_frozen_weights_and_feeds_the_update(monkeypatch):
+    cfg = tiny_cfg("pgd-at", "synthetic", overrides=["attack.steps=3"])
+    state = build_state(cfg, CLASSES, None, torch.device("cpu"))
+    seen = {}
+    real = attacks.pgd
+
+    grads_on = []
+    state.model.register_forward_pre_hook(  # PGD calls model(x); the update uses forward_train
+        lambda m, args: grads_on.append(any(p.requires_grad for p in m.parameters())))
+
+    def spy(model, x, y, **kw):
+        result = real(model, x, y, **kw)
+        seen["x_adv"] = result.x_adv
+        seen["kw"] = kw
+        return result
+
+    forward_inputs = []
+    real_forward = state.forward.forward
+    monkeypatch.setattr(step_mod, "pgd", spy)
+    monkeypatch.setattr(state.forward, "forward",
+                        lambda x_adv, x_clean, att: forward_inputs.append(x_adv)
+                        or real_forward(x_adv, x_clean, att))
+    x, y, g = batch()
+    train_step(state, (x, y, g), StepSchedule(0, 0, 1e-3))
+    assert seen["kw"]["steps"] == 3 and seen["kw"]["eps"] == cfg.attack.eps
+    assert seen["kw"]["generator"] is state.generator
+    assert grads_on == [False] * 3  # weights frozen in each of the 3 attack forwards
+    assert torch.equal(forward_inputs[0], seen["x_adv"])  # the update trains on the attack's output
+    assert (seen["x_adv"] - x).abs().max() <= cfg.attack.eps + 1e-6
+    assert not torch.equal(seen["x_adv"], x)
+    assert all(p.requires_grad for p in state.model.parameters())  # restored afterwards
+
+
+def test_nan_loss_is_flagged_and_the_guard_names_the_step():
+    cfg = tiny_cfg("pgd-at", "synthetic", overrides=["attack.steps=0"])
+    state = build_state(cfg, CLASSES, None, torch.device("cpu"))
+    x, y, g = batch()
+    guard = NonFiniteGuard(torch.device("cpu"), steps_per_epoch=5)
+    out = train_step(state, (x, y, g), StepSchedule(0, 0, 1e-3))
+    guard.update(out["nonfinite"], 0)
+    guard.check()
+    x[1, 0, 3, 3] = float("nan")
+    out = train_step(state, (x, y, g), StepSchedule(7, 1, 1e-3))
+    assert out["nonfinite"].item() == 1.0
+    guard.update(out["nonfinite"], 7)
+    guard.update(torch.tensor(1.0), 8)  # later bad steps do not overwrite the first
+    with pytest.raises(TrainingError, match=r"step 7 \(epoch 1\)"):
+        guard.check()
+
+
+# -- L_feat and the teacher ------------------------------------------------------------------
+def test_teacher_runs_on_clean_x_only_while_gamma_positive():
+    cfg = tiny_cfg(overrides=["depth.target=cached", "attack.steps=2"])
+    teacher = CountingTeacher()
+    state = build_state(cfg, CLASSES, resolved(teacher), torch.device("cpu"))
+    x, y, g = batch()
+    out = train_step(state, (x, y, g), StepSchedule(0, 0, 1e-3, gamma=1.0))
+    assert teacher.calls == 1 and teacher.inputs[0] is not None
+    torch.testing.assert_close(teacher.inputs[0], x)  # clean x, not x_adv
+    assert out["feat"].item() > 0
+    out = train_step(state, (x, y, g), StepSchedule(1, 3, 1e-3, gamma=0.0))
+    assert teacher.calls == 1 and out["feat"].item() == 0.0
+
+
+def test_run_teacher_gives_final_norm_tokens_and_stays_frozen():
+    cfg = tiny_cfg("pgd-at", "synthetic")
+    student = build_state(cfg, CLASSES, None, torch.device("cpu")).model
+    teacher = RunTeacher(copy.deepcopy(student))
+    teacher.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    x = batch()[0]
+    expected = student.vit.forward_features(student.normalize(x))
+    torch.testing.assert_close(teacher(x), expected)
+
+
+def test_standard_config_and_content_key_match_a_standard_preset_run():
+    daat = tiny_cfg("daat", "synthetic", overrides=["loss.teacher=run:standard"])
+    standard = tiny_cfg("standard", "synthetic", overrides=["loss.teacher=run:standard",
+                                                           "attack.steps=0"])
+    derived = standard_config(daat)
+    assert derived.attack.steps == 0 and derived.loss.lam == 0 and derived.loss.gamma0 == 0
+    assert determining(derived) == determining(standard)
+    assert determining(daat) != determining(derived)
+    # purely operational keys never change the run
+    noisy = tiny_cfg("daat", "synthetic", overrides=["train.log_every_steps=3", "device=cpu",
+                                                     "data.num_workers=0"])
+    assert determining(noisy) == determining(tiny_cfg("daat", "synthetic"))
+
+
+# -- the depth-target policy -----------------------------------------------------------------
+def test_cached_never_loads_the_depth_model():
+    cfg = tiny_cfg(overrides=["depth.target=cached"])
+    target = DepthTarget(cfg, (4, 4), torch.device("cpu"), loader=never_load)
+    state = build_state(cfg, CLASSES, None, torch.device("cpu"))
+    state.depth_target = target
+    x, y, g = batch()
+    for i in range(3):
+        train_step(state, (x, y, g), StepSchedule(i, i, 1e-3))
+    assert target.online_calls == 0
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["depth.target=online"], [True] * 6),
+    (["depth.target=mixed", "depth.online_every=2"], [True, False, True, False, True, False]),
+    (["depth.target=mixed", "depth.online_epochs=[1,2]"], [False, False, True, True, False,
+                                                           False]),
+])
+def test_online_and_mixed_call_the_depth_model_on_x_adv(monkeypatch, overrides, expected):
+    """Six steps, two per epoch: the depth model runs exactly on the configured steps, on the
+    very tensor PGD returned, and its G is what L_align compares A(x_adv) with."""
+    cfg = tiny_cfg(overrides=overrides + ["depth.model=/nonexistent/depth"])
+    fake = FakeDepth()
+    state = build_state(cfg, CLASSES, None, torch.device("cpu"))
+    state.depth_target = DepthTarget(cfg, (4, 4), torch.device("cpu"), loader=lambda *a, **k: fake)
+    pgd_outputs, targets = [], []
+    real_pgd, real_align = attacks.pgd, step_mod.align_loss
+
+    def spy_pgd(*args, **kw):
+        result = real_pgd(*args, **kw)
+        pgd_outputs.append(result.x_adv)
+        return result
+
+    monkeypatch.setattr(step_mod, "pgd", spy_pgd)
+    monkeypatch.setattr(step_mod, "align_loss", lambda a, t: targets.append(t) or real_align(a, t))
+    x, y, g = batch()
+    calls = []
+    for step in range(6):
+        before = len(fake.inputs)
+        train_step(state, (x, y, g), StepSchedule(step, step // 2, 1e-3))
+        calls.append(len(fake.inputs) > before)
+        if calls[-1]:
+            assert torch.equal(fake.inputs[-1], pgd_outputs[-1])
+            assert not torch.equal(fake.inputs[-1], x)
+            from daat.saliency import depth_saliency
+            torch.testing.assert_close(targets[-1], depth_saliency(pgd_outputs[-1].mean(1), (4, 4)))
+        else:
+            torch.testing.assert_close(targets[-1], g)
+    assert calls == expected
+    assert state.depth_target.online_calls == sum(expected)
+
+
+def test_policy_checks():
+    assert not wants_online(tiny_cfg(overrides=["depth.target=cached"]), 0, 0)
+    with pytest.raises(config_mod.ConfigError, match="oracle"):
+        check_policy(tiny_cfg(overrides=["depth.target=online", "depth.model=oracle"]))
+    with pytest.raises(config_mod.ConfigError, match="online_every"):
+        check_policy(tiny_cfg(overrides=["depth.target=mixed", "depth.model=x"]))
+    check_policy(tiny_cfg(overrides=["depth.target=online", "depth.model=oracle",
+                                     "loss.lam=0"]))  # no L_align: the target is never needed
+
+
+def test_train_forward_batches_adv_and_clean_like_two_forwards():
+    cfg = tiny_cfg("pgd-at", "synthetic")
+    state = build_state(cfg, CLASSES, None, torch.device("cpu"))
+    x, _, _ = batch()
+    x_adv = (x + 0.01).clamp(0, 1)
+    logits, attention, tokens = state.forward(x_adv, x, True)
+    adv: Outputs = state.model.forward_train(x_adv, need_attention=True)
+    clean: Outputs = state.model.forward_train(x, need_tokens=True)
+    torch.testing.assert_close(logits, adv.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(attention, adv.attention, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tokens, clean.tokens, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,400 @@
+"""``daat train``: the training loop and its run artifact (resumable, DDP under torchrun).
+
+    run(cfg, shards_dir, out) -> Artifact   # <out>/run-<key16>/{config.yaml, metrics.jsonl,
+                                            #     checkpoints/{step-*,epoch-*,latest,final.pt}}
+
+Running the same command again resumes from ``checkpoints/latest`` (model, optimiser, step, RNG
+streams, data position) or returns the finished run at once. Only rank 0 writes files; every rank
+reads the same shards and checkpoints (multi-node: ``--out`` on a shared file system).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from daat import config as config_mod
+from daat import dist
+from daat.artifacts import Artifact, atomic_write_text, create_or_open
+from daat.config import Config
+from daat.errors import ShardFormatError, TrainingError
+from daat.pipeline.shards import ShardArtifact, batches_per_epoch, eval_pipeline, open_shards
+from daat.pipeline.shards import train_pipeline
+from daat.train import checkpoint as ckpt
+from daat.train import teacher as teacher_mod
+from daat.train.online_depth import DepthTarget, check_policy
+from daat.train.schedules import gamma_at, lr_at, s_at
+from daat.train.step import NonFiniteGuard, StepSchedule, TrainForward, TrainState
+from daat.train.step import build_optimizer, train_step, val_sums
+
+METRICS = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+LOSS_KEYS = ("loss", "ce", "align", "feat", "zero_grad")
+# Keys that change how a run executes or reports, not what it learns: left out of its content key
+# (the data section is represented by the shard artifact id in the lineage).
+OPERATIONAL = {"": ["preset", "device", "data", "eval"],
+               "train": ["log_every_steps", "ckpt_every_steps", "keep_step_checkpoints",
+                         "keep_epoch_checkpoints", "compile"],
+               "depth": ["batch_size", "channels_last", "compile"]}
+
+
+def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
+    """Train (or resume, or reuse) the run that ``cfg`` on ``shards_dir`` determines."""
+    device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    joined_here = not torch.distributed.is_initialized()
+    info = dist.init(device)
+    try:
+        check_policy(cfg)
+        shards = open_checked(cfg, shards_dir)
+        source = teacher_mod.locate(cfg, shards_dir, out)
+        art = _open_run(cfg, shards, source, out, info)
+        if art.complete:
+            return art
+        teacher = teacher_mod.load(source, cfg, device) if source else None
+        if info.is_main:
+            sys.stderr.write(f"# resolved config ({art.id})\n{config_mod.dump(cfg)}")
+            art.write_bytes(CONFIG_FILE, config_mod.dump(cfg).encode())
+            art.save()
+        loop = _Loop(cfg, art, shards, teacher, device, info)
+        loop.restore()
+        loop.train()
+        loop.finish()
+        dist.barrier()
+        return art
+    finally:
+        if joined_here and info.enabled:
+            dist.cleanup()
+
+
+def open_checked(cfg: Config, shards_dir: str | Path) -> ShardArtifact:
+    """The shard artifact, checked against what this config needs from it."""
+    shards = open_shards(shards_dir)
+    for split in ("train", "val"):
+        if split not in shards.splits or shards.split_size(split) == 0:
+            raise ShardFormatError(f"{shards.path}: training needs a non-empty '{split}' split "
+                                   f"(has {shards.splits})")
+    stored = int(shards.image_policy["resize_short"])
+    if stored < cfg.model.img_size:
+        raise ShardFormatError(
+            f"{shards.path}: images are stored with short side {stored} px, smaller than "
+            f"model.img_size={cfg.model.img_size}; preprocess again with data.resize_short >= "
+            f"{cfg.model.img_size} or lower model.img_size")
+    if not shards.saliency_encoding:
+        raise ShardFormatError(f"{shards.path}: no depth saliency stored (needed for L_align)")
+    return shards
+
+
+@dataclass
+class _Position:
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # batches of ``epoch`` already consumed
+    wall_s: float = 0.0  # training wall time of earlier sessions
+    sums: dict = field(default_factory=dict)  # this epoch's loss sums so far (host floats)
+
+
+class _Loop:
+    """One training session; ``train`` is the epoch loop."""
+
+    def __init__(self, cfg, art, shards, teacher, device, info):
+        self.cfg, self.art, self.shards, self.info, self.device = cfg, art, shards, info, device
+        self.teacher_id = teacher.model_id if teacher else None
+        self.ckpt_dir = art.path / ckpt.CKPT_DIR
+        samples = cfg.train.samples_per_epoch or shards.split_size("train")
+        self.steps_per_epoch = batches_per_epoch(samples, cfg.train.batch_size, info.world_size)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.state = build_state(cfg, shards.num_classes, teacher, device, info)
+        self.pos = _Position()
+        self.guard = NonFiniteGuard(device, self.steps_per_epoch)
+        self.session_start = time.perf_counter()
+        self.last_val: dict = {}
+
+    def restore(self) -> None:
+        """Continue from ``checkpoints/latest`` if there is one."""
+        path = ckpt.latest(self.ckpt_dir)
+        if path is None:
+            _seed_all(self.cfg.seed + self.info.rank)
+            return
+        state = ckpt.load(path)
+        self._check_resumable(state, path)
+        self.state.model.load_state_dict(state["model"])
+        self.state.optimizer.load_state_dict(state["optimizer"])
+        if self.state.projection is not None:
+            self.state.projection.load_state_dict(state["projection"])
+        ckpt.set_rng_state(state["rng"][self.info.rank])
+        self.state.generator.set_state(state["generator"][self.info.rank])
+        self.pos = _Position(state["step"], state["epoch"], state["batch_in_epoch"],
+                             float(state["wall_s"]), dict(state["epoch_sums"]))
+        self.last_val = dict(state["last_val"])
+        if self.info.is_main:
+            _truncate_metrics(self.art.path / METRICS, self.pos.step)
+            tqdm.write(f"resuming {self.art.id} from {path.name} (step {self.pos.step})",
+                       file=sys.stderr)
+
+    def _check_resumable(self, state: dict, path: Path) -> None:
+        if state["shards_id"] != self.shards.id:
+            raise TrainingError(f"{path} was trained on {state['shards_id']}, not "
+                                f"{self.shards.id}")
+        if state["steps_per_epoch"] != self.steps_per_epoch or \
+                len(state["rng"]) != self.info.world_size:
+            raise TrainingError(
+                f"{path} was written by {len(state['rng'])} process(es) with "
+                f"{state['steps_per_epoch']} steps/epoch; this run has {self.info.world_size} "
+                f"with {self.steps_per_epoch}: resume with the same number of processes")
+        if state["num_workers"] != self.cfg.data.num_workers and self.info.is_main:
+            tqdm.write(f"warning: {path.name} was written with data.num_workers="
+                       f"{state['num_workers']}, now {self.cfg.data.num_workers}: the sample "
+                       "order differs from an uninterrupted run (one stream per worker)",
+                       file=sys.stderr)
+
+    def train(self) -> None:
+        cfg = self.cfg
+        bar = tqdm(total=self.total_steps, initial=self.pos.step, disable=not self.info.is_main,
+                   file=sys.stderr, dynamic_ncols=True, desc=self.art.id)
+        for epoch in range(self.pos.epoch, cfg.train.epochs):
+            self.pos.epoch = epoch
+            start, done_before = time.perf_counter(), self.pos.batch
+            interval = _Interval(self.device)
+            for batch in self._batches(epoch):
+                sched = self._schedule(self.pos.step, epoch)
+                out = train_step(self.state, batch, sched)
+                self.guard.update(out["nonfinite"], sched.step)
+                interval.add(out)
+                self.pos.step += 1
+                self.pos.batch += 1
+                bar.update(1)
+                if self.device.type == "cpu":
+                    self.guard.check()  # free on CPU; on GPU only at log/checkpoint points
+                if self.pos.step % cfg.train.log_every_steps == 0:
+                    self._log(interval, sched, bar)
+                    interval = _Interval(self.device)
+                if self.pos.step % cfg.train.ckpt_every_steps == 0 \
+                        and self.pos.batch < self.steps_per_epoch:
+                    self._flush(interval)
+                    interval = _Interval(self.device)
+                    self._save(ckpt.step_name(self.pos.step), epoch_end=False)
+            self._flush(interval)
+            self._end_epoch(epoch, time.perf_counter() - start, self.pos.batch - done_before)
+        bar.close()
+
+    def _batches(self, epoch: int):
+        cfg = self.cfg
+        batches = train_pipeline(
+            self.shards, image_size=cfg.model.img_size, grid=self.state.model.grid,
+            batch_size=cfg.train.batch_size, samples_per_epoch=cfg.train.samples_per_epoch,
+            rank=self.info.rank, world_size=self.info.world_size, seed=cfg.seed, epoch=epoch,
+            num_workers=cfg.data.num_workers, rrc_scale=tuple(cfg.train.rrc_scale),
+            hflip=cfg.train.hflip, skip_batches=self.pos.batch,
+            pin_memory=self.device.type == "cuda")
+        expected, seen = len(batches), 0
+        for batch in batches:
+            seen += 1
+            yield batch
+        if seen != expected:  # a short rank would leave the others waiting in DDP forever
+            raise TrainingError(f"epoch {epoch}: the train pipeline gave {seen} batches, "
+                                f"expected {expected} ({self.shards.path})")
+
+    def _schedule(self, step: int, epoch: int) -> StepSchedule:
+        c, epochs = self.cfg, self.cfg.train.epochs
+        warmup = min(round(c.optim.warmup_epochs * self.steps_per_epoch), self.total_steps)
+        return StepSchedule(
+            step=step, epoch=epoch,
+            lr=lr_at(step, self.total_steps, warmup, c.optim.lr, c.optim.min_lr),
+            gamma=gamma_at(epoch, epochs, c.loss.gamma0, c.loss.gamma_frac),
+            s=s_at(epoch, epochs, c.loss.s_schedule, c.loss.s_warmup_frac))
+
+    def _log(self, interval: "_Interval", sched: StepSchedule, bar) -> None:
+        self.guard.check()
+        means = self._flush(interval)  # the one host-device sync of the interval
+        rate = interval.n * self.cfg.train.batch_size * self.info.world_size / interval.elapsed()
+        bar.set_postfix(ce=f"{means['ce']:.3f}", align=f"{means['align']:.3f}",
+                        feat=f"{means['feat']:.3f}", img_s=f"{rate:.0f}")
+        self._append({"kind": "step", "epoch": sched.epoch, "step": self.pos.step, **means,
+                      "lr": sched.lr, "gamma": sched.gamma, "s": sched.s, "img_per_s": rate})
+
+    def _flush(self, interval: "_Interval") -> dict:
+        self.guard.check()
+        sums = interval.host_sums()
+        for k, v in sums.items():
+            self.pos.sums[k] = self.pos.sums.get(k, 0.0) + v
+        n = max(sums["n"], 1.0)
+        return {k: (sums[k] if k == "zero_grad" else sums[k] / n) for k in LOSS_KEYS}
+
+    def _end_epoch(self, epoch: int, seconds: float, batches: int) -> None:
+        keys = (*LOSS_KEYS, "n")
+        local = torch.tensor([self.pos.sums.get(k, 0.0) for k in keys], dtype=torch.float64,
+                             device=self.device)
+        sums = dict(zip(keys, dist.all_reduce_sum(local).tolist()))
+        n = max(sums["n"], 1.0)
+        self.last_val = self._validate()
+        sched = self._schedule(max(self.pos.step - 1, 0), epoch)
+        images = batches * self.cfg.train.batch_size * self.info.world_size
+        self._append({"kind": "epoch", "epoch": epoch, "step": self.pos.step,
+                      **{k: sums[k] / n for k in LOSS_KEYS if k != "zero_grad"},
+                      "zero_grad": int(sums["zero_grad"]), "lr": sched.lr, "gamma": sched.gamma,
+                      "s": sched.s, "img_per_s": images / max(seconds, 1e-9),
+                      "wall_s": self._wall(), **self.last_val})
+        self.pos.epoch, self.pos.batch, self.pos.sums = epoch + 1, 0, {}
+        self._save(ckpt.epoch_name(epoch + 1), epoch_end=True)
+
+    def _validate(self) -> dict:
+        """Clean and PGD-k accuracy and mean cos(A(x), G) on the first train.val_samples of the
+        val split, sharded over ranks and summed."""
+        cfg, info = self.cfg, self.info
+        batches = eval_pipeline(
+            self.shards, split="val", image_size=cfg.model.img_size, grid=self.state.model.grid,
+            batch_size=cfg.train.batch_size, rank=info.rank, world_size=info.world_size,
+            num_workers=cfg.data.num_workers, max_samples=cfg.train.val_samples or None)
+        k = cfg.train.val_pgd_steps
+        local = val_sums(self.state, ((x, y, g) for _, x, y, g in batches), k,
+                         seed=cfg.seed * 1_000_003 + 7919 + info.rank)
+        n, clean, robust, cos = dist.all_reduce_sum(local).tolist()
+        n = max(n, 1.0)
+        return {"val_n": int(n), "val_clean_acc": clean / n, "val_pgd_acc": robust / n,
+                "val_pgd_steps": k, "val_eps": cfg.attack.eps, "val_cos_AG": cos / n}
+
+    def _wall(self) -> float:
+        return self.pos.wall_s + time.perf_counter() - self.session_start
+
+    def _append(self, record: dict) -> None:
+        if self.info.is_main:
+            with open(self.art.path / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _save(self, name: str, epoch_end: bool) -> None:
+        self.guard.check()
+        s = self.state
+        rng = dist.all_gather_objects(ckpt.rng_state())  # every rank's streams, in rank order
+        generators = dist.all_gather_objects(s.generator.get_state())
+        if not self.info.is_main:
+            return
+        ckpt.save(self.ckpt_dir / name, {
+            **self._model_state(), "optimizer": s.optimizer.state_dict(),
+            "batch_in_epoch": self.pos.batch, "rng": rng, "generator": generators,
+            "epoch_sums": dict(self.pos.sums), "wall_s": self._wall(),
+            "last_val": self.last_val, "epoch_end": epoch_end,
+            "num_workers": self.cfg.data.num_workers})
+        ckpt.write_latest(self.ckpt_dir, name)
+        ckpt.prune(self.ckpt_dir, self.cfg.train.keep_step_checkpoints,
+                   self.cfg.train.keep_epoch_checkpoints)
+
+    def _model_state(self) -> dict:
+        s = self.state
+        return {"model": s.model.state_dict(),
+                "projection": s.projection.state_dict() if s.projection is not None else None,
+                "step": self.pos.step, "epoch": self.pos.epoch,
+                "steps_per_epoch": self.steps_per_epoch, "config": config_mod.to_dict(self.cfg),
+                "shards_id": self.shards.id, "num_classes": self.shards.num_classes}
+
+    def finish(self) -> None:
+        if not self.info.is_main:
+            return
+        art, target = self.art, self.state.depth_target
+        ckpt.save(self.ckpt_dir / ckpt.FINAL, self._model_state())
+        for rel in (f"{ckpt.CKPT_DIR}/{ckpt.FINAL}", CONFIG_FILE, METRICS):
+            art.record_file(rel)
+        art.extra.update({
+            "shards_dir": str(self.shards.path.resolve()), "steps": self.pos.step,
+            "depth_target": self.cfg.depth.target,
+            "depth_model": target.model_id or self.shards.depth_model,
+            "online_depth_steps": target.online_calls, "teacher": self.teacher_id,
+            "final_metrics": self.last_val, "wall_s": self._wall()})
+        art.mark_complete()
+
+
+class _Interval:
+    """Loss sums of one log interval, kept on the device until ``host_sums``."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(len(LOSS_KEYS), device=device, dtype=torch.float64)
+        self.n = 0
+        self.start = time.perf_counter()
+
+    def add(self, out: dict) -> None:
+        self.sums += torch.stack([out[k].double() for k in LOSS_KEYS])
+        self.n += 1
+
+    def host_sums(self) -> dict:
+        return dict(zip(LOSS_KEYS, self.sums.tolist()), n=float(self.n))
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.start, 1e-9)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines written after the checkpoint we resume from (they will be written again)."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def determining(cfg: Config) -> dict:
+    """The resolved config minus operational keys and keys that cannot act in this config, so e.g.
+    the ``run:standard`` teacher and a ``standard`` preset run share one content key."""
+    d = config_mod.to_dict(cfg)
+    drop = {s: list(k) for s, k in OPERATIONAL.items()}
+    if cfg.attack.steps == 0:
+        drop.setdefault("attack", []).extend(["alpha", "random_start", "amp"])
+    if cfg.loss.lam == 0:
+        drop[""].append("depth")
+        drop.setdefault("loss", []).extend(["s_schedule", "s_warmup_frac"])
+    elif cfg.depth.target == "cached":
+        drop["depth"].extend(["model", "amp", "online_every", "online_epochs"])
+    if cfg.loss.gamma0 == 0:
+        drop.setdefault("loss", []).extend(["teacher", "gamma_frac"])
+    for key in drop.pop(""):
+        d.pop(key, None)
+    for section, keys in drop.items():
+        for key in keys:
+            d.get(section, {}).pop(key, None)
+    return d
+
+
+def _open_run(cfg, shards, source, out, info) -> Artifact:
+    lineage = [shards.id] + list(source.lineage if source else ())
+    kwargs = dict(config=config_mod.to_dict(cfg), lineage=lineage)
+    art = create_or_open(out, "run", determining(cfg), **kwargs) if info.is_main else None
+    dist.barrier()  # rank 0 made the directory; the others open the same one
+    return art or create_or_open(out, "run", determining(cfg), **kwargs)
+
+
+def build_state(cfg: Config, num_classes: int, teacher: teacher_mod.ResolvedTeacher | None,
+                device: torch.device, info: dist.DistInfo = dist.DistInfo()) -> TrainState:
+    """Student, projection, DDP wrapper, AdamW, PGD generator and depth target for ``train_step``
+    (also the entry point for benchmarks)."""
+    from daat.models import FeatureProjection, build_student
+
+    _seed_all(cfg.seed)  # identical initial weights on every rank
+    model = build_student(cfg.model, num_classes).to(device)
+    projection = None
+    if teacher is not None and teacher.embed_dim != model.embed_dim:
+        projection = FeatureProjection(model.embed_dim, teacher.embed_dim).to(device)
+    forward: torch.nn.Module = TrainForward(model)
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        forward = DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        forward = torch.compile(forward)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed * 1_000_003 + info.rank)
+    return TrainState(cfg=cfg, model=model, forward=forward,
+                      optimizer=build_optimizer(cfg, model, projection), device=device,
+                      depth_target=DepthTarget(cfg, model.grid, device), generator=generator,
+                      teacher=teacher.module if teacher else None, projection=projection,
+                      distributed=info.enabled)

@@ -1,0 +1,239 @@
+"""One DAAT update (Eq. 5), as a plain function of the training state and one batch.
+
+    x_adv = PGD(x)                       maximises CE only, weights frozen, no syncs
+    CE(f(x_adv), y) + λ s(t) L_align(A(x_adv), G) + γ(t) L_feat(φθ(x), φT(x))
+
+The adversarial forward and (while γ(t) > 0) the clean forward for L_feat share one batched
+forward of ``[x_adv; x]``: a ViT has no batch statistics, so this is exactly two forwards in one
+launch, and DDP sees one forward per backward. Losses come back as detached 0-d tensors; nothing
+here waits for the device, so the loop decides when to synchronise (once per log interval).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from daat.attacks import pgd
+from daat.config import Config
+from daat.errors import TrainingError
+from daat.train.losses import align_loss, cosine_distance, feat_loss
+from daat.train.online_depth import DepthTarget
+
+
+class TrainForward(nn.Module):
+    """The module DDP wraps: one forward of the student on ``x_adv`` (and the clean ``x``)."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x_adv: torch.Tensor, x_clean: torch.Tensor | None, need_attention: bool):
+        if x_clean is None:
+            out = self.student.forward_train(x_adv, need_attention=need_attention)
+            return out.logits, out.attention, None
+        b = x_adv.shape[0]
+        out = self.student.forward_train(torch.cat([x_adv, x_clean]),
+                                         need_attention=need_attention, need_tokens=True)
+        attention = out.attention[:b] if need_attention else None
+        return out.logits[:b], attention, out.tokens[b:]
+
+
+@dataclass
+class TrainState:
+    """Everything ``train_step`` touches. ``forward`` is ``TrainForward(model)``, DDP-wrapped
+    under torchrun; ``model`` is the bare student (PGD runs on it, outside DDP)."""
+
+    cfg: Config
+    model: nn.Module
+    forward: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    depth_target: DepthTarget
+    generator: torch.Generator  # PGD random starts; its state is checkpointed
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None
+    projection: nn.Module | None = None  # student width -> teacher width, trained with L_feat
+    distributed: bool = False
+    params: list[torch.Tensor] = field(default_factory=list)  # clipped together
+
+    def __post_init__(self) -> None:
+        if not self.params:
+            self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """The schedule values of one step (pure functions of step/epoch, computed by the loop)."""
+
+    step: int
+    epoch: int
+    lr: float
+    gamma: float = 0.0  # γ(t), Eq. 4
+    s: float = 1.0  # s(t)
+
+
+def amp_context(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA (fp32 master weights); nothing on CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def adversarial(state: TrainState, x: torch.Tensor, y: torch.Tensor):
+    """``(x_adv, zero-grad count)``; x itself when attack.steps == 0 (standard training)."""
+    a = state.cfg.attack
+    if a.steps == 0:
+        return x, torch.zeros((), device=x.device)
+    amp_dtype = torch.bfloat16 if a.amp and state.device.type == "cuda" else None
+    was_training = state.model.training
+    state.model.eval()  # the attack sees the deterministic model
+    try:
+        result = pgd(state.model, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps,
+                     random_start=a.random_start, generator=state.generator, amp_dtype=amp_dtype)
+    finally:
+        state.model.train(was_training)
+    return result.x_adv.detach(), result.zero_grad.sum().float()
+
+
+def train_step(state: TrainState, batch, sched: StepSchedule) -> dict[str, torch.Tensor]:
+    """Attack, one forward, Eq. 5, backward, clip, AdamW. Returns detached 0-d loss tensors:
+    loss, ce, align, feat, zero_grad (PGD samples whose input gradient was all zero) and
+    nonfinite (1.0 when the total loss was NaN/inf)."""
+    cfg, device = state.cfg, state.device
+    x, y, g_cached = _to_device(batch, device)
+    for group in state.optimizer.param_groups:
+        group["lr"] = sched.lr
+
+    x_adv, zero_grad = adversarial(state, x, y)
+    weight_align = cfg.loss.lam * sched.s
+    need_align = weight_align > 0
+    need_feat = sched.gamma > 0 and state.teacher is not None
+    target = state.depth_target(sched.step, sched.epoch, x_adv, g_cached) if need_align else None
+
+    state.forward.train()
+    with amp_context(device, cfg.train.amp):
+        logits, attention, tokens = state.forward(x_adv, x if need_feat else None, need_align)
+        ce = F.cross_entropy(logits.float(), y)
+        align = align_loss(attention.float(), target.float()) if need_align else ce.new_zeros(())
+        feat = _feat(state, x, tokens) if need_feat else ce.new_zeros(())
+    loss = ce + weight_align * align + sched.gamma * feat
+
+    loss.backward()
+    if need_feat and state.distributed and state.projection is not None:
+        _average_grads(state.projection)
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(state.params, cfg.optim.grad_clip, foreach=True)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss.detach(), "ce": ce.detach(), "align": align.detach(),
+            "feat": feat.detach(), "zero_grad": zero_grad,
+            "nonfinite": (~torch.isfinite(loss.detach())).float()}
+
+
+def _feat(state: TrainState, x: torch.Tensor, student_tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        teacher_tokens = state.teacher(x)
+    if state.projection is not None:
+        student_tokens = state.projection(student_tokens)
+    return feat_loss(student_tokens.float(), teacher_tokens.float())
+
+
+def _average_grads(module: nn.Module) -> None:
+    """The projection lives outside DDP (it is unused once γ = 0), so average it by hand."""
+    import torch.distributed as torch_dist
+
+    world = torch_dist.get_world_size()
+    for p in module.parameters():
+        if p.grad is not None:
+            torch_dist.all_reduce(p.grad)
+            p.grad.div_(world)
+
+
+def _to_device(batch, device: torch.device):
+    images, labels = batch[0], batch[1]
+    g = batch[2] if len(batch) > 2 else None
+    move = dict(device=device, non_blocking=True)
+    return images.to(**move), labels.to(**move), (g.to(**move) if g is not None else None)
+
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
+
+
+def build_optimizer(cfg: Config, model: nn.Module,
+                    projection: nn.Module | None = None) -> torch.optim.Optimizer:
+    """AdamW over the student (and projection); no weight decay on norms, biases, layer-scale
+    gains (every 1-d tensor), the positional embedding or the CLS/register tokens."""
+    named = list(model.named_parameters())
+    if projection is not None:
+        named += [(f"projection.{n}", p) for n, p in projection.named_parameters()]
+    decay, no_decay = [], []
+    for name, p in named:
+        if p.requires_grad:
+            skip = p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES)
+            (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = True if next(model.parameters()).is_cuda else None
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=fused)
+
+
+VAL_FIELDS = ("n", "clean", "robust", "cos")
+
+
+def val_sums(state: TrainState, batches, pgd_steps: int, seed: int) -> torch.Tensor:
+    """Sums over ``batches`` of (count, clean correct, PGD-k correct, cos(A(x), G)) on this rank,
+    as a float64 device tensor (the loop all-reduces it). PGD-k runs at ``attack.eps`` with
+    α = 2.5 ε / k (Madry et al.; 1/255 for ε = 4/255, k = 10), random start from a generator
+    seeded by ``seed`` (the global RNG streams are not touched), and a sample counts as robust only
+    if no iterate fooled the model (worst case over iterates, as evaluation scores it)."""
+    cfg, device, model = state.cfg, state.device, state.model
+    eps = cfg.attack.eps
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    amp_dtype = torch.bfloat16 if cfg.attack.amp and device.type == "cuda" else None
+    sums = torch.zeros(len(VAL_FIELDS), dtype=torch.float64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            x, y, g = _to_device(batch, device)
+            with torch.no_grad(), amp_context(device, cfg.train.amp):
+                out = model.forward_train(x, need_attention=True)
+            clean = out.logits.argmax(dim=1) == y
+            cos = 1.0 - cosine_distance(out.attention.float(), g.float().flatten(1))
+            robust = clean
+            if pgd_steps > 0:
+                result = pgd(model, x, y, eps=eps, alpha=2.5 * eps / pgd_steps, steps=pgd_steps,
+                             random_start=True, generator=generator, amp_dtype=amp_dtype,
+                             check_final=True)
+                robust = clean & ~result.fooled_any
+            sums += torch.stack([torch.tensor(float(len(y)), device=device, dtype=torch.float64),
+                                 clean.sum().double(), robust.sum().double(), cos.sum().double()])
+    finally:
+        model.train(was_training)
+    return sums
+
+
+class NonFiniteGuard:
+    """Remembers the first step whose loss was NaN/inf, on the device, without syncing; ``check``
+    (once per log interval and before every checkpoint; every step on CPU, where it is free)
+    raises naming that step, so a broken update is never checkpointed."""
+
+    def __init__(self, device: torch.device, steps_per_epoch: int):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.steps_per_epoch = max(1, steps_per_epoch)
+
+    def update(self, nonfinite: torch.Tensor, step: int) -> None:
+        hit = (nonfinite > 0) & (self.first_bad < 0)
+        self.first_bad = torch.where(hit, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def check(self) -> None:
+        bad = int(self.first_bad.item())
+        if bad >= 0:
+            raise TrainingError(
+                f"loss became NaN/inf at step {bad} (epoch {bad // self.steps_per_epoch}); the "
+                "run stopped without checkpointing it. Lower optim.lr or check the data")

@@ -1,0 +1,107 @@
+"""The frozen L_feat teacher named by ``loss.teacher`` (only resolved when ``loss.gamma0 > 0``).
+
+- a timm name or a local weights file/dir (the paper: DINOv2 ViT-B/14) -> ``models.build_teacher``;
+- ``run:/path/to/run-…``: a finished daat run whose final student is frozen and used as teacher
+  (its CLS + patch tokens after the final norm);
+- ``run:standard``: train (or reuse: same content key, so free the second time) a ``standard``
+  run with the same data/model/optim settings on the same shards, and use that. Offline, with no
+  DINOv2 weights, this is the synthetic preset's stand-in teacher.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from daat.artifacts import ArtifactError, open_artifact
+from daat.config import Config
+from daat.errors import TrainingError
+
+RUN_PREFIX = "run:"
+STANDARD = "run:standard"
+
+
+@dataclass
+class ResolvedTeacher:
+    module: nn.Module  # frozen, eval mode: x [B,3,S,S] in [0,1] -> tokens [B,1+N,D_t]
+    model_id: str  # what the manifest records
+    lineage: list[str]  # artifact ids the run depends on through its teacher
+    embed_dim: int
+
+
+class RunTeacher(nn.Module):
+    """A trained daat student used as a frozen teacher: its tokens after the final norm."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student.forward_train(x, need_tokens=True).tokens
+
+    def train(self, mode: bool = True) -> "RunTeacher":
+        return super().train(False)  # always frozen
+
+
+def standard_config(cfg: Config) -> Config:
+    """The ``standard`` run (no attack, no alignment terms) with cfg's data/model/optim/train."""
+    std = copy.deepcopy(cfg)
+    std.preset = "standard"
+    std.attack.steps = 0
+    std.loss.lam = 0.0
+    std.loss.gamma0 = 0.0
+    std.depth.target = "cached"
+    return std
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where the teacher comes from, known before anything is loaded (it enters the content key
+    through the lineage when it is a run)."""
+
+    spec: str  # loss.teacher as given
+    run_dir: Path | None  # a finished daat run, for run:... teachers
+    lineage: tuple[str, ...]
+
+
+def locate(cfg: Config, shards_dir: str | Path, out: str | Path) -> TeacherSource | None:
+    """The teacher's source, or None when L_feat is off (γ0 = 0). ``run:standard`` trains (or
+    reuses) the standard run here, on every rank, before this run's artifact is opened."""
+    if cfg.loss.gamma0 <= 0:
+        return None
+    spec = cfg.loss.teacher
+    if spec == STANDARD:
+        from daat.train.loop import run as train_run
+        return _run_source(spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path)
+    if spec.startswith(RUN_PREFIX):
+        return _run_source(spec, Path(spec[len(RUN_PREFIX):]))
+    return TeacherSource(spec, None, ())
+
+
+def _run_source(spec: str, run_dir: Path) -> TeacherSource:
+    try:
+        art = open_artifact(run_dir, kind="run", require_complete=True)
+    except ArtifactError as e:
+        raise TrainingError(f"loss.teacher={spec}: {e}") from e
+    return TeacherSource(spec, art.path, (art.id,))
+
+
+def load(source: TeacherSource, cfg: Config, device: torch.device) -> ResolvedTeacher:
+    """The frozen teacher module (eval mode, no gradients) on ``device``."""
+    if source.run_dir is not None:
+        from daat.train.checkpoint import load_model_for_eval
+
+        student, _, _ = load_model_for_eval(source.run_dir, device=device)
+        return ResolvedTeacher(RunTeacher(student), source.lineage[0], list(source.lineage),
+                               int(student.embed_dim))
+    from daat.models import build_teacher
+
+    grid = (cfg.model.img_size // cfg.model.patch_size,) * 2
+    teacher = build_teacher(source.spec, cfg.model.img_size, grid, device)
+    teacher.eval().requires_grad_(False)
+    model_id = getattr(teacher, "model_id", source.spec)
+    return ResolvedTeacher(teacher, str(model_id), [], int(teacher.embed_dim))
