@@ -13,9 +13,10 @@ Metrics (all per sample, averaged over val by the caller):
 Grad-CAM for a ViT (Selvaraju et al. 2017, adapted as in pytorch-grad-cam's ViT recipe): the
 "feature map" is the patch tokens ENTERING the last transformer block, T [B, N, D]. We take
 those and not the last block's output because a CLS-token classifier never reads the last
-block's patch outputs: their gradient is exactly zero. Channel weights are the gradient of the chosen class logit
-averaged over patches, α_d = mean_i ∂y_c/∂T_id; the map is ReLU(Σ_d α_d T_id), then divided by its
-maximum so clean and adversarial maps share a [0, 1] scale (an all-zero map stays zero).
+block's patch outputs: their gradient is exactly zero. Channel weights are the gradient of the
+chosen class logit averaged over patches, α_d = mean_i ∂y_c/∂T_id; the map is
+ReLU(Σ_d α_d T_id), then divided by its maximum so clean and adversarial maps share a [0, 1]
+scale (an all-zero map stays zero).
 """
 from __future__ import annotations
 

@@ -254,10 +254,8 @@ def attack_text(rows: list[Row]) -> str:
     return "; ".join(seen) or "settings not recorded"
 
 
-def render(rows: list[Row], out: Path) -> str:
-    figs = report_figures.draw_all(rows, out)
-    md = ["# DAAT report", "", "## Table 1: clean / PGD-10 / AutoAttack accuracy (%)", ""]
-    md += table1(rows)
+def table1_section(rows: list[Row]) -> list[str]:
+    md = ["## Table 1: clean / PGD-10 / AutoAttack accuracy (%)", ""] + table1(rows)
     subsets = sorted({(r.summary["counts"]["evaluated"], r.summary["counts"]["autoattack"],
                        r.summary["counts"]["val"]) for r in rows if r.summary})
     md += ["", "Accuracies are on the val split: clean and PGD-10 on the evaluated samples, "
@@ -271,14 +269,23 @@ def render(rows: list[Row], out: Path) -> str:
     if same:
         md += ["", "The same attacks on the AutoAttack subset only (accuracy %, identical images "
                "for every attack, so AA ≤ PGD-100 ≤ PGD-10 ≤ clean is expected):", ""] + same
-    md += ["", "## Figure 3", ""]
+    return md
+
+
+def figure3_section(rows: list[Row], out: Path) -> list[str]:
+    figs = report_figures.draw_all(rows, out)
+    md = ["## Figure 3", ""]
     for key, caption in report_figures.CAPTIONS.items():
         if key in figs:
             md += [f"**{caption}**", "", f"![{caption}]({figs[key]})", ""]
         else:
             md += [f"*{caption}: not drawn ({report_figures.MISSING[key]}).*", ""]
-    md += ["Fig. 3c in numbers (PGD-100 accuracy, %):", ""] + robust_vs_eps_table(rows) + [""]
-    md += ["## Attention under attack", ""] + attention_table(rows)
+    return md + ["Fig. 3c in numbers (PGD-100 accuracy, %):", ""] + robust_vs_eps_table(rows)
+
+
+def render(rows: list[Row], out: Path) -> str:
+    md = ["# DAAT report", ""] + table1_section(rows) + [""] + figure3_section(rows, out)
+    md += ["", "## Attention under attack", ""] + attention_table(rows)
     md += ["", "A(x): the student's CLS→patch attention (unit mass); JS in nats (max ln 2); "
            "top-20% G mass: share of A on the 20% patches with the highest depth saliency G(x).",
            "", "## Sanity checks", ""] + sanity_lines(rows)

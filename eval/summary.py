@@ -42,74 +42,70 @@ def accuracy_keys(cfg: Config) -> tuple[str, str]:
     return f"pgd-{cfg.eval.pgd_steps}", f"pgd-{cfg.eval.pgd_long_steps}"
 
 
+def _same_samples(clean, table, aa, aa_mask, longs: dict, long_mask, cfg: Config) -> dict:
+    """Every attack's accuracy on the AutoAttack subset and on the PGD-100 subset."""
+    short_key, long_key = accuracy_keys(cfg)
+    same = {"autoattack_subset": {"clean": _acc(clean, aa_mask), short_key: _acc(table, aa_mask),
+                                  "autoattack": _acc(aa, aa_mask)},
+            "pgd_long_subset": {"clean": _acc(clean, long_mask), short_key: _acc(table, long_mask),
+                                **{f"{long_key}@{e}": _acc(c, long_mask)
+                                   for e, c in longs.items()}}}
+    eps_key = results.eps_label(cfg.eval.eps)
+    if eps_key in longs and not (aa_mask & ~long_mask).any():  # AA subset inside PGD-100's
+        same["autoattack_subset"][f"{long_key}@{eps_key}"] = _acc(longs[eps_key], aa_mask)
+    return same
+
+
 def build(store: Store, cfg: Config, facts: dict, counts: list[dict], figure_files: list[str]
           ) -> dict:
     ev = cfg.eval
     short_key, long_key = accuracy_keys(cfg)
     by_name = {t.name: t for t in store.tasks}
-
-    def full(name: str, field: str = "correct") -> np.ndarray:
-        return store.read_full(by_name[name], field)
-
-    clean, table = full("clean"), full(results.table_task_name(ev))
-    has_aa = results.autoattack_task_name(ev) in by_name  # eval.autoattack=false: no AA task
-    aa = full(results.autoattack_task_name(ev)) if has_aa else np.zeros(store.n, dtype=bool)
+    clean = store.read_full(by_name["clean"], "correct")
+    table = store.read_full(by_name[results.table_task_name(ev)], "correct")
+    aa_task = by_name.get(results.autoattack_task_name(ev))  # None: eval.autoattack=false
+    aa = store.read_full(aa_task, "correct") if aa_task else np.zeros(store.n, dtype=bool)
+    aa_mask = store.member("autoattack") if aa_task else np.zeros(store.n, dtype=bool)
     long_mask = store.member("long")
-    aa_mask = store.member("autoattack") if has_aa else np.zeros(store.n, dtype=bool)
-    longs = {results.eps_label(e): full(results.long_task_name(ev, e)) for e in ev.eps_grid}
-    accuracy = {"clean": _acc(clean), short_key: _acc(table), "autoattack": _acc(aa, aa_mask),
-                long_key: {e: _acc(c, long_mask) for e, c in longs.items()}}
-    same = {"autoattack_subset": {"clean": _acc(clean, aa_mask), short_key: _acc(table, aa_mask),
-                                  "autoattack": _acc(aa, aa_mask)},
-            "pgd_long_subset": {"clean": _acc(clean, long_mask), short_key: _acc(table, long_mask)}}
-    for e, c in longs.items():
-        same["pgd_long_subset"][f"{long_key}@{e}"] = _acc(c, long_mask)
-    eps_key = results.eps_label(ev.eps)
-    if eps_key in longs and not (aa_mask & ~long_mask).any():  # AA subset inside PGD-100's
-        same["autoattack_subset"][f"{long_key}@{eps_key}"] = _acc(longs[eps_key], aa_mask)
+    longs = {results.eps_label(e): store.read_full(by_name[results.long_task_name(ev, e)],
+                                                   "correct") for e in ev.eps_grid}
     zero_grad = np.zeros(store.n, dtype=bool)
-    for task in store.tasks:
-        if task.kind == "pgd":
-            zero_grad |= store.read_full(task, "zero_grad")
+    for task in (t for t in store.tasks if t.kind == "pgd"):
+        zero_grad |= store.read_full(task, "zero_grad")
     flags, checks = sanity(cfg, clean, table, aa, aa_mask, longs, long_mask, zero_grad)
     grid = facts.get("grid", (1, 1))
-    n_patches = int(grid[0] * grid[1])
     return {
         **{k: v for k, v in facts.items() if k != "grid"},
         "preset": cfg.preset, "seed": cfg.seed, "lam": cfg.loss.lam, "card": cfg.data.card,
-        "accuracy": accuracy,
-        "accuracy_on_same_samples": same,
+        "accuracy": {"clean": _acc(clean), short_key: _acc(table),
+                     "autoattack": _acc(aa, aa_mask),
+                     long_key: {e: _acc(c, long_mask) for e, c in longs.items()}},
+        "accuracy_on_same_samples": _same_samples(clean, table, aa, aa_mask, longs, long_mask,
+                                                  cfg),
         "counts": {"val": int(store.group.attrs["n_val"]), "evaluated": store.n,
                    "pgd_long": int(long_mask.sum()), "autoattack": int(aa_mask.sum()),
                    "chunk_size": store.chunk_size,
                    "chunks": {g: store.n_chunks(g) for g in results.GROUPS}},
         "attacks": attack_facts(cfg),
-        "attention": attention_summary(store, n_patches, short_key, ev.eps),
+        "attention": attention_summary(store, int(grid[0] * grid[1]), short_key, ev.eps),
         "sanity": {"flags": flags, "checks": checks},
-        "resume": {"chunks_computed": _sum_counts(c["computed"] for c in counts),
+        "resume": {"chunks_computed": _sum(c["computed"] for c in counts),
                    "chunk_tasks_computed": sum(sum(c["computed"].values()) for c in counts),
                    "chunk_tasks_reused": sum(c["reused"] for c in counts)},
+        # this invocation's compute time per task, summed over ranks (earlier runs' chunks: 0)
         "compute_seconds": {k: round(v, 1) for k, v in
-                            _sum_seconds(c.get("seconds", {}) for c in counts).items()},
+                            _sum(c.get("seconds", {}) for c in counts).items()},
         "figures": figure_files,
         "note": NOTE,
     }
 
 
-def _sum_seconds(dicts) -> dict[str, float]:
-    """Per-task compute time of this invocation, summed over ranks (chunks run earlier: 0)."""
-    total: dict[str, float] = {}
+def _sum(dicts):
+    """Key-wise sum of per-rank dicts."""
+    total: dict = {}
     for d in dicts:
         for k, v in d.items():
-            total[k] = total.get(k, 0.0) + float(v)
-    return total
-
-
-def _sum_counts(dicts) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for d in dicts:
-        for k, v in d.items():
-            total[k] = total.get(k, 0) + int(v)
+            total[k] = total.get(k, 0) + v
     return total
 
 

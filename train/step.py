@@ -58,6 +58,7 @@ class TrainState:
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None
     projection: nn.Module | None = None  # student width -> teacher width, trained with L_feat
     distributed: bool = False
+    attack_model: nn.Module | None = None  # torch.compile'd ``model`` for PGD (train.compile)
     params: list[torch.Tensor] = field(default_factory=list)  # clipped together
 
     def __post_init__(self) -> None:
@@ -92,7 +93,8 @@ def adversarial(state: TrainState, x: torch.Tensor, y: torch.Tensor):
     was_training = state.model.training
     state.model.eval()  # the attack sees the deterministic model
     try:
-        result = pgd(state.model, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps,
+        attacked = state.model if state.attack_model is None else state.attack_model
+        result = pgd(attacked, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps,
                      random_start=a.random_start, generator=state.generator, amp_dtype=amp_dtype)
     finally:
         state.model.train(was_training)
