@@ -65,7 +65,7 @@ def main() -> None:
     Example (stage by stage):
       S=$(daat preprocess --card data_cards/synthetic.yaml --depth oracle | tail -n1)
       R=$(daat train --config daat --config synthetic --shards $S --use-cached-depth | tail -n1)
-      E=$(daat evaluate --run $R --config synthetic | tail -n1)
+      E=$(daat evaluate --run $R | tail -n1)
       daat report $R $E --out report/
     """
 
@@ -129,8 +129,10 @@ def train(shards, use_cached_depth, out, configs, overrides):
 
 
 @main.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Run artifact made by `daat train`.")
+@click.option("--run", "--run-dir", "run_dir", required=True,
+              type=click.Path(exists=True, file_okay=False),
+              help="Run artifact made by `daat train` (--run-dir under torchrun, whose own parser "
+                   "takes --run as its --run-path).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="Checkpoint file inside the run (default: the final/latest one).")
 @OUT_OPTION
@@ -144,6 +146,7 @@ def evaluate(run_dir, checkpoint, out, configs, overrides):
     Example:
       daat evaluate --run $R
       daat evaluate --run $R --set eval.n_autoattack=5000 --set eval.depth_model=Intel/dpt-hybrid-midas
+      torchrun --nproc_per_node 8 -m daat.cli evaluate --run-dir $R
     The run's own config is the base; --config/--set change eval settings on top.
     The evaluation directory is printed as the last line.
     """
