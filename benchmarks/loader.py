@@ -52,7 +52,7 @@ def build_shards(workdir: Path, p: dict, device: torch.device):
 
 
 def _pipeline(art, p: dict, workers: int, batches: int, pin: bool, epoch: int = 0):
-    from daat.pipeline.shards import train_pipeline
+    from daat.pipeline.loaders import train_pipeline
 
     return train_pipeline(art, image_size=p["image_size"], grid=(p["grid"], p["grid"]),
                           batch_size=p["batch_size"], samples_per_epoch=p["batch_size"] * batches,

@@ -280,7 +280,8 @@ class ChunkRunner:
 # -- the stage -------------------------------------------------------------------------------
 def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: list[str],
         out: str) -> Artifact:
-    from daat.pipeline.shards import eval_pipeline, open_shards
+    from daat.pipeline.loaders import eval_pipeline
+    from daat.pipeline.shards import open_shards
     from daat.train.checkpoint import load_model_for_eval
 
     run_art = open_artifact(run_dir, kind="run")

@@ -22,7 +22,7 @@ from daat.artifacts import create_or_open, open_artifact, verify
 from daat.attacks import pgd
 from daat.eval import attacks_eval, evaluate, results
 from daat.models import DaatViT, build_student
-from daat.pipeline.shards import eval_pipeline
+from daat.pipeline.loaders import eval_pipeline
 from daat.train import checkpoint as ckpt
 
 TINY_MODEL = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",

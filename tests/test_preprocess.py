@@ -21,7 +21,7 @@ from PIL import Image
 from conftest import copy_artifact, tiny_config, write_synthetic_card
 from daat import artifacts
 from daat.errors import DataError
-from daat.pipeline import preprocess, shards as fmt
+from daat.pipeline import loaders, preprocess, shards as fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,7 +217,7 @@ def test_depth_network_gives_its_own_artifact(request, model_fixture, mini_card,
     assert art.depth_model.startswith(str(model_dir)) and art.split_size("train") == 10
     sample = next(fmt.iter_samples(art, "train"))
     assert sample.meta["depth_model"] == art.depth_model and sample.meta["sal_scale"] > 0
-    images, labels, g = next(iter(fmt.train_pipeline(
+    images, labels, g = next(iter(loaders.train_pipeline(
         art, image_size=32, grid=4, batch_size=4, samples_per_epoch=8, rank=0, world_size=1,
         seed=0, epoch=0, num_workers=0)))
     assert images.shape == (4, 3, 32, 32) and torch.isfinite(g).all()

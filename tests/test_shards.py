@@ -16,7 +16,7 @@ from PIL import Image
 
 from daat import artifacts
 from daat.errors import ShardFormatError
-from daat.pipeline import shards as fmt
+from daat.pipeline import loaders, shards as fmt
 from daat.pipeline.images import encode_jpeg
 from daat.saliency import saliency_from_edges, sobel_magnitude
 
@@ -209,7 +209,7 @@ def test_loaders_refuse_a_shard_with_a_pickle_member(tmp_path):
         info = tarfile.TarInfo("train-000000003.pyd")
         info.size = len(blob)
         tar.addfile(info, io.BytesIO(blob))
-    batches = fmt.train_pipeline(art, image_size=16, grid=2, batch_size=2, samples_per_epoch=4,
+    batches = loaders.train_pipeline(art, image_size=16, grid=2, batch_size=2, samples_per_epoch=4,
                                  rank=0, world_size=1, seed=0, epoch=0, num_workers=0)
     with pytest.raises(ShardFormatError, match="train-000000003.pyd"):
         list(batches)
@@ -288,8 +288,8 @@ def test_joint_augmentation_keeps_image_and_saliency_aligned(small_art):
     flips = 0
     for n, sample in enumerate(samples):
         rng = np.random.default_rng(n)
-        stack = fmt.augment(sample, rng, image_size=32, rrc_scale=(0.3, 1.0), hflip=True)
-        flips += int(not torch.equal(stack, fmt.augment(sample, np.random.default_rng(n),
+        stack = loaders.augment(sample, rng, image_size=32, rrc_scale=(0.3, 1.0), hflip=True)
+        flips += int(not torch.equal(stack, loaders.augment(sample, np.random.default_rng(n),
                                                         image_size=32, rrc_scale=(0.3, 1.0),
                                                         hflip=False)))
         image, sal = stack[:3], stack[3]
@@ -307,9 +307,9 @@ def test_pool_weights_are_resize_then_pool(n, m, size, cells):
     """A_h @ E @ A_w^T = pool(resize(E)) for crops smaller than, equal to and larger than the
     output, and grids that do and do not divide it."""
     e = torch.rand(n, m, generator=torch.Generator().manual_seed(n * m))
-    expected = torch.nn.functional.adaptive_avg_pool2d(fmt._resize_square(e[None, None], size),
+    expected = torch.nn.functional.adaptive_avg_pool2d(loaders._resize_square(e[None, None], size),
                                                        cells)[0, 0]
-    got = fmt._pool_weights(n, size, cells) @ e @ fmt._pool_weights(m, size, cells).T
+    got = loaders._pool_weights(n, size, cells) @ e @ loaders._pool_weights(m, size, cells).T
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -320,21 +320,21 @@ def test_train_batch_is_augment_with_its_saliency_pooled(small_art, size, grid):
     and the pooled ``augment`` saliency (up to float32 rounding), flipped or not."""
     raws = list(fmt.iter_raw(small_art.shards("train")[0][0]))
     raws += list(fmt.iter_raw(small_art.shards("train")[1][0]))
-    plan = fmt._TrainPlan(shards=(), weights=(), seed=5, epoch=1, rank=0, world_size=1,
+    plan = loaders._TrainPlan(shards=(), weights=(), seed=5, epoch=1, rank=0, world_size=1,
                           streams=1, batch_size=len(raws), batches=1, skip_batches=0,
                           image_size=size, grid=grid, rrc_scale=(0.3, 1.0), hflip=True,
                           shuffle_buffer=1)
-    images, labels, g = fmt._TrainAugment(plan).batch(0, list(enumerate(raws)))
+    images, labels, g = loaders._TrainAugment(plan).batch(0, list(enumerate(raws)))
     flips = 0
     for i, raw in enumerate(raws):
         sample = fmt.decode(raw)
-        stack = fmt.augment(sample, plan.rng(0, 2, i), image_size=size, rrc_scale=(0.3, 1.0),
+        stack = loaders.augment(sample, plan.rng(0, 2, i), image_size=size, rrc_scale=(0.3, 1.0),
                             hflip=True)
         assert torch.equal(images[i], stack[:3]) and labels[i] == sample.label
         torch.testing.assert_close(g[i], saliency_from_edges(stack[3][None], grid)[0],
                                    rtol=1e-4, atol=1e-6)
         h, w = sample.saliency.shape
-        flips += fmt._draw_view(plan.rng(0, 2, i), h, w, (0.3, 1.0), True)[1]
+        flips += loaders._draw_view(plan.rng(0, 2, i), h, w, (0.3, 1.0), True)[1]
     assert 0 < flips < len(raws)
 
 
@@ -365,7 +365,7 @@ def _train(art, **kw):
     args = dict(image_size=32, grid=4, batch_size=4, samples_per_epoch=20, rank=0, world_size=1,
                 seed=7, epoch=0, num_workers=0, rrc_scale=(0.35, 1.0), hflip=True)
     args.update(kw)
-    return fmt.train_pipeline(art, **args)
+    return loaders.train_pipeline(art, **args)
 
 
 def test_train_batches_shapes_ranges_and_g(small_art):
@@ -432,7 +432,7 @@ def test_train_g_is_the_pooled_augmented_saliency(small_art):
 def test_eval_covers_every_sample_once_in_order(small_art, world, workers):
     seen = []
     for rank in range(world):
-        loader = fmt.eval_pipeline(small_art, split="val", image_size=24, grid=3, batch_size=2,
+        loader = loaders.eval_pipeline(small_art, split="val", image_size=24, grid=3, batch_size=2,
                                    rank=rank, world_size=world, num_workers=workers)
         got = list(loader)
         assert len(got) == len(loader)
@@ -446,8 +446,8 @@ def test_eval_covers_every_sample_once_in_order(small_art, world, workers):
 
 
 def test_eval_is_deterministic_and_limited(small_art):
-    a = list(fmt.eval_pipeline(small_art, image_size=24, grid=3, batch_size=4, max_samples=5))
-    b = list(fmt.eval_pipeline(small_art, image_size=24, grid=3, batch_size=4, max_samples=5))
+    a = list(loaders.eval_pipeline(small_art, image_size=24, grid=3, batch_size=4, max_samples=5))
+    b = list(loaders.eval_pipeline(small_art, image_size=24, grid=3, batch_size=4, max_samples=5))
     assert [k for x in a for k in x[0]] == [fmt.sample_key("val", i) for i in range(5)]
     assert all(torch.equal(x[1], y[1]) and torch.equal(x[3], y[3]) for x, y in zip(a, b))
 
@@ -456,7 +456,7 @@ def test_eval_centre_view_of_a_square_image_is_exact(small_art):
     sample = next(fmt.iter_samples(small_art, "val"))
     h, w = sample.saliency.shape
     side = min(h, w)
-    view = fmt.center_view(sample, image_size=side)
+    view = loaders.center_view(sample, image_size=side)
     top, left = (h - side) // 2, (w - side) // 2
     expected = torch.from_numpy(sample.image[top:top + side, left:left + side]).permute(2, 0, 1)
     torch.testing.assert_close(view[:3], expected.float() / 255)

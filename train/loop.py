@@ -26,8 +26,8 @@ from daat import dist
 from daat.artifacts import Artifact, atomic_write_text, create_or_open
 from daat.config import Config
 from daat.errors import ShardFormatError, TrainingError
-from daat.pipeline.shards import ShardArtifact, batches_per_epoch, eval_pipeline, open_shards
-from daat.pipeline.shards import train_pipeline
+from daat.pipeline.loaders import batches_per_epoch, eval_pipeline, train_pipeline
+from daat.pipeline.shards import ShardArtifact, open_shards
 from daat.train import checkpoint as ckpt
 from daat.train import teacher as teacher_mod
 from daat.train.online_depth import DepthTarget, check_policy
