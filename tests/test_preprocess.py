@@ -162,6 +162,32 @@ def test_other_settings_make_other_artifacts(tiny_shards, tiny_card):
     assert determining(key_cfg, "shards") == determining(tiny_config(tiny_card), "shards")
 
 
+def test_an_error_mid_run_leaves_finished_shards_only_and_the_rerun_completes(
+        tiny_card, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_card, "data.num_workers=1", "depth.batch_size=10")
+    real, calls = preprocess._DepthBatches._with_saliency, []
+
+    def failing(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 3:  # 20 images reached the writer: shards 0-1 of 8 and half of shard 2
+            raise RuntimeError("depth model crashed")
+        return real(self, batch)
+
+    monkeypatch.setattr(preprocess._DepthBatches, "_with_saliency", failing)
+    with pytest.raises(RuntimeError, match="depth model crashed"):
+        preprocess.run(cfg, str(tmp_path / "out"))
+    (art_dir,) = (tmp_path / "out").iterdir()
+    assert sorted(p.name for p in art_dir.glob("train/*.tar")) == ["train-00000.tar",
+                                                                   "train-00001.tar"]
+    assert sorted(p.name for p in art_dir.glob("train/*.json")) == ["train-00000.json",
+                                                                    "train-00001.json"]
+    assert not list(art_dir.rglob("*.tmp"))
+    monkeypatch.setattr(preprocess._DepthBatches, "_with_saliency", real)
+    art = fmt.open_shards(preprocess.run(cfg, str(tmp_path / "out")).path)
+    assert art.path == art_dir and art.split_size("train") == 30
+    assert artifacts.verify(art_dir) == []
+
+
 def test_oracle_refused_for_an_imagefolder(tmp_path):
     for split in ("train", "val"):
         (tmp_path / "folder" / split / "cat").mkdir(parents=True)
