@@ -40,24 +40,32 @@ class SinkError(DaatError):
 
 
 class ShardSink:
-    """Parent side. The caller bounds how many writes are ``unanswered`` (memory in the pipe)."""
+    """Parent side: ``processes`` writer processes, shard s of a split going to process s % n.
+    The caller bounds how many writes are ``unanswered`` (memory in the pipes)."""
 
-    def __init__(self, root: str | Path):
-        # fork where the platform has it: the child starts in milliseconds and, unlike spawn,
+    def __init__(self, root: str | Path, processes: int = 1):
+        if processes < 1:
+            raise ValueError(f"processes must be >= 1, got {processes}")
+        # fork where the platform has it: a child starts in milliseconds and, unlike spawn,
         # does not re-run the caller's __main__. It never touches CUDA and runs torch on one
         # thread only (as DataLoader workers do), so forking a process that uses them is safe.
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child_conn, self._conn, str(root)),
-                                 name="daat-shard-sink", daemon=True)
-        self._proc.start()
-        child_conn.close()
-        self.unanswered = 0
-        # Sends run on a thread: a batch of depth maps (~1.4 MB on the CPU benchmark) crosses the
+        pipes = [ctx.Pipe() for _ in range(processes)]
+        every_end = [end for pair in pipes for end in pair]
+        self._children = [_Child(ctx, parent, child, every_end, str(root), i)
+                          for i, (parent, child) in enumerate(pipes)]
+        for _, child in pipes:
+            child.close()
+        self._pending: collections.deque[list[_Child]] = collections.deque()
+        # Sends run on a thread: a batch of depth maps (~1.4 MB on the CPU benchmark) crosses a
         # pipe in pieces, each waiting for the child to be scheduled, and the model need not wait.
         self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="daat-sink")
         self._sending: concurrent.futures.Future | None = None
+
+    @property
+    def unanswered(self) -> int:
+        return len(self._pending)
 
     def __enter__(self) -> ShardSink:
         return self
@@ -66,74 +74,110 @@ class ShardSink:
         self.close()
 
     def plan(self, shards: dict[tuple[str, int], list[tuple[str, str]]]) -> None:
-        self._send(("plan", shards))
+        parts = self._split(shards.items(), key=lambda item: item[0])
+        self._send([(child, ("plan", dict(items))) for child, items in parts.items()])
 
     def write(self, records: list[dict]) -> None:
-        self._send(("write", records))
-        self.unanswered += 1
+        parts = self._split(records, key=lambda r: (r["split"], r["shard"]))
+        self._send([(child, ("write", part)) for child, part in parts.items()])
+        self._pending.append(list(parts))
 
     def wait(self) -> int:
         """Block for the oldest unanswered write; returns its sample count (written + skipped)."""
-        self.unanswered -= 1
-        return self._answer()
+        self._sent()
+        return sum(child.answer() for child in self._pending.popleft())
 
     def finish(self) -> None:
         """Wait for every write, then check that every planned shard was closed."""
-        while self.unanswered:
+        while self._pending:
             self.wait()
-        self._send(("finish",))
-        self._answer()
+        self._send([(child, ("finish",)) for child in self._children])
+        self._sent()
+        for child in self._children:
+            child.answer()
 
     def close(self) -> None:
-        """Without ``finish`` first, the child aborts its open shards."""
+        """Without ``finish`` first, the children abort their open shards."""
         self._sender.shutdown(wait=True)
-        if self._proc.is_alive():
-            # it may exit between the check and the send: then there is nothing left to tell it
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self._conn.send(("abort",))
-        self._conn.close()
-        self._proc.join(timeout=60)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
+        for child in self._children:
+            child.close()
 
-    def _send(self, message: tuple) -> None:
+    def _split(self, items, key) -> dict[_Child, list]:
+        parts: dict[_Child, list] = {}
+        for item in items:
+            parts.setdefault(self._children[key(item)[1] % len(self._children)], []).append(item)
+        return parts
+
+    def _send(self, messages: list[tuple[_Child, tuple]]) -> None:
         self._sent()
-        self._sending = self._sender.submit(self._conn.send, message)
+        self._sending = self._sender.submit(_send_all, messages)
 
     def _sent(self) -> None:
-        """Wait for the message in flight to be in the pipe (order; its error surfaces here)."""
+        """Wait for the messages in flight to be in the pipes (order; their errors surface)."""
         if self._sending is None:
             return
         try:
             self._sending.result()
-        except (BrokenPipeError, ConnectionResetError, EOFError) as e:
-            raise self._died() from e
         finally:
             self._sending = None
 
-    def _answer(self) -> int:
-        self._sent()
+
+def _send_all(messages: list[tuple[_Child, tuple]]) -> None:
+    for child, message in messages:
+        child.send(message)
+
+
+class _Child:
+    """One writer process and the parent's end of its pipe."""
+
+    def __init__(self, ctx, parent_end, child_end, every_end: list, root: str, index: int):
+        self.conn = parent_end
+        # The child closes every pipe end it inherited except its own: an end of another
+        # child's pipe left open in it would hide that child's exit (or the parent's) as EOF.
+        others = [end for end in every_end if end is not child_end]
+        self.proc = ctx.Process(target=_serve, args=(child_end, others, root),
+                                name=f"daat-shard-sink-{index}", daemon=True)
+        self.proc.start()
+
+    def send(self, message: tuple) -> None:
         try:
-            kind, *rest = self._conn.recv()
+            self.conn.send(message)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise self.died() from e
+
+    def answer(self) -> int:
+        try:
+            kind, *rest = self.conn.recv()
         except (EOFError, ConnectionResetError) as e:
-            raise self._died() from e
+            raise self.died() from e
         if kind == "ok":
             return rest[0]
         error, text = rest
         error.add_note(f"in the shard writer process:\n{text}")
         raise error
 
-    def _died(self) -> SinkError:
-        self._proc.join(timeout=10)
-        return SinkError(f"the shard writer process (pid {self._proc.pid}) exited with code "
-                         f"{self._proc.exitcode}; unfinished shards are redone on the next run")
+    def close(self) -> None:
+        if self.proc.is_alive():
+            # it may exit between the check and the send: then there is nothing left to tell it
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.conn.send(("abort",))
+        self.conn.close()
+        self.proc.join(timeout=60)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+    def died(self) -> SinkError:
+        self.proc.join(timeout=10)
+        return SinkError(f"the shard writer process (pid {self.proc.pid}) exited with code "
+                         f"{self.proc.exitcode}; unfinished shards are redone on the next run")
 
 
-def _serve(conn, parent_end, root: str) -> None:
+def _serve(conn, inherited: list, root: str) -> None:
     """Child side: write until "finish", abort open shards on "abort", any error or a vanished
     parent (EOF: the parent's end is closed here, so only the parent holds it)."""
-    parent_end.close()
+    for end in inherited:
+        end.close()
     os.nice(5)  # yield to the depth model's process, the bottleneck (see preprocess)
     if "torch" in sys.modules:  # forked from a process whose OpenMP pool this copy cannot use
         sys.modules["torch"].set_num_threads(1)

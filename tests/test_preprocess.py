@@ -188,6 +188,16 @@ def test_an_error_mid_run_leaves_finished_shards_only_and_the_rerun_completes(
     assert artifacts.verify(art_dir) == []
 
 
+@pytest.mark.parametrize("device, cores, ranks, expected", [
+    ("cpu", 64, 1, 1), ("cuda", 16, 1, 2), ("cuda", 4, 1, 1), ("cuda", 96, 8, 1),
+    ("cuda", 256, 1, 4)])
+def test_writer_processes_follow_the_cores_of_a_gpu_rank(monkeypatch, device, cores, ranks,
+                                                         expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+    assert preprocess._writer_processes(torch.device(device)) == expected
+
+
 def test_oracle_refused_for_an_imagefolder(tmp_path):
     for split in ("train", "val"):
         (tmp_path / "folder" / split / "cat").mkdir(parents=True)

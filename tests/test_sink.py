@@ -44,10 +44,11 @@ def test_codes_equal_the_quantised_sobel_of_each_map_whatever_the_mix_of_sizes()
         assert scale == float(scale_ref[0])
 
 
-def test_writes_depth_maps_precomputed_codes_and_skips_into_finished_shards(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_writes_depth_maps_precomputed_codes_and_skips_into_finished_shards(tmp_path, processes):
     depth = np.linspace(0, 1, 80, dtype=np.float32).reshape(8, 10) ** 2
     q_pre, scale_pre = saliency_codes([torch.from_numpy(depth)], torch.device("cpu"))[0]
-    with ShardSink(tmp_path) as sink:
+    with ShardSink(tmp_path, processes) as sink:
         sink.plan(_plan({0: range(0, 3), 1: range(3, 4)}))
         sink.write([_record(0, depth=depth), _record(1, saliency=q_pre, scale=scale_pre),
                     {"split": "train", "shard": 0, "key": fmt.sample_key("train", 2),
@@ -70,15 +71,18 @@ def test_writes_depth_maps_precomputed_codes_and_skips_into_finished_shards(tmp_
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_an_error_in_the_child_is_raised_in_the_parent_and_aborts_open_shards(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_error_in_a_child_is_raised_in_the_parent_and_aborts_open_shards(tmp_path, processes):
     depth = np.ones((8, 10), np.float32)
     with pytest.raises(ShardFormatError, match="not planned") as info:
-        with ShardSink(tmp_path) as sink:
-            sink.plan(_plan({0: range(0, 2)}))
-            sink.write([_record(0, depth=depth), _record(5, shard=3, depth=depth)])
+        with ShardSink(tmp_path, processes) as sink:
+            sink.plan(_plan({0: range(0, 2), 2: range(2, 4)}))
+            sink.write([_record(0, depth=depth), _record(2, shard=2, depth=depth),
+                        _record(5, shard=3, depth=depth)])
             sink.wait()
     assert any("shard writer process" in note for note in info.value.__notes__)
-    assert not (tmp_path / fmt.shard_relpath("train", 0)).exists()
+    for shard in (0, 2, 3):
+        assert not (tmp_path / fmt.shard_relpath("train", shard)).exists()
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -96,8 +100,8 @@ def test_a_killed_child_is_reported_not_waited_for(tmp_path):
     with pytest.raises(SinkError, match="exited with code -9"):
         with ShardSink(tmp_path) as sink:
             sink.plan(_plan({0: range(0, 2)}))
-            os.kill(sink._proc.pid, signal.SIGKILL)
-            sink._proc.join()
+            os.kill(sink._children[0].proc.pid, signal.SIGKILL)
+            sink._children[0].proc.join()
             sink.write([_record(0, depth=np.ones((8, 10), np.float32))])
             sink.wait()
 
