@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 # torch (and daat.dist, daat.depth) are imported only once there is work to do: a rerun that
 # finds its artifact complete answers from the manifest without paying torch's import.
 
+_CARD_PROSE = ("description", "licence", "class_names")  # edits to these keep the shards
 _CHUNK = 32  # inputs per DataLoader item: one message and one shared-memory buffer per chunk
 
 
@@ -156,7 +157,8 @@ def _render_size(card) -> int | None:
 def _determining(cfg, card, oracle: bool) -> dict:
     """Everything the shards depend on: the data/depth config, the resolved card, the depth
     model's identity, the inputs' fingerprints, and the format/encoding versions."""
-    return {**config_mod.determining(cfg, "shards"), "card": card.to_dict(),
+    card_facts = {k: v for k, v in card.to_dict().items() if k not in _CARD_PROSE}
+    return {**config_mod.determining(cfg, "shards"), "card": card_facts,
             "depth_identity": ORACLE if oracle else depth_ref.identity(cfg.depth.model),
             "inputs": {s: card.input_fingerprint(s) for s in cfg.data.splits},
             "format": fmt.FORMAT_VERSION, "saliency": fmt.SAL_ENCODING,

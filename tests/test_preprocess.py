@@ -198,6 +198,24 @@ def test_writer_processes_follow_the_cores_of_a_gpu_rank(monkeypatch, device, co
     assert preprocess._writer_processes(torch.device(device)) == expected
 
 
+def test_card_prose_is_not_part_of_the_shard_key_but_its_facts_are(tiny_card, tmp_path):
+    import yaml
+
+    from daat.cards import load_card
+
+    def key(**changes) -> dict:
+        raw = {**yaml.safe_load(tiny_card.read_text()), **changes}
+        path = tmp_path / "card.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        cfg = tiny_config(path)
+        return preprocess._determining(cfg, load_card(str(path)), True)
+
+    plain = key()
+    assert key(description="Rewritten prose.", licence="CC0") == plain
+    spec = yaml.safe_load(tiny_card.read_text())["synthetic"]
+    assert key(synthetic={**spec, "seed": spec.get("seed", 0) + 1}) != plain
+
+
 def test_oracle_refused_for_an_imagefolder(tmp_path):
     for split in ("train", "val"):
         (tmp_path / "folder" / split / "cat").mkdir(parents=True)
