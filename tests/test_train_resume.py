@@ -244,9 +244,10 @@ def test_kill_9_mid_run_then_the_same_command_finishes(shards, tmp_path):
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not list(tmp_path.glob("run-*/checkpoints/step-00000006.pt")):
+    # The first checkpoint, polled often: a later one left too little time before the run ends.
+    while not list(tmp_path.glob("run-*/checkpoints/step-00000002.pt")):
         assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     (run_dir,) = tmp_path.glob("run-*")
@@ -276,9 +277,11 @@ def test_torchrun_two_gloo_processes_train_checkpoint_and_resume(shards, tmp_pat
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_cli_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
-    while not list(tmp_path.glob("run-*/checkpoints/step-00000006.pt")):
+    # The first mid-epoch checkpoint: with a later one the 12-step run could finish between
+    # two polls once the reader got faster (seen once at step 6).
+    while not list(tmp_path.glob("run-*/checkpoints/step-00000002.pt")):
         assert proc.poll() is None and time.time() < deadline, "torchrun ended before the kill"
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     (run_dir,) = tmp_path.glob("run-*")
