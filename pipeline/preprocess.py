@@ -197,9 +197,8 @@ def _process_split(cfg, art, split: str, items: list, settings: _Settings, model
         if pending:
             sink.plan({(split, s): [(j.key, j.relpath) for j in plan[s]] for s in pending})
             jobs = [job for s in pending for job in plan[s]]
-            _DepthBatches(settings, model, cfg.depth.batch_size, device, sink,
-                          bar).consume(_decoded(jobs, settings, cfg.data.num_workers,
-                                                cfg.depth.batch_size))
+            records = _decoded(jobs, settings, cfg.data.num_workers, cfg.depth.batch_size)
+            _DepthBatches(model, cfg.depth.batch_size, device, sink, bar).consume(records)
     finally:
         bar.close()
 
@@ -332,9 +331,9 @@ class _DepthBatches:
     """Batches decoded records through the depth model and hands each batch to the shard writer
     process, which encodes and writes it while the next batch's depth pass runs here."""
 
-    def __init__(self, settings: _Settings, model: _LazyDepthModel | None, batch_size: int,
-                 device: torch.device, sink: ShardSink, bar):
-        self.settings, self.model, self.batch_size = settings, model, batch_size
+    def __init__(self, model: _LazyDepthModel | None, batch_size: int, device: torch.device,
+                 sink: ShardSink, bar):
+        self.model, self.batch_size = model, batch_size
         self.device, self.sink, self.bar = device, sink, bar
 
     def consume(self, records) -> None:
