@@ -75,6 +75,18 @@ def stop_after(monkeypatch, name):
     monkeypatch.setattr(ckpt, "write_latest", write_latest)
 
 
+def stop_before_latest(monkeypatch, name):
+    """Crash after checkpoint ``name`` is on disk but before ``latest`` names it."""
+    real = ckpt.write_latest
+
+    def write_latest(ckpt_dir, written):
+        if written == name:
+            raise Stop(written)
+        real(ckpt_dir, written)
+
+    monkeypatch.setattr(ckpt, "write_latest", write_latest)
+
+
 def final_weights(run_dir):
     return ckpt.load(Path(run_dir) / "checkpoints" / ckpt.FINAL)["model"]
 
@@ -200,6 +212,24 @@ def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path, monkeypatch, 
     assert strip(metrics(resumed.path)) == strip(metrics(whole.path))
 
 
+def test_a_crash_before_the_first_latest_starts_over_without_duplicate_metrics(
+        shards, tmp_path, monkeypatch):
+    """Killed after logging steps and writing step-3.pt, but before ``latest`` named it: the
+    rerun starts from scratch, and metrics.jsonl holds each step once, as an unbroken run's."""
+    presets, overrides = ("pgd-at", "synthetic"), ["train.log_every_steps=1"]
+    whole = train(shards, tmp_path / "whole", *presets, overrides=overrides)
+    with monkeypatch.context() as patch:
+        stop_before_latest(patch, "step-00000003.pt")
+        with pytest.raises(Stop):
+            train(shards, tmp_path / "split", *presets, overrides=overrides)
+    (run_dir,) = (tmp_path / "split").glob("run-*")
+    assert ckpt.latest(run_dir / "checkpoints") is None and metrics(run_dir)
+    resumed = train(shards, tmp_path / "split", *presets, overrides=overrides)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("img_per_s", "wall_s")}
+                          for r in rows]
+    assert strip(metrics(resumed.path)) == strip(metrics(whole.path))
+
+
 def test_nan_loss_stops_the_run_naming_the_step(shards, tmp_path, monkeypatch):
     real_step = loop.train_step
 
@@ -237,19 +267,25 @@ def _cli_args(shards, out, overrides, method="pgd-at"):
     return args
 
 
+def _kill_at_first_checkpoint(cmd: list[str], out: Path, timeout: float) -> None:
+    """Start ``cmd`` in its own process group; kill -9 the group once the run's first mid-epoch
+    checkpoint (step 2) exists. Polled often and that early: with the step-6 checkpoint a 12-step
+    run once finished between two 0.2 s polls after the reader got faster."""
+    proc = subprocess.Popen(cmd, cwd=out, env=_cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while not list(out.glob("run-*/checkpoints/step-00000002.pt")):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before the kill"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_kill_9_mid_run_then_the_same_command_finishes(shards, tmp_path):
     overrides = ["train.epochs=4", "train.ckpt_every_steps=2"]
     cmd = [sys.executable, "-m", "daat.cli", "train", *_cli_args(shards, tmp_path, overrides)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    # The first checkpoint, polled often: a later one left too little time before the run ends.
-    while not list(tmp_path.glob("run-*/checkpoints/step-00000002.pt")):
-        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_at_first_checkpoint(cmd, tmp_path, timeout=300)
     (run_dir,) = tmp_path.glob("run-*")
     assert not open_artifact(run_dir).complete
     done = subprocess.run(cmd, cwd=tmp_path, env=_cli_env(), capture_output=True, text=True,
@@ -274,16 +310,7 @@ def test_torchrun_two_gloo_processes_train_checkpoint_and_resume(shards, tmp_pat
                  f"loss.teacher={teacher}", "loss.gamma0=1.0"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "daat.cli", "train", *_cli_args(shards, tmp_path, overrides, "daat")]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 400
-    # The first mid-epoch checkpoint: with a later one the 12-step run could finish between
-    # two polls once the reader got faster (seen once at step 6).
-    while not list(tmp_path.glob("run-*/checkpoints/step-00000002.pt")):
-        assert proc.poll() is None and time.time() < deadline, "torchrun ended before the kill"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_at_first_checkpoint(cmd, tmp_path, timeout=400)
     (run_dir,) = tmp_path.glob("run-*")
     assert not open_artifact(run_dir).complete
     state = ckpt.load(ckpt.latest(run_dir / "checkpoints"))

@@ -122,6 +122,8 @@ class _Loop:
         path = ckpt.latest(self.ckpt_dir)
         if path is None:
             _seed_all(self.cfg.seed + self.info.rank)
+            if self.info.is_main:  # a run killed before its first ``latest`` starts over
+                _truncate_metrics(self.art.path / METRICS, None)
             return
         state = ckpt.load(path)
         self._check_resumable(state, path)
@@ -329,11 +331,12 @@ class _Interval:
         return max(time.perf_counter() - self.start, 1e-9)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines written after the checkpoint we resume from (they will be written again)."""
+def _truncate_metrics(path: Path, step: int | None) -> None:
+    """Drop lines written after the checkpoint we resume from (they will be written again);
+    ``None``: no checkpoint, drop them all."""
     if path.is_file():
         keep = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+                if line.strip() and step is not None and json.loads(line)["step"] <= step]
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
