@@ -13,7 +13,6 @@ Everything is a pure function of (seed, label, size, texture): no global state, 
 """
 from __future__ import annotations
 
-import colorsys
 import functools
 import zlib
 from dataclasses import dataclass
@@ -21,12 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from daat.errors import DataError
+from daat.textures import TEXTURES, Texture, albedo, sample_texture
 
 RENDER_VERSION = 1  # bump whenever a change alters rendered pixels (it is part of the data key)
 CLASSES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid", "capsule",
                             "ellipsoid", "prism", "octahedron")
-TEXTURES: tuple[str, ...] = ("stripes", "checker", "dots", "blotches", "rings", "grid", "zigzag",
-                             "plain", "gradient", "speckle")
 SPLITS = ("train", "val")
 SPEC_KEYS = ("n_train_per_class", "n_val_per_class", "size", "spurious", "seed")
 SPEC_DEFAULTS = {"spurious_rate": 0.9, "clutter": 1.0}
@@ -45,16 +43,6 @@ class SyntheticItem:
     seed: int
     texture: int | None  # forced texture family of the object (spurious train items), else None
     clutter: float = 1.0  # contrast of the wall's texture: 0 = a plain wall, 1 = full pattern
-
-
-@dataclass(frozen=True)
-class Texture:
-    family: int
-    colour0: tuple[float, float, float]  # sRGB in [0,1]
-    colour1: tuple[float, float, float]
-    freq: float  # pattern frequency, cycles per unit length
-    offset: tuple[float, float, float]
-    dirs: tuple[float, ...]  # three unit vectors (9 floats) that orient directional patterns
 
 
 @dataclass(frozen=True)
@@ -145,49 +133,6 @@ _BOUNDS = (0.8, 0.52 * 3 ** 0.5, float(np.hypot(0.5, 0.62)), float(np.hypot(0.62
                                                                                + 0.55 ** 2)), 0.9)
 
 
-# --- procedural solid textures: each returns the blend weight between colour0 and colour1 --------
-
-def _texture_weight(tex: Texture, x, y, z) -> np.ndarray:
-    f = tex.freq
-    px, py, pz = x - tex.offset[0], y - tex.offset[1], z - tex.offset[2]
-    d = tex.dirs
-    along = px * d[0] + py * d[1] + pz * d[2]
-    name = TEXTURES[tex.family]
-    if name == "stripes":
-        return np.clip(0.5 + 2 * np.sin(2 * np.pi * f * along), 0, 1)
-    if name == "checker":
-        return (np.floor(f * px) + np.floor(f * py) + np.floor(f * pz)) % 2
-    if name == "dots":
-        r = _len(*(f * c - np.floor(f * c) - 0.5 for c in (px, py, pz)))
-        return np.clip((0.32 - r) * 12 + 0.5, 0, 1)
-    if name == "blotches":
-        n = sum(np.sin(2 * np.pi * f * (px * d[i] + py * d[i + 1] + pz * d[i + 2]) + i)
-                for i in (0, 3, 6))
-        return np.clip(0.5 + 1.5 * n, 0, 1)
-    if name == "rings":
-        return np.clip(0.5 + 2 * np.sin(2 * np.pi * f * _len(px, py, pz)), 0, 1)
-    if name == "grid":  # thin lines where any coordinate crosses a lattice plane
-        near = np.minimum(np.minimum(np.abs(f * px - np.round(f * px)),
-                                     np.abs(f * py - np.round(f * py))),
-                          np.abs(f * pz - np.round(f * pz)))
-        return np.clip((0.09 - near) * 20 + 0.5, 0, 1)
-    if name == "zigzag":
-        across = px * d[3] + py * d[4] + pz * d[5]
-        tri = np.abs(2 * (f * across - np.floor(f * across + 0.5)))
-        return np.clip(0.5 + 2 * np.sin(2 * np.pi * f * (along + 0.35 * tri)), 0, 1)
-    if name == "plain":
-        return np.zeros_like(px)
-    if name == "gradient":
-        return np.clip(0.5 + 0.6 * along, 0, 1)
-    cell = np.floor(f * px) * 12.9898 + np.floor(f * py) * 78.233 + np.floor(f * pz) * 37.719
-    return (np.sin(cell) * 43758.5453) % 1.0  # speckle: one pseudo-random shade per cell
-
-
-_FREQ = {"stripes": (1.3, 2.6), "checker": (1.8, 3.2), "dots": (2.2, 3.5), "blotches": (0.6, 1.1),
-         "rings": (1.4, 2.6), "grid": (1.8, 3.0), "zigzag": (1.2, 2.2), "plain": (1.0, 1.0),
-         "gradient": (1.0, 1.0), "speckle": (4.0, 6.0)}
-
-
 # --- scene sampling --------------------------------------------------------------------------
 
 def _rot(axis: int, angle: float) -> np.ndarray:
@@ -200,24 +145,6 @@ def _rot(axis: int, angle: float) -> np.ndarray:
 
 # Pose each class so its characteristic outline shows: the torus faces the camera, the rest stand.
 _BASE_POSE = {CLASSES.index("torus"): _rot(0, -np.pi / 2)}
-
-
-def _colour(h: float, s: float, v: float) -> tuple[float, float, float]:
-    return tuple(float(c) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
-
-
-def _sample_texture(rng: np.random.Generator, family: int, freq_scale: float,
-                    vivid: float) -> Texture:
-    """``vivid`` in (0,1] scales saturation and contrast: walls are duller than objects."""
-    lo, hi = _FREQ[TEXTURES[family]]
-    freq = float(rng.uniform(lo, hi)) * freq_scale
-    hue, value = float(rng.random()), float(rng.uniform(0.6, 1.0))
-    colour0 = _colour(hue, vivid * rng.uniform(0.35, 0.9), value)
-    colour1 = _colour(hue + rng.uniform(0.25, 0.75), vivid * rng.uniform(0.2, 0.9),
-                      value - vivid * rng.uniform(0.3, 0.6))
-    offset = tuple(float(v) for v in rng.uniform(-1, 1, 3))
-    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    return Texture(family, colour0, colour1, freq, offset, tuple(float(v) for v in q.T.ravel()))
 
 
 def _check_label(label: int) -> None:
@@ -251,13 +178,13 @@ def sample_scene(seed: int, label: int, texture: int | None = None,
     light /= np.linalg.norm(light)
     ambient, specular = float(rng.uniform(0.12, 0.3)), float(rng.uniform(0.0, 0.35))
     shininess = float(rng.uniform(8, 40))
-    tex = _sample_texture(rng, family if texture is None else int(texture), 1.0, 1.0)
+    tex = sample_texture(rng, family if texture is None else int(texture), 1.0, 1.0)
     tilt, azimuth = rng.uniform(0, np.radians(35)), rng.uniform(0, 2 * np.pi)
     normal = (float(np.sin(tilt) * np.cos(azimuth)), float(np.sin(tilt) * np.sin(azimuth)),
               float(np.cos(tilt)))
     # The wall clears the object's bounding sphere by a random gap: never intersects it.
     offset = float(np.dot(normal, (x, y, z)) + scale * _BOUNDS[label] + rng.uniform(0.4, 3.5))
-    wall_tex = _sample_texture(rng, int(rng.integers(len(TEXTURES))), 0.5, 0.55 * clutter)
+    wall_tex = sample_texture(rng, int(rng.integers(len(TEXTURES))), 0.5, 0.55 * clutter)
     return Scene(int(label), tuple(float(v) for v in rotation.ravel()), scale, (x, y, z),
                  tuple(float(v) for v in light), ambient, specular, shininess, tex, normal, offset,
                  wall_tex)
@@ -334,12 +261,6 @@ def _normals(sdf, x, y, z, h: float = 1e-4) -> np.ndarray:
     return g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
 
 
-def _albedo(tex: Texture, x, y, z) -> np.ndarray:
-    w = _texture_weight(tex, x, y, z)[:, None]
-    linear0, linear1 = np.array(tex.colour0) ** 2.2, np.array(tex.colour1) ** 2.2
-    return linear0 * (1 - w) + linear1 * w
-
-
 def render_scene(scene: Scene, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise ``scene``: (uint8 [size,size,3] sRGB image, float32 [size,size] camera-z depth)."""
     dirs = _camera_rays(size)
@@ -386,7 +307,7 @@ def _shade_object(scene: Scene, sdf, rot: np.ndarray, p: np.ndarray, dirs: np.nd
     half /= np.linalg.norm(half, axis=1, keepdims=True)
     spec = scene.specular * np.maximum(np.einsum("ij,ij->i", n, half), 0) ** scene.shininess
     shade = scene.ambient + (1 - scene.ambient) * np.maximum(n @ light, 0)
-    return _albedo(scene.texture, p[:, 0], p[:, 1], p[:, 2]) * shade[:, None] + spec[:, None]
+    return albedo(scene.texture, p[:, 0], p[:, 1], p[:, 2]) * shade[:, None] + spec[:, None]
 
 
 def _shade_wall(scene: Scene, sdf, bound: float, rot: np.ndarray, centre: np.ndarray,
@@ -398,7 +319,7 @@ def _shade_wall(scene: Scene, sdf, bound: float, rot: np.ndarray, centre: np.nda
     tex = scene.wall_texture
     # Wall texture lives in the wall's own 2-D coordinates; the third is pinned mid-cell.
     u, v = points @ e1, points @ e2
-    albedo = _albedo(tex, u, v, np.full_like(u, tex.offset[2] + 0.5 / tex.freq))
+    wall = albedo(tex, u, v, np.full_like(u, tex.offset[2] + 0.5 / tex.freq))
     lit = max(float(-normal @ light), 0.0) * np.ones(len(points))
     local_o = (points - centre) @ rot / scene.scale
     local_l = light @ rot
@@ -406,7 +327,7 @@ def _shade_wall(scene: Scene, sdf, bound: float, rot: np.ndarray, centre: np.nda
     ray = np.flatnonzero(crosses)
     if ray.size:
         lit[ray] *= _soft_shadow(sdf, local_o[ray], local_l, t0[ray], t1[ray])
-    return albedo * (scene.ambient + (1 - scene.ambient) * lit)[:, None]
+    return wall * (scene.ambient + (1 - scene.ambient) * lit)[:, None]
 
 
 def render(seed: int, label: int, size: int = 64, texture: int | None = None,
