@@ -20,7 +20,10 @@ Schema (unknown keys are errors naming the file and key):
     expected_counts: {train: N, val: M}        # a mismatch is a warning with both numbers
     extensions: [jpg, jpeg, png, ...]          # imagefolder only; matched case-insensitively
     preprocessing: str | mapping               # notes on how the paper preprocessed it
-    synthetic: {n_train_per_class, n_val_per_class, size, spurious, seed[, spurious_rate]}
+    synthetic: {n_train_per_class, n_val_per_class, size, spurious, seed[, spurious_rate, clutter,
+                n_cue_conflict_per_pair]}
+        # a synthetic card may list the split cue_conflict (spurious cards only): preprocess
+        # always writes it beside the requested splits; evaluation reports shape vs texture on it
 """
 from __future__ import annotations
 
@@ -217,7 +220,10 @@ def _synthetic_fields(raw: dict, card: dict, where: str) -> None:
     if classes != list(synthetic.CLASSES):
         raise DataError(f"{where}: key 'classes' of a synthetic card must be omitted or "
                         f"{list(synthetic.CLASSES)}, got {classes!r}")
-    actual = {s: spec[f"n_{s}_per_class"] * len(synthetic.CLASSES) for s in card["splits"]}
+    if synthetic.CUE_CONFLICT in card["splits"] and not spec.get("n_cue_conflict_per_pair"):
+        raise DataError(f"{where}: split '{synthetic.CUE_CONFLICT}' needs the synthetic key "
+                        f"'n_cue_conflict_per_pair' > 0")
+    actual = {s: synthetic.split_size(spec, s) for s in card["splits"]}
     expected = _counts(raw.get("expected_counts", actual), card["splits"], where)
     for split, n in expected.items():
         if n != actual[split]:
@@ -330,6 +336,11 @@ class Card:
     def __repr__(self) -> str:
         return (f"Card({self.name!r}, kind={self.kind!r}, classes={self.num_classes}, "
                 f"root={self.root})")
+
+    def extra_splits(self, requested: list[str]) -> list[str]:
+        """Splits preprocess writes beside the ``requested`` ones: the cue-conflict split of a
+        synthetic card that lists it (evaluation-only data, never trained on)."""
+        return [s for s in self.splits if s == synthetic.CUE_CONFLICT and s not in requested]
 
     def to_dict(self) -> dict:
         """The full resolved card (a valid card itself); no machine paths, so it can be hashed."""

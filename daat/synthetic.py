@@ -20,14 +20,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from daat.errors import DataError
+from daat.shapes import BOUNDS, SDFS
 from daat.textures import TEXTURES, Texture, albedo, sample_texture
 
 RENDER_VERSION = 1  # bump whenever a change alters rendered pixels (it is part of the data key)
 CLASSES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid", "capsule",
                             "ellipsoid", "prism", "octahedron")
-SPLITS = ("train", "val")
+CUE_CONFLICT = "cue_conflict"  # val-like split: class i's shape wearing class j's spurious texture
+SPLITS = ("train", "val", CUE_CONFLICT)
 SPEC_KEYS = ("n_train_per_class", "n_val_per_class", "size", "spurious", "seed")
 SPEC_DEFAULTS = {"spurious_rate": 0.9, "clutter": 1.0}
+# Optional, not filled in when absent (so cards without it keep their resolved spec and data key):
+# images per ordered (shape class, texture class) pair of the cue-conflict split.
+SPEC_OPTIONAL = ("n_cue_conflict_per_pair",)
 FOV_DEG = 45.0
 _HIT_EPS = 1e-5  # the tracer stops when the SDF (object units) falls below this: depth tolerance
 _GRAZE_EPS = 1e-3  # ...or, at the step limit, below this (grazing rays converge slowly)
@@ -43,6 +48,7 @@ class SyntheticItem:
     seed: int
     texture: int | None  # forced texture family of the object (spurious train items), else None
     clutter: float = 1.0  # contrast of the wall's texture: 0 = a plain wall, 1 = full pattern
+    texture_class: int | None = None  # cue-conflict items: the class whose spurious texture it wears
 
 
 @dataclass(frozen=True)
@@ -59,78 +65,6 @@ class Scene:
     wall_normal: tuple[float, float, float]  # unit, pointing away from the camera
     wall_offset: float  # the wall is {p : wall_normal . p = wall_offset}
     wall_texture: Texture
-
-
-# --- signed distance functions in object units; the shape's axis is local y ---------------------
-
-def _len(*c: np.ndarray) -> np.ndarray:
-    return np.sqrt(sum(v * v for v in c))
-
-
-def _sphere(x, y, z):
-    return _len(x, y, z) - 0.8
-
-
-def _cube(x, y, z):  # box of half-side 0.52 with edges rounded by 0.05
-    qx, qy, qz = np.abs(x) - 0.47, np.abs(y) - 0.47, np.abs(z) - 0.47
-    outside = _len(np.maximum(qx, 0), np.maximum(qy, 0), np.maximum(qz, 0))
-    return outside + np.minimum(np.maximum(np.maximum(qx, qy), qz), 0) - 0.05
-
-
-def _cylinder(x, y, z):
-    dr, dy = _len(x, z) - 0.5, np.abs(y) - 0.62
-    return np.minimum(np.maximum(dr, dy), 0) + _len(np.maximum(dr, 0), np.maximum(dy, 0))
-
-
-def _cone(x, y, z, h=0.7, r=0.62):  # exact capped cone (tip radius 0), base at y=-h, tip at y=+h
-    qx = _len(x, z)
-    cax = qx - np.minimum(qx, np.where(y < 0, r, 0.0))
-    cay = np.abs(y) - h
-    t = np.clip((-qx * -r + (h - y) * 2 * h) / (r * r + 4 * h * h), 0, 1)
-    cbx, cby = qx - r * t, y - h + 2 * h * t
-    sign = np.where((cbx < 0) & (cay < 0), -1.0, 1.0)
-    return sign * np.sqrt(np.minimum(cax * cax + cay * cay, cbx * cbx + cby * cby))
-
-
-def _torus(x, y, z):
-    return _len(_len(x, z) - 0.58, y) - 0.24
-
-
-def _pyramid(x, y, z, a=0.58, top=0.68, bottom=-0.5):
-    # intersection of half-spaces: a lower bound of the distance, which is all tracing needs
-    h = top - bottom
-    side = (h * np.maximum(np.abs(x), np.abs(z)) + a * (y - top)) / np.hypot(h, a)
-    return np.maximum(side, bottom - y)
-
-
-def _capsule(x, y, z):
-    return _len(x, y - np.clip(y, -0.45, 0.45), z) - 0.36
-
-
-_ELLIPSOID = (0.9, 0.45, 0.6)
-
-
-def _ellipsoid(x, y, z):  # (|p/r| - 1) * min(r) is 1-Lipschitz, hence a safe distance bound
-    a, b, c = _ELLIPSOID
-    return (_len(x / a, y / b, z / c) - 1) * min(_ELLIPSOID)
-
-
-def _prism(x, y, z, w=0.55, top=0.55, bottom=-0.4, half=0.72):  # a tent lying along local x
-    h = top - bottom
-    side = (h * np.abs(z) + w * (y - top)) / np.hypot(h, w)
-    return np.maximum(np.maximum(side, bottom - y), np.abs(x) - half)
-
-
-def _octahedron(x, y, z):
-    return (np.abs(x) + np.abs(y) + np.abs(z) - 0.9) / np.sqrt(3.0)
-
-
-_SDFS = (_sphere, _cube, _cylinder, _cone, _torus, _pyramid, _capsule, _ellipsoid, _prism,
-         _octahedron)
-# Radius of a sphere about the local origin that encloses each shape (bounds the tracing).
-_BOUNDS = (0.8, 0.52 * 3 ** 0.5, float(np.hypot(0.5, 0.62)), float(np.hypot(0.62, 0.7)), 0.82,
-           float(np.sqrt(2 * 0.58 ** 2 + 0.5 ** 2)), 0.81, 0.9, float(np.sqrt(0.72 ** 2 + 0.4 ** 2
-                                                                               + 0.55 ** 2)), 0.9)
 
 
 # --- scene sampling --------------------------------------------------------------------------
@@ -172,7 +106,7 @@ def sample_scene(seed: int, label: int, texture: int | None = None,
     rotation = _rot(2, roll) @ _rot(0, pitch) @ _BASE_POSE.get(label, np.eye(3)) @ _rot(1, spin)
     scale = float(rng.uniform(0.9, 1.2))
     z = float(rng.uniform(3.0, 4.4))
-    room = max(z * np.tan(np.radians(FOV_DEG / 2)) - scale * _BOUNDS[label], 0.0)
+    room = max(z * np.tan(np.radians(FOV_DEG / 2)) - scale * BOUNDS[label], 0.0)
     x, y = (float(v) * room for v in rng.uniform(-0.6, 0.6, 2))
     light = np.array([rng.uniform(-1, 1), rng.uniform(-0.1, 1.0), -rng.uniform(0.5, 1.5)])
     light /= np.linalg.norm(light)
@@ -183,7 +117,7 @@ def sample_scene(seed: int, label: int, texture: int | None = None,
     normal = (float(np.sin(tilt) * np.cos(azimuth)), float(np.sin(tilt) * np.sin(azimuth)),
               float(np.cos(tilt)))
     # The wall clears the object's bounding sphere by a random gap: never intersects it.
-    offset = float(np.dot(normal, (x, y, z)) + scale * _BOUNDS[label] + rng.uniform(0.4, 3.5))
+    offset = float(np.dot(normal, (x, y, z)) + scale * BOUNDS[label] + rng.uniform(0.4, 3.5))
     wall_tex = sample_texture(rng, int(rng.integers(len(TEXTURES))), 0.5, 0.55 * clutter)
     return Scene(int(label), tuple(float(v) for v in rotation.ravel()), scale, (x, y, z),
                  tuple(float(v) for v in light), ambient, specular, shininess, tex, normal, offset,
@@ -264,7 +198,7 @@ def _normals(sdf, x, y, z, h: float = 1e-4) -> np.ndarray:
 def render_scene(scene: Scene, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise ``scene``: (uint8 [size,size,3] sRGB image, float32 [size,size] camera-z depth)."""
     dirs = _camera_rays(size)
-    sdf, bound = _SDFS[scene.shape], _BOUNDS[scene.shape]
+    sdf, bound = SDFS[scene.shape], BOUNDS[scene.shape]
     rot, centre = np.array(scene.rotation).reshape(3, 3), np.array(scene.centre)
     origin = rot.T @ -centre / scene.scale  # the camera in object units
     local_dirs = dirs @ rot
@@ -348,7 +282,7 @@ def validate_spec(spec: dict, where: str = "synthetic spec") -> dict:
     """The spec with defaults filled in; a missing, unknown or badly typed key is a DataError."""
     if not isinstance(spec, dict):
         raise DataError(f"{where}: expected a mapping, got {type(spec).__name__}")
-    known = set(SPEC_KEYS) | set(SPEC_DEFAULTS)
+    known = set(SPEC_KEYS) | set(SPEC_DEFAULTS) | set(SPEC_OPTIONAL)
     for key in spec:
         if key not in known:
             raise DataError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(known))})")
@@ -370,7 +304,35 @@ def validate_spec(spec: dict, where: str = "synthetic spec") -> dict:
     if isinstance(clutter, bool) or not isinstance(clutter, (int, float)) or not 0 <= clutter <= 1:
         raise DataError(f"{where}: key 'clutter' must be a number in [0, 1], got {clutter!r}")
     out["clutter"] = float(clutter)
+    pairs = out.get("n_cue_conflict_per_pair", 0)
+    if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 0:
+        raise DataError(f"{where}: key 'n_cue_conflict_per_pair' must be an integer >= 0, "
+                        f"got {pairs!r}")
+    if pairs and not out["spurious"]:
+        raise DataError(f"{where}: key 'n_cue_conflict_per_pair' needs 'spurious: true' (the "
+                        f"cue-conflict split sets shapes against the textures spurious train ties "
+                        f"to classes)")
     return out
+
+
+def spurious_texture(label: int) -> int:
+    """The texture family the spurious variant ties to class ``label`` (the one home of the tie)."""
+    return label % len(TEXTURES)
+
+
+def split_size(spec: dict, split: str) -> int:
+    """How many items ``items(spec, split)`` makes."""
+    if split == CUE_CONFLICT:
+        return spec.get("n_cue_conflict_per_pair", 0) * len(cue_conflict_pairs())
+    return spec[f"n_{split}_per_class"] * len(CLASSES)
+
+
+def cue_conflict_pairs() -> list[tuple[int, int]]:
+    """Every ordered (shape class i, texture class j != i), in split order: pair p has shape
+    p % C, so every run of C consecutive items shows each shape once, and each run of C(C-1)
+    items shows each pair once."""
+    n = len(CLASSES)
+    return [(p % n, (p % n + 1 + p // n) % n) for p in range(n * (n - 1))]
 
 
 def item_seed(spec_seed: int, split: str, index: int) -> int:
@@ -382,18 +344,28 @@ def item_seed(spec_seed: int, split: str, index: int) -> int:
 def items(spec: dict, split: str) -> list[SyntheticItem]:
     """The split's items, classes interleaved (labels 0,1,..,9,0,1,..) so every prefix is balanced.
 
-    Spurious variant: in train, each object's texture family is forced to ``label % #families``
-    with probability ``spurious_rate`` (otherwise random, as always in val)."""
+    Spurious variant: in train, each object's texture family is forced to
+    ``spurious_texture(label)`` with probability ``spurious_rate`` (otherwise random, as always in
+    val). Its cue-conflict split (``n_cue_conflict_per_pair`` > 0) holds, for every ordered pair of
+    classes i != j, that many scenes with the shape of class i (the label) wearing the texture
+    family tied to class j (``texture_class``); see ``cue_conflict_pairs`` for the order."""
     spec = validate_spec(spec)
     if split not in SPLITS:
         raise DataError(f"synthetic split must be one of {SPLITS}, got '{split}'")
-    n = spec[f"n_{split}_per_class"] * len(CLASSES)
+    if split == CUE_CONFLICT and not spec.get("n_cue_conflict_per_pair"):
+        raise DataError(f"the synthetic '{CUE_CONFLICT}' split needs a spurious spec with "
+                        f"n_cue_conflict_per_pair > 0")
+    pairs = cue_conflict_pairs()
     out = []
-    for index in range(n):
+    for index in range(split_size(spec, split)):
         label, seed = index % len(CLASSES), item_seed(spec["seed"], split, index)
-        texture = None
-        if spec["spurious"] and split == "train":
+        texture, texture_class = None, None
+        if split == CUE_CONFLICT:
+            label, texture_class = pairs[index % len(pairs)]
+            texture = spurious_texture(texture_class)
+        elif spec["spurious"] and split == "train":
             coin = np.random.default_rng([seed, 1]).random()
-            texture = label % len(TEXTURES) if coin < spec["spurious_rate"] else None
-        out.append(SyntheticItem(split, index, label, seed, texture, spec["clutter"]))
+            texture = spurious_texture(label) if coin < spec["spurious_rate"] else None
+        out.append(SyntheticItem(split, index, label, seed, texture, spec["clutter"],
+                                 texture_class))
     return out

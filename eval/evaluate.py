@@ -30,7 +30,7 @@ from daat.artifacts import Artifact, create_or_open, open_artifact, sha256_file
 from daat.config import Config
 from daat.depth import is_oracle
 from daat.errors import DaatError
-from daat.eval import attacks_eval, attention, results, summary
+from daat.eval import attacks_eval, attention, cue_conflict, results, summary
 from daat.eval.results import GROUPS, Store, Task
 
 ATTENTION_TOP_FRAC = 0.2  # "top-20 % patches of G" (issue 5)
@@ -271,6 +271,8 @@ class ChunkRunner:
         a_clean, _ = attention.attention_map(self.model, x)
         a_adv, _ = attention.attention_map(self.model, x_adv)
         metrics = {"cos": attention.cosine(a_clean, a_adv),
+                   "cos_g_clean": attention.cosine(a_clean, g),
+                   "cos_g_adv": attention.cosine(a_adv, g),
                    "js": attention.js_divergence(a_clean, a_adv),
                    "top_clean": attention.top_mass(a_clean, g, ATTENTION_TOP_FRAC),
                    "top_adv": attention.top_mass(a_adv, g, ATTENTION_TOP_FRAC)}
@@ -372,6 +374,10 @@ def _finish(art: Artifact, model, cfg: Config, shard_art, store: Store, figure_s
                                      shard_art.classes, device)
     data = summary.build(store, cfg, facts, counts, fig_files)
     summary.shout(data["sanity"]["flags"])
+    cue = cue_conflict.evaluate(model, cfg, shard_art, device)
+    if cue is not None:
+        data["cue_conflict"] = cue[0]
+        art.write_json("cue_conflict.json", cue[1])
     for path in sorted((art.path / "results.zarr").rglob("*")):
         if path.is_file() and not path.name.endswith(".partial"):
             art.record_file(path.relative_to(art.path).as_posix())

@@ -23,15 +23,15 @@ from pathlib import Path
 
 from daat.artifacts import Artifact, ArtifactError, atomic_write_text, list_artifacts, open_artifact
 from daat.errors import DaatError
-from daat.eval import report_figures
+from daat.eval import paper, report_figures
 from daat.eval.report_figures import lam, method
 
-PAPER_TABLE1 = {  # ImageNet-100, clean / PGD-10 / AutoAttack, % (paper Table 1)
-    "standard": (81.84, 10.24, 8.60), "pgd-at": (78.30, 52.32, 46.74),
-    "daat-no-align": (80.32, 55.06, 51.14), "daat": (80.74, 56.02, 53.70)}
 METHOD_NAMES = {"standard": "Standard", "pgd-at": "PGD-AT", "daat-no-align": "DAAT w/o L_align",
                 "daat": "DAAT"}
 METHOD_ORDER = ("standard", "pgd-at", "daat-no-align", "daat")
+CUE_TEXT = ("Each image shows the shape of class i with the texture that the spurious training "
+            "set ties to class j ≠ i; accuracies are the share of predictions equal to i (shape) "
+            "and to j (texture); shape bias = shape / (shape + texture) (Geirhos et al. 2019).")
 
 
 @dataclass
@@ -52,10 +52,6 @@ class Row:
         cfg = self.config
         return (f"{METHOD_NAMES[method(cfg)]} · {cfg.get('preset') or '-'} "
                 f"(seed {cfg.get('seed')}, λ={lam(cfg):g})")
-
-
-def is_imagenet100(cfg: dict) -> bool:
-    return Path(str(cfg.get("data", {}).get("card", ""))).stem == "imagenet100"
 
 
 # -- gathering -------------------------------------------------------------------------------
@@ -139,10 +135,10 @@ def _pct(x) -> str:
 
 
 def table1(rows: list[Row]) -> list[str]:
-    paper = any(is_imagenet100(r.config) for r in rows)
+    show_paper = any(paper.matches_paper(r.config) for r in rows)
     head = ["method", "preset", "seed", "λ", "clean", "PGD-10", "AutoAttack", "n (clean / AA)",
             "run", "eval"]
-    if paper:
+    if show_paper:
         head.append("paper clean / PGD-10 / AA")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -153,8 +149,8 @@ def table1(rows: list[Row]) -> list[str]:
                  _pct(acc.get("pgd-10")), _pct(acc.get("autoattack")),
                  f"{counts.get('evaluated', '—')} / {counts.get('autoattack', '—')}",
                  f"`{r.run.id}`" if r.run else "—", f"`{r.eval.id}`" if r.eval else "not evaluated"]
-        if paper:
-            ref = PAPER_TABLE1[method(r.config)] if is_imagenet100(r.config) else None
+        if show_paper:
+            ref = paper.paper_row(method(r.config), r.config)
             cells.append(" / ".join(f"{v:.2f}" for v in ref) if ref else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -196,17 +192,32 @@ def robust_vs_eps_table(rows: list[Row]) -> list[str]:
 
 
 def attention_table(rows: list[Row]) -> list[str]:
-    lines = ["| run | attack | cos(A(x), A(x_adv)) | JS(A(x) ‖ A(x_adv)) [nats] | "
-             "top-20% G mass, clean | top-20% G mass, adv | uniform baseline |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | attack | cos(A(x), G) | cos(A(x_adv), G) | cos(A(x), A(x_adv)) | "
+             "JS(A(x) ‖ A(x_adv)) [nats] | top-20% G mass, clean | top-20% G mass, adv | "
+             "uniform baseline |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         att = r.summary.get("attention")
         if not att:
             continue
-        lines.append(f"| {r.label} | {att['attack']} | {_num(att['cos_clean_adv'])} | "
+        lines.append(f"| {r.label} | {att['attack']} | "
+                     f"{_num(att.get('cos_attention_saliency_clean'))} | "
+                     f"{_num(att.get('cos_attention_saliency_adv'))} | "
+                     f"{_num(att['cos_clean_adv'])} | "
                      f"{_num(att['js_clean_adv'])} | {_num(att['top20_mass_clean'])} | "
                      f"{_num(att['top20_mass_adv'])} | {_num(att['top20_uniform_baseline'])} |")
     return lines
+
+
+def cue_conflict_table(rows: list[Row]) -> list[str]:
+    """Shape / texture accuracy and shape bias on the cue-conflict split, clean and attacked."""
+    lines = ["| run | input | shape acc | texture acc | shape bias | n |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        cue = r.summary.get("cue_conflict") or {}
+        for key, d in ((k, v) for k, v in cue.items() if isinstance(v, dict)):
+            lines.append(f"| {r.label} | {key} | {_pct(d['shape'])} | {_pct(d['texture'])} | "
+                         f"{_num(d['shape_bias'])} | {d['n']} |")
+    return lines if len(lines) > 2 else []
 
 
 def sanity_lines(rows: list[Row]) -> list[str]:
@@ -263,8 +274,11 @@ def table1_section(rows: list[Row]) -> list[str]:
            "a fixed random subset of them, the same for every run — " + "; ".join(
                f"{e} evaluated of {v} val samples, AutoAttack on {a}" for e, a, v in subsets) + ".",
            "PGD accuracies are worst case over iterates (random start; " + attack_text(rows) + ")."]
-    if any(is_imagenet100(r.config) for r in rows):
-        md += ["The last column is the paper's Table 1 (ImageNet-100) for the same method."]
+    n_text = "; ".join(f"{e} val images evaluated (AutoAttack on {a})" for e, a, _ in subsets)
+    md += [""] + paper.describe([r.config for r in rows], [r.config.get("seed") for r in rows],
+                                n_text or "not evaluated")
+    if any(paper.matches_paper(r.config) for r in rows):
+        md += ["The last column is the paper's Table 1 for the same method."]
     same = same_samples_table(rows)
     if same:
         md += ["", "The same attacks on the AutoAttack subset only (accuracy %, identical images "
@@ -286,9 +300,13 @@ def figure3_section(rows: list[Row], out: Path) -> list[str]:
 def render(rows: list[Row], out: Path) -> str:
     md = ["# DAAT report", ""] + table1_section(rows) + [""] + figure3_section(rows, out)
     md += ["", "## Attention under attack", ""] + attention_table(rows)
-    md += ["", "A(x): the student's CLS→patch attention (unit mass); JS in nats (max ln 2); "
+    md += ["", "A(x): the student's CLS→patch attention (unit mass); cos(A, G): its cosine with "
+           "the depth saliency G(x) (1 − L_align); JS in nats (max ln 2); "
            "top-20% G mass: share of A on the 20% patches with the highest depth saliency G(x).",
            "", "## Sanity checks", ""] + sanity_lines(rows)
+    cue = cue_conflict_table(rows)
+    if cue:
+        md += ["", "## Shape vs texture (cue-conflict split)", "", CUE_TEXT, ""] + cue
     figures = copy_eval_figures(rows, out)
     if figures:
         md += ["", "## Grad-CAM and attention under attack (Fig. 2/4 style)", ""] + figures

@@ -14,6 +14,7 @@ together (not the few a sparse subset has in a block of positions). Layout (zarr
     <task>/zero_grad[len] bool    PGD saw an all-zero input gradient for the sample
     <task>/done[K] bool           chunk k is finished: the unit of resume, written after the data
     attention/{cos,js,top_clean,top_adv}[n] float32   A(x) vs A(x_adv) under the Table 1 PGD
+    attention/{cos_g_clean,cos_g_adv}[n] float32       cos(A, G(x)) for A(x) and A(x_adv)
 
 where len is the task's group size. Per-sample arrays are chunked by C, so chunk k of a task is one
 file, and ``done`` has one file per chunk: ranks writing disjoint chunks never share a file.
@@ -32,10 +33,10 @@ import zarr
 from daat.config import EvalConfig
 from daat.errors import DaatError
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 TASK_FIELDS = {"pred": ("int16", -1), "correct": ("bool", False),
                "margin": ("float32", float("nan")), "zero_grad": ("bool", False)}
-ATTENTION_FIELDS = ("cos", "js", "top_clean", "top_adv")
+ATTENTION_FIELDS = ("cos", "js", "top_clean", "top_adv", "cos_g_clean", "cos_g_adv")
 ATTENTION = "attention"
 GROUPS = ("all", "long", "autoattack")
 

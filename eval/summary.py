@@ -136,6 +136,8 @@ def attention_summary(store: Store, n_patches: int, attack_key: str, eps255: flo
     return {"attack": f"{attack_key} at eps {eps255:g}/255",
             "cos_clean_adv": mean("cos"), "js_clean_adv": mean("js"),
             "top20_mass_clean": mean("top_clean"), "top20_mass_adv": mean("top_adv"),
+            "cos_attention_saliency_clean": mean("cos_g_clean"),
+            "cos_attention_saliency_adv": mean("cos_g_adv"),
             "top20_patches": k, "top20_uniform_baseline": k / n_patches,
             "js_unit": "nats (max ln 2 = 0.693)"}
 
@@ -220,4 +222,9 @@ def print_table(data: dict) -> None:
                      f"JS={att['js_clean_adv']:.4f} top-20% mass clean/adv="
                      f"{att['top20_mass_clean']:.3f}/{att['top20_mass_adv']:.3f} "
                      f"(uniform {att['top20_uniform_baseline']:.3f})")
+    for key, d in ((k, v) for k, v in (data.get("cue_conflict") or {}).items()
+                   if isinstance(v, dict)):
+        bias = "n/a" if d["shape_bias"] is None else f"{d['shape_bias']:.3f}"
+        parts.append(f"cue-conflict {key}: shape {_pct(d['shape'])} texture "
+                     f"{_pct(d['texture'])} shape bias {bias} (n={d['n']})")
     print("[evaluate] " + "\n[evaluate] ".join(parts), file=sys.stderr, flush=True)

@@ -71,7 +71,7 @@ def run(cfg: config_mod.Config, out: str) -> artifacts.Artifact:
     if oracle and card.kind != "synthetic":
         raise DataError(f"depth model 'oracle' is the synthetic data's exact depth; card "
                         f"'{card.name}' is {card.kind} data: pass --depth with a depth network")
-    for split in cfg.data.splits:
+    for split in _splits(cfg, card):
         fmt.check_split(split)
     determining = _determining(cfg, card, oracle)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -98,7 +98,7 @@ def _run(cfg, out: str, card, determining: dict, oracle: bool, device: torch.dev
     art = _open(cfg, out, determining, info)
     if art.complete:
         return art
-    items = {split: card.items(split) for split in cfg.data.splits}
+    items = {split: card.items(split) for split in _splits(cfg, card)}
     model = None if oracle else _LazyDepthModel(cfg.depth, device)
     settings = _Settings(cfg.data.resize_short, cfg.data.center_crop, cfg.data.jpeg_quality,
                          cfg.data.max_image_pixels, cfg.data.min_image_side,
@@ -154,13 +154,18 @@ def _render_size(card) -> int | None:
     return int(card.synthetic["size"])
 
 
+def _splits(cfg, card) -> list[str]:
+    """data.splits, then any split the card adds (a synthetic card's cue-conflict split)."""
+    return list(cfg.data.splits) + card.extra_splits(list(cfg.data.splits))
+
+
 def _determining(cfg, card, oracle: bool) -> dict:
     """Everything the shards depend on: the data/depth config, the resolved card, the depth
     model's identity, the inputs' fingerprints, and the format/encoding versions."""
     card_facts = {k: v for k, v in card.to_dict().items() if k not in _CARD_PROSE}
     return {**config_mod.determining(cfg, "shards"), "card": card_facts,
             "depth_identity": ORACLE if oracle else depth_ref.identity(cfg.depth.model),
-            "inputs": {s: card.input_fingerprint(s) for s in cfg.data.splits},
+            "inputs": {s: card.input_fingerprint(s) for s in _splits(cfg, card)},
             "format": fmt.FORMAT_VERSION, "saliency": fmt.SAL_ENCODING,
             "image_encoding": f"{RESAMPLE_NAME}; JPEG {JPEG_SUBSAMPLING}"}
 
@@ -390,6 +395,9 @@ def _sink_record(record: dict, depth_id: str) -> dict:
         return {**out, "reason": record["reason"]}
     meta = {"relpath": job.relpath, "label": job.label, "orig_hw": record["orig_hw"],
             "depth_model": depth_id}
+    texture_class = getattr(job.synthetic, "texture_class", None)
+    if texture_class is not None:
+        meta[fmt.TEXTURE_LABEL] = int(texture_class)
     if record["notes"]:
         meta["notes"] = record["notes"]
     return {**out, "jpg": record["jpg"], "label": job.label, "meta": meta}

@@ -7,7 +7,9 @@ stable across runs and ranks):
 
 - ``jpg``: the image, resized once, JPEG at ``data.jpeg_quality``;
 - ``cls``: the label as ASCII digits;
-- ``json``: source relpath, original and stored size, depth model id, saliency scale;
+- ``json``: source relpath, original and stored size, depth model id, saliency scale, and for
+  the synthetic cue-conflict split ``texture_label`` (the class whose spurious texture the object
+  wears; ``cls`` is its shape's class);
 - ``sal.png``: E(g(x)) at the stored image's exact size, 8-bit greyscale,
   ``q = floor(255*sqrt(E/max E) + t)`` with an 8x8 ordered dither ``t`` (decoded
   ``E = scale*(q/255)^2``). Square-root companding keeps resolution for the weak slopes that
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 SAL_ENCODING = "sqrt-u8-bayer8/v1"  # q = floor(255*sqrt(E/scale) + dither), scale = max E
 MEMBERS = ("jpg", "cls", "json", "sal.png")
+TEXTURE_LABEL = "texture_label"  # json key: the texture's class on the cue-conflict split
 _MEMBER_RE = re.compile(r"^([^./]+)\.(.+)$")
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
 

@@ -101,8 +101,10 @@ def test_bad_inputs_are_named(tiny_shards, tmp_path):
         report.run([str(tmp_path / "nope.txt")], str(tmp_path))
 
 
-def handmade(root: Path, card: str, preset: list[str], seed: int, acc: dict) -> list[str]:
-    cfg = config_mod.to_dict(config_mod.load(preset, [f"data.card={card}", f"seed={seed}"]))
+def handmade(root: Path, card: str, preset: list[str], seed: int, acc: dict,
+             overrides: list[str] = ()) -> list[str]:
+    cfg = config_mod.to_dict(config_mod.load(preset, [f"data.card={card}", f"seed={seed}",
+                                                      *overrides]))
     run = create_or_open(root, "run", {"p": preset, "s": seed}, config=cfg, lineage=["shards-x"])
     run.write_bytes("metrics.jsonl", metrics_lines(seed).encode())
     run.mark_complete()
@@ -124,12 +126,28 @@ def test_imagenet100_rows_carry_the_papers_numbers(tmp_path):
     markdown = report.run(paths, str(tmp_path / "out")).read_text()
     rows = list(table_rows(markdown).values())
     by_method = {r[0]: r for r in rows}
+    assert "paper's Table 1 numbers (ImageNet-100, ViT-B/14 at 224 px" in markdown
     assert by_method["PGD-AT"][-1] == "78.30 / 52.32 / 46.74"
     assert by_method["DAAT"][-1] == "80.74 / 56.02 / 53.70"
     assert by_method["PGD-AT"][4:7] == ["70.00", "40.00", "35.00"]
     assert by_method["DAAT"][2] == "2"
     assert [r[0] for r in rows] == ["PGD-AT", "DAAT"]  # paper order
     assert "fig3d.png" not in markdown and "not drawn" in markdown  # the two differ in more than λ
+
+
+@pytest.mark.parametrize("override", ["model.img_size=112", "train.epochs=30",
+                                      "model.name=vit_small_patch16_224", "model.embed_dim=192",
+                                      "data.card=synthetic"])
+def test_no_paper_numbers_beside_a_run_that_is_not_the_papers_configuration(tmp_path, override):
+    acc = {"clean": 0.7, "pgd-10": 0.4, "autoattack": 0.35}
+    cfg = config_mod.to_dict(config_mod.load(["imagenet100", "pgd-at"], [override]))
+    assert not report.paper.matches_paper(cfg)
+    paths = handmade(tmp_path, "imagenet100", ["imagenet100", "pgd-at"], 1, acc, [override])
+    markdown = report.run(paths, str(tmp_path / "out")).read_text()
+    for number in ("78.30", "52.32", "46.74"):
+        assert number not in markdown
+    assert "paper clean" not in markdown and "paper's numbers are not shown" in markdown
+    assert "What was run: card `" in markdown and "seeds 1" in markdown
 
 
 def test_method_is_read_from_what_the_config_does():

@@ -111,7 +111,7 @@ def test_forcing_a_texture_changes_only_the_object_texture_family():
                (free.rotation, free.centre, free.wall_texture)
 
 
-@pytest.mark.parametrize("sdf, bound", list(zip(S._SDFS, S._BOUNDS)))
+@pytest.mark.parametrize("sdf, bound", list(zip(S.SDFS, S.BOUNDS)))
 def test_sdfs_are_safe_distance_bounds_inside_their_bounding_sphere(sdf, bound):
     rng = np.random.default_rng(0)
     p = rng.uniform(-1.3, 1.3, (20000, 3))
