@@ -46,7 +46,7 @@ def describe(configs: list[dict], seeds: list, n_text: str) -> list[str]:
         text = (f"card `{facts['card']}`, model `{facts['model']}`"
                 + (f" ({facts['model_overrides']})" if facts["model_overrides"] else "")
                 + f" at {facts['img_size']} px (patch {facts['patch_size']}, "
-                  f"{facts['grid']} grid), {facts['epochs']} epochs")
+                  f"{facts['grid']} grid), epochs {facts['epochs']}")
         if text not in setups:
             setups.append(text)
     seed_text = ", ".join(str(s) for s in sorted(set(seeds), key=str)) or "—"

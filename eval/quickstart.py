@@ -3,84 +3,78 @@
     synthetic card → preprocess (oracle depth) → train standard, PGD-AT and DAAT (synthetic preset,
     cached G: the --use-cached-depth equivalent) → evaluate each → report
 
+It is a one-seed experiment (``daat experiment``, spec written to ``<out>/quickstart.yaml``) run
+through the same job runner: with 2+ free cores, two steps at a time with the cores split between
+them (the standard run first, because DAAT's stand-in teacher on this data is that run,
+``loss.teacher: run:standard``; PGD-AT beside it; then DAAT and the evaluations, two at a time).
 Artifacts go to ``<out>/artifacts``, the report to ``<out>/report/report.md`` (its path is the last
 line printed). Every stage reuses a finished artifact and resumes an unfinished one, so running it
 again is quick, and an interrupted quickstart continues where it stopped. Evaluation settings
 (val subset sizes for PGD-100 and AutoAttack) come from the synthetic preset's ``eval`` section;
-the report states them. The standard run is also DAAT's stand-in teacher on this data
-(``loss.teacher: run:standard``), so training it costs nothing extra.
+the report states them.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
-from daat import config as config_mod
+import yaml
 
-# (preset, what the step is called in the log). Order matters: DAAT's teacher on this data is the
-# standard run (the synthetic preset's loss.teacher: run:standard), so it is trained first.
-METHODS = (("standard", "standard training (also DAAT's stand-in teacher)"),
-           ("pgd-at", "PGD adversarial training"),
-           ("daat", "DAAT: PGD-AT + depth-attention alignment + feature alignment"))
-TRAIN = ("depth.target=cached",)  # G(x) from the shards: the --use-cached-depth equivalent
-EVAL = ("data.num_workers=0",)  # 400 val images decode faster than DataLoader workers start
+from daat.artifacts import atomic_write_text
+
+METHODS = ("standard", "pgd-at", "daat")
+SPEC = {"name": "quickstart", "cards": ["synthetic"], "depth": "oracle", "scale": ["synthetic"],
+        "methods": list(METHODS), "seeds": [0], "baseline": "pgd-at",
+        # G(x) from the shards: the --use-cached-depth equivalent
+        "set": {"depth.target": "cached"},
+        # 400 val images decode faster than DataLoader workers start
+        "evaluate": {"data.num_workers": 0}}
+WHAT = {"standard": "standard training (also DAAT's stand-in teacher)",
+        "pgd-at": "PGD adversarial training",
+        "daat": "DAAT: PGD-AT + depth-attention alignment + feature alignment"}
 
 
 def say(message: str) -> None:
     print(f"[quickstart] {message}", file=sys.stderr, flush=True)
 
 
-def _timed(label: str, fn, *args):
-    start = time.perf_counter()
-    result = fn(*args)
-    say(f"{label}: done in {time.perf_counter() - start:.0f} s")
-    return result
+def write_spec(root: Path) -> Path:
+    path = root / "quickstart.yaml"
+    text = ("# The quickstart as a `daat experiment` spec (written by `daat quickstart`).\n"
+            + yaml.safe_dump(SPEC, sort_keys=False))
+    if not path.is_file() or path.read_text() != text:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return path
 
 
-def _threads() -> None:
-    """One intra-op thread unless OMP_NUM_THREADS says otherwise. The quickstart's models are tiny
-    (16 tokens), so a second thread buys little, while on a busy 2-core machine a 2-thread torch
-    process collapses: measured 46 vs 1,800-2,000 img/s forward+backward with one other process
-    running (OpenMP threads spinning for a core they cannot get)."""
-    import torch
-
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
-    say(f"torch intra-op threads: {torch.get_num_threads()} (set OMP_NUM_THREADS to change)")
-
-
-def run(out: str) -> Path:
-    from daat.eval import evaluate, report
-    from daat.pipeline import preprocess
-    from daat.train import loop
+def run(out: str, jobs: int | None = None) -> Path:
+    from daat.eval import experiment, experiment_report, report
+    from daat.eval import jobs as jobs_mod
 
     start = time.perf_counter()
-    _threads()
     root = Path(out)
-    arts = root / "artifacts"
+    arts = str(root / "artifacts")
+    spec = experiment.load_spec(write_spec(root))
+    steps = experiment.plan(spec)
+    free = jobs_mod.free_cores()
+    if jobs is None:
+        jobs = 2 if free >= 2 else 1
+    threads = jobs_mod.threads_per_job(jobs, available=free)
     say(f"writing everything under {root} (rerun to reuse/resume)")
+    say(f"{jobs} step(s) at a time, {threads} torch thread(s) each ({free} of "
+        f"{jobs_mod.cores()} cores free; OMP_NUM_THREADS caps the threads, --jobs sets the jobs)")
     say("step 1/4: preprocess the synthetic card (10 classes, 3-D scenes, exact depth = oracle)")
-    shard_cfg = config_mod.load(["synthetic"], [])
-    shards = _timed("preprocess", preprocess.run, shard_cfg, str(arts))
-    say(f"  shards: {shards.path}")
-    runs = []
-    for i, (preset, what) in enumerate(METHODS, 1):
-        say(f"step 2/4 ({i}/{len(METHODS)}): train {preset} — {what}")
-        cfg = config_mod.load([preset, "synthetic"], list(TRAIN))
-        run_art = _timed(f"train {preset}", loop.run, cfg, str(shards.path), str(arts))
-        say(f"  run: {run_art.path}")
-        runs.append(run_art)
-    evals = []
-    for i, run_art in enumerate(runs, 1):
-        say(f"step 3/4 ({i}/{len(runs)}): evaluate {run_art.config.get('preset')} — clean, "
-            f"PGD-10, PGD-100 over ε, AutoAttack, attention under attack, figures")
-        ev = _timed("evaluate", evaluate.run, str(run_art.path), None, [], list(EVAL),
-                    str(arts))
-        say(f"  eval: {ev.path}")
-        evals.append(ev)
+    say("step 2/4: train " + "; ".join(f"{m} — {WHAT[m]}" for m in METHODS))
+    say("step 3/4: evaluate each — clean, PGD-10, PGD-100 over ε, AutoAttack, attention under "
+        "attack, figures")
+    jobs_mod.run_steps(spec, steps, arts, jobs, threads, say)
+    summary = experiment_report.collect(spec, steps, arts)
+    say(f"  experiment artifact (results.csv, report.md): {summary.path}")
+    art = experiment.experiment_artifact(spec, arts)
+    made = [experiment.finished(art, s.name, arts) for s in steps if s.kind != "preprocess"]
     say("step 4/4: report (Table 1, Fig. 3, attention under attack, sanity flags, figures)")
-    path = report.run([str(a.path) for a in runs + evals], str(root / "report"))
+    path = report.run([str(a.path) for a in made if a is not None], str(root / "report"))
     say(f"finished in {time.perf_counter() - start:.0f} s; the report is:")
     return path

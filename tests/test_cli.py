@@ -9,7 +9,8 @@ from daat.cli import main
 
 COMMANDS = [["preprocess"], ["train"], ["evaluate"], ["report"], ["quickstart"], ["artifacts"],
             ["artifacts", "list"], ["artifacts", "show"], ["artifacts", "verify"], ["config"],
-            ["config", "presets"], ["config", "show"]]
+            ["config", "presets"], ["config", "show"], ["experiment"], ["experiment", "run"],
+            ["experiment", "collect"], ["experiment", "cell"]]
 
 
 def test_help_is_instant_and_does_not_import_torch():

@@ -360,6 +360,10 @@ def determining(cfg: Config) -> dict:
         drop["depth"].extend(["model", "amp", "online_every", "online_epochs"])
     if cfg.loss.gamma0 == 0:
         drop.setdefault("loss", []).extend(["teacher", "gamma_frac"])
+    elif cfg.loss.teacher.startswith(teacher_mod.RUN_PREFIX):
+        # a run teacher is identified by its id in the lineage, not by how it was named
+        # (run:standard or run:/some/path/run-…), so both name the same run artifact
+        d["loss"]["teacher"] = teacher_mod.RUN_PREFIX
     for key in drop.pop(""):
         d.pop(key, None)
     for section, keys in drop.items():

@@ -2,7 +2,9 @@
 
 - a timm name or a local weights file/dir (the paper: DINOv2 ViT-B/14) -> ``models.build_teacher``;
 - ``run:/path/to/run-…``: a finished daat run whose final student is frozen and used as teacher
-  (its CLS + patch tokens after the final norm);
+  (its CLS + patch tokens after the final norm); ``run:run-…`` (a bare artifact id) names that
+  run under the same ``--out`` directory (what ``daat experiment`` passes, so the saved config
+  does not depend on where the artifacts live);
 - ``run:standard``: train (or reuse: same content key, so free the second time) a ``standard``
   run with the same data/model/optim settings on the same shards, and use that. Offline, with no
   DINOv2 weights, this is the synthetic preset's stand-in teacher.
@@ -78,8 +80,16 @@ def locate(cfg: Config, shards_dir: str | Path, out: str | Path) -> TeacherSourc
         from daat.train.loop import run as train_run
         return _run_source(spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path)
     if spec.startswith(RUN_PREFIX):
-        return _run_source(spec, Path(spec[len(RUN_PREFIX):]))
+        return _run_source(spec, run_dir(spec, out))
     return TeacherSource(spec, None, ())
+
+
+def run_dir(ref: str, out: str | Path) -> Path:
+    """The directory a ``run:`` reference names: a path, or a bare artifact id under ``out``."""
+    target = ref[len(RUN_PREFIX):]
+    if "/" not in target and target.startswith("run-"):
+        return Path(out) / target
+    return Path(target)
 
 
 def _run_source(spec: str, run_dir: Path) -> TeacherSource:

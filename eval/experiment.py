@@ -1,0 +1,383 @@
+"""``daat experiment SPEC.yaml``: a grid of runs (cards x methods x seeds x grid values), trained
+and evaluated with every existing artifact reused, then aggregated with statistics.
+
+A spec (YAML; paths in it are relative to the spec file)::
+
+    name: table1-synthetic            # a label for the report
+    cards: [synthetic]                # data card(s): names or YAML paths
+    depth: oracle                     # depth model of `daat preprocess`
+    scale: [synthetic]                # scale preset(s), applied after each method preset
+    methods: [standard, pgd-at, daat-no-align, daat]
+    seeds: [0, 1, 2]
+    grid: {loss.lam: [0, 0.05, 0.1]}  # optional config axes (cartesian product) ...
+    grid_methods: [daat]              # ... applied to these methods (default: all)
+    set: {train.epochs: 10}           # optional config for every run, after the presets
+    evaluate: {eval.n_autoattack: 100}  # optional `daat evaluate` settings
+    baseline: pgd-at                  # paired differences are taken against this method
+    bootstrap: {replicates: 2000, seed: 0}
+    launcher: daat                    # how --print-commands starts daat, e.g.
+                                      # "torchrun --nproc_per_node 8 -m daat.cli"
+
+Steps (``Plan``): ``preprocess:CARD`` once per card, ``train:CELL`` and ``eval:CELL`` per cell
+(``CARD/METHOD/seedS[/key=value...]``). A config value ``run:standard`` that changes what a run
+learns (``loss.teacher`` when γ0 > 0, say) makes its cell depend on the ``standard`` run of the
+same card, seed and settings (``train.teacher.standard_config``): that run is trained first as
+an ordinary cell and the value becomes ``run:run-…`` (its artifact id, looked up under the same
+``--out``; see ``train.teacher.run_dir``), so teacher resolution never trains anything. Each finished step leaves a record (the artifact id it made) in the experiment
+artifact's ``steps/``; ``collect`` aggregates whatever has finished. Running a step reuses or
+resumes the artifact its config determines, so a rerun after kill -9 continues where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from daat import config as config_mod
+from daat.artifacts import Artifact, ArtifactError, atomic_write_json, content_key
+from daat.artifacts import create_or_open, open_artifact
+from daat.errors import DaatError
+
+KEYS = ("name", "cards", "depth", "scale", "methods", "seeds", "grid", "grid_methods", "set",
+        "evaluate", "baseline", "bootstrap", "launcher")
+STANDARD_REF = "run:standard"
+STEPS_DIR = "steps"
+
+
+class SpecError(DaatError):
+    """An experiment spec is wrong; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path  # absolute
+    name: str
+    cards: tuple[str, ...]
+    depth: str
+    scale: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    grid: tuple[tuple[str, tuple], ...]  # (config key, values), in spec order
+    grid_methods: tuple[str, ...]
+    settings: tuple[tuple[str, Any], ...]  # the spec's ``set``
+    evaluate: tuple[tuple[str, Any], ...]
+    baseline: str
+    replicates: int = 2000
+    bootstrap_seed: int = 0
+    launcher: str = "daat"
+
+    def determining(self) -> dict:
+        """What the experiment artifact's key hashes (everything but the spec's location and
+        launcher, which change how, not what, is run)."""
+        return {"name": self.name, "cards": list(self.cards), "depth": self.depth,
+                "scale": list(self.scale), "methods": list(self.methods),
+                "seeds": list(self.seeds), "grid": [[k, list(v)] for k, v in self.grid],
+                "grid_methods": list(self.grid_methods), "set": [list(s) for s in self.settings],
+                "evaluate": [list(s) for s in self.evaluate], "baseline": self.baseline,
+                "bootstrap": {"replicates": self.replicates, "seed": self.bootstrap_seed}}
+
+
+def _as_list(value, key: str, where: str) -> list:
+    value = value if isinstance(value, list) else [value]
+    if not value:
+        raise SpecError(f"{where}: key '{key}' must not be empty")
+    return value
+
+
+def _flat_mapping(value, key: str, where: str) -> tuple[tuple[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise SpecError(f"{where}: key '{key}' must map config keys (like train.epochs) to "
+                        f"values, got {value!r}")
+    return tuple(value.items())
+
+
+def _local(value: str, base: Path) -> str:
+    """A preset/card name stays as it is; a path is taken relative to the spec's directory."""
+    candidate = base / value
+    looks_like_file = value.endswith((".yaml", ".yml")) or "/" in value
+    return str(candidate.resolve()) if looks_like_file and candidate.exists() else value
+
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    """Read and check a spec; every cell's config is loaded by ``plan`` (bad keys fail there)."""
+    path = Path(path).resolve()
+    where = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise SpecError(f"cannot read experiment spec {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise SpecError(f"{where}: invalid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: an experiment spec is a mapping of {', '.join(KEYS)}")
+    unknown = [k for k in raw if k not in KEYS]
+    if unknown:
+        raise SpecError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(KEYS)})")
+    for key in ("cards", "methods", "seeds"):
+        if key not in raw:
+            raise SpecError(f"{where}: missing key '{key}'")
+    base = path.parent
+    seeds = _as_list(raw["seeds"], "seeds", where)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SpecError(f"{where}: key 'seeds' must list integers, got {seeds!r}")
+    methods = tuple(_local(str(m), base) for m in _as_list(raw["methods"], "methods", where))
+    grid = _flat_mapping(raw.get("grid"), "grid", where)
+    for key, values in grid:
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"{where}: grid axis '{key}' must list its values")
+    grid_methods = tuple(_local(str(m), base) for m in raw.get("grid_methods") or methods)
+    baseline = _local(str(raw.get("baseline", "pgd-at")), base)
+    for key, names in (("grid_methods", grid_methods), ("baseline", (baseline,))):
+        missing = [m for m in names if m not in methods]
+        if missing:
+            raise SpecError(f"{where}: key '{key}' names '{missing[0]}', which is not among "
+                            f"the methods {list(methods)}")
+    boot = raw.get("bootstrap") or {}
+    if not isinstance(boot, dict) or set(boot) - {"replicates", "seed"}:
+        raise SpecError(f"{where}: key 'bootstrap' takes replicates and seed, got {boot!r}")
+    return Spec(path, str(raw.get("name") or path.stem),
+                tuple(_local(str(c), base) for c in _as_list(raw["cards"], "cards", where)),
+                str(raw.get("depth", "oracle")),
+                tuple(_local(str(s), base) for s in _as_list(raw.get("scale", []) or [],
+                                                             "scale", where) if s),
+                methods, tuple(seeds), tuple((k, tuple(v)) for k, v in grid), grid_methods,
+                _flat_mapping(raw.get("set"), "set", where),
+                _flat_mapping(raw.get("evaluate"), "evaluate", where), baseline,
+                int(boot.get("replicates", 2000)), int(boot.get("seed", 0)),
+                str(raw.get("launcher", "daat")))
+
+
+def override(key: str, value: Any) -> str:
+    """``key=value`` for ``config.load`` (JSON is YAML, so the value parses back unchanged)."""
+    return f"{key}={json.dumps(value)}"
+
+
+# -- the plan ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    card: str
+    method: str
+    seed: int
+    grid: tuple[tuple[str, Any], ...]  # this cell's grid values ((), for methods off the grid)
+    standardised: bool = False  # a dependency: the standard run of its method's config
+    evaluated: bool = True  # a table cell (dependency-only runs are not evaluated)
+
+
+@dataclass
+class Step:
+    name: str  # preprocess:CARD | train:CELL | eval:CELL
+    kind: str
+    card: str
+    cell: Cell | None = None
+    deps: list[str] = field(default_factory=list)
+    refs: dict[str, str] = field(default_factory=dict)  # config key -> train step it names
+
+
+def card_label(card: str) -> str:
+    return Path(card).stem if card.endswith((".yaml", ".yml")) or "/" in card else card
+
+
+def prep_config(spec: Spec, card: str) -> config_mod.Config:
+    return config_mod.load(list(spec.scale), [f"data.card={card}", f"depth.model={spec.depth}",
+                                              *(override(k, v) for k, v in spec.settings)])
+
+
+def cell_config(spec: Spec, cell: Cell, resolved: dict[str, str] | None = None
+                ) -> config_mod.Config:
+    """The cell's config; ``resolved`` maps keys that said ``run:standard`` to ``run:run-…``."""
+    from daat.train.teacher import standard_config
+
+    overrides = [f"data.card={cell.card}", f"depth.model={spec.depth}", f"seed={cell.seed}",
+                 *(override(k, v) for k, v in spec.settings + cell.grid)]
+    cfg = config_mod.load([cell.method, *spec.scale], overrides)
+    if cell.standardised:
+        cfg = standard_config(cfg)
+    for key, ref in (resolved or {}).items():
+        config_mod.apply_override(cfg, override(key, ref))
+    return cfg
+
+
+def _leaves(d: dict, prefix: str = ""):
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def standard_refs(cfg: config_mod.Config) -> list[str]:
+    """Config keys whose value is ``run:standard`` AND changes what the run learns (a key the
+    run's content key ignores, like loss.teacher at γ0 = 0, is no dependency)."""
+    from daat.train.loop import determining
+
+    keys = []
+    base = determining(cfg)
+    for key, value in _leaves(config_mod.to_dict(cfg)):
+        if value == STANDARD_REF:
+            probe = copy.deepcopy(cfg)
+            config_mod.apply_override(probe, override(key, "run-reference-probe"))
+            if determining(probe) != base:
+                keys.append(key)
+    return keys
+
+
+def _run_key(card: str, cfg: config_mod.Config) -> str:
+    from daat.train.loop import determining
+    return content_key({"card": card, "run": determining(cfg)})
+
+
+def plan(spec: Spec) -> list[Step]:
+    """Every step in a fixed order (preprocess, train, eval); loads every config, so a bad key
+    fails here, before anything runs."""
+    steps = [Step(f"preprocess:{card_label(c)}", "preprocess", c) for c in spec.cards]
+    labels = [card_label(c) for c in spec.cards]
+    if len(set(labels)) != len(labels):
+        raise SpecError(f"{spec.path}: two cards share the name {labels}; rename one")
+    for card in spec.cards:
+        prep_config(spec, card)
+    cells = []
+    for card, method, seed in itertools.product(spec.cards, spec.methods, spec.seeds):
+        axes = spec.grid if method in spec.grid_methods else ()
+        for values in itertools.product(*(v for _, v in axes)):
+            grid = tuple(zip((k for k, _ in axes), values))
+            name = "/".join([card_label(card), Path(method).stem, f"seed{seed}",
+                             *(f"{k}={v}" for k, v in grid)])
+            cells.append(Cell(name, card, method, seed, grid))
+    trains: dict[str, Step] = {}  # run key -> the train step that makes it
+    pending = []
+    for cell in cells:
+        cfg = cell_config(spec, cell)
+        key = _run_key(cell.card, cfg)
+        train = trains.get(key)
+        if train is None:
+            train = trains[key] = Step(f"train:{cell.name}", "train", cell.card, cell,
+                                       [f"preprocess:{card_label(cell.card)}"])
+        steps.append(Step(f"eval:{cell.name}", "eval", cell.card, cell, [train.name]))
+        pending.append((cell, cfg, key))
+    for cell, cfg, key in pending:
+        refs = standard_refs(cfg)
+        if not refs:
+            continue
+        std = Cell(f"{card_label(cell.card)}/standard/seed{cell.seed}", cell.card, cell.method,
+                   cell.seed, cell.grid, standardised=True, evaluated=False)
+        std_key = _run_key(cell.card, cell_config(spec, std))
+        if std_key == key:
+            continue  # the run is its own standard run: nothing to depend on
+        dep = trains.get(std_key)
+        if dep is None:
+            taken = {s.name for s in trains.values()}
+            name = std.name if f"train:{std.name}" not in taken else f"{std.name}/{std_key[:8]}"
+            dep = trains[std_key] = Step(f"train:{name}", "train", cell.card,
+                                         Cell(name, std.card, std.method, std.seed, std.grid,
+                                              True, False), [f"preprocess:{card_label(std.card)}"])
+        train = trains[key]
+        train.refs.update({k: dep.name for k in refs})
+        if dep.name not in train.deps:
+            train.deps.append(dep.name)
+    steps[len(spec.cards):len(spec.cards)] = list(trains.values())
+    return steps
+
+
+# -- the experiment artifact and its step records ---------------------------------------------
+def experiment_artifact(spec: Spec, out: str | os.PathLike) -> Artifact:
+    return create_or_open(out, "experiment", spec.determining(),
+                          config={**spec.determining(), "spec": str(spec.path)})
+
+
+def record_relpath(step: str) -> str:
+    """Where a step's record lives inside the experiment artifact."""
+    return f"{STEPS_DIR}/" + step.replace(":", "-").replace("/", "+") + ".json"
+
+
+def _record_path(art: Artifact, step: str) -> Path:
+    return art.path / record_relpath(step)
+
+
+def write_record(art: Artifact, step: str, made: Artifact) -> None:
+    atomic_write_json(_record_path(art, step), {"step": step, "artifact": made.id,
+                                                "kind": made.kind})
+
+
+def finished(art: Artifact, step: str, out: str | os.PathLike) -> Artifact | None:
+    """The complete artifact a step recorded, or None (no record, or it is gone/incomplete)."""
+    path = _record_path(art, step)
+    if not path.is_file():
+        return None
+    try:
+        made = open_artifact(Path(out) / json.loads(path.read_text())["artifact"])
+    except (ArtifactError, json.JSONDecodeError, KeyError):
+        return None
+    return made if made.complete else None
+
+
+def _needed(art: Artifact, step: str, out: str, by: str) -> Artifact:
+    made = finished(art, step, out)
+    if made is None:
+        raise DaatError(f"step '{by}' needs '{step}' to have finished first; run "
+                        f"`daat experiment cell SPEC {step}` (or the whole experiment)")
+    return made
+
+
+# -- running one step (in this process) --------------------------------------------------------
+def run_step(spec: Spec, steps: list[Step], name: str, out: str) -> Artifact:
+    """Run (or reuse, or resume) one step and record what it made. A bare cell name runs that
+    cell's train and eval steps in turn (what --print-commands prints)."""
+    by_name = {s.name: s for s in steps}
+    if name not in by_name:
+        wanted = [f"train:{name}", f"eval:{name}"]
+        if not any(w in by_name for w in wanted):
+            raise DaatError(f"'{name}' is not a step of {spec.path} (see --print-commands)")
+        made = None
+        for step in (w for w in wanted if w in by_name):
+            made = run_step(spec, steps, step, out)
+        return made
+    step = by_name[name]
+    art = experiment_artifact(spec, out)
+    if step.kind == "preprocess":
+        from daat.pipeline import preprocess
+        made = preprocess.run(prep_config(spec, step.card), out)
+    elif step.kind == "train":
+        from daat.train import loop
+        shards = _needed(art, step.deps[0], out, name)
+        resolved = {key: f"run:{_needed(art, dep, out, name).id}"
+                    for key, dep in step.refs.items()}
+        made = loop.run(cell_config(spec, step.cell, resolved), str(shards.path), out)
+    else:
+        from daat.eval import evaluate
+        run = _needed(art, step.deps[0], out, name)
+        made = evaluate.run(str(run.path), None, [],
+                            [override(k, v) for k, v in spec.evaluate], out)
+    if os.environ.get("RANK", "0") == "0":
+        write_record(art, name, made)
+    return made
+
+
+def commands(spec: Spec, steps: list[Step], out: str) -> list[str]:
+    """Shell lines, in blocks that must run in order; lines inside a block are independent."""
+    base = f"{spec.launcher} experiment cell {spec.path}"
+    outs = f"--out {Path(out).resolve()}"
+    needed = {d for s in steps if s.kind == "train" for d in s.deps if d.startswith("train:")}
+    cell_names = [s.name.split(":", 1)[1] for s in steps if s.kind == "train"]
+    first = [n for n in cell_names if f"train:{n}" in needed]
+    rest = [n for n in cell_names if f"train:{n}" not in needed]
+    lines = [f"# {spec.name}: {len(cell_names)} runs. Run the blocks in order; the lines of a "
+             f"block are independent (one Slurm array each).",
+             "# block 1: preprocess each card once"]
+    lines += [f"{base} {s.name} {outs}" for s in steps if s.kind == "preprocess"]
+    if first:
+        lines.append("# block 2: runs that other runs name with run:standard")
+        lines += [f"{base} {n} {outs}" for n in first]
+    lines.append(f"# block {3 if first else 2}: every other cell (train, then evaluate)")
+    lines += [f"{base} {n} {outs}" for n in rest]
+    lines += ["# afterwards (also fine while cells are still missing): aggregate",
+              f"daat experiment collect {spec.path} {outs}"]
+    return lines

@@ -1,0 +1,333 @@
+"""``daat experiment collect``: the experiment artifact from whatever cells have finished.
+
+Files (recorded in the manifest; the artifact is complete once every cell is evaluated):
+- ``results.csv``: one row per evaluated cell: cell, card, method, seed, one column per grid
+  axis, run and eval ids, then every number of the evaluation's summary.json (accuracies, the
+  same-sample table, counts, attention numbers, cue-conflict numbers, the count of sanity flags)
+  as ``section.key`` columns. Nothing time- or machine-dependent goes in, so the same cells give
+  the same file however they were run.
+- ``report.md`` + ``figures/*.png``: Table 1 as mean ± std over seeds with 95% t intervals; the
+  paired difference of each method against the baseline on the same val samples (per seed:
+  McNemar exact p; pooled over seeds x samples: bootstrap interval); accuracy vs ε with bands over
+  seeds (Fig. 3c); the λ sweep when ``loss.lam`` is a grid axis (Fig. 3d); per method the
+  attention numbers and, on a card with a cue-conflict split, shape vs texture.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from daat import config as config_mod
+from daat.artifacts import Artifact, atomic_write_text
+from daat.eval import eps, experiment_figures, paper, results, stats
+from daat.eval.experiment import Cell, Spec, Step, experiment_artifact, finished, record_relpath
+from daat.eval.report import METHOD_NAMES
+
+SKIPPED_SUMMARY = {"run", "checkpoint", "checkpoint_sha256", "preset", "seed", "lam", "card",
+                   "attacks", "resume", "compute_seconds", "figures", "note"}
+CUE_TEXT = ("shape of class i, texture that the spurious train set ties to class j ≠ i; shape "
+            "bias = shape / (shape + texture), Geirhos et al. 2019")
+
+
+@dataclass
+class Result:
+    cell: Cell
+    run: Artifact
+    eval: Artifact
+    summary: dict
+
+    @property
+    def group(self) -> tuple:
+        return (self.cell.method, self.cell.grid)
+
+    def samples(self) -> dict[str, np.ndarray]:
+        """Per-sample correctness from results.zarr: keys, clean, the Table 1 PGD, AutoAttack
+        (with its subset mask)."""
+        ev = config_mod.from_dict(self.eval.config).eval
+        tasks = {t.name: t for t in results.plan_tasks(ev)}
+        store = results.Store.open(self.eval.path / "results.zarr", list(tasks.values()))
+        out = {"key": store.read("key"), "clean": store.read_full(tasks["clean"], "correct"),
+               "pgd": store.read_full(tasks[results.table_task_name(ev)], "correct")}
+        aa = tasks.get(results.autoattack_task_name(ev))
+        if aa is not None:
+            out["autoattack"] = store.read_full(aa, "correct")
+            out["autoattack_mask"] = store.member("autoattack")
+        return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, bool) or value is None or isinstance(value, (int, float)):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def summary_numbers(summary: dict) -> dict:
+    numbers = _flatten({k: v for k, v in summary.items() if k not in SKIPPED_SUMMARY})
+    flags = summary.get("sanity", {}).get("flags", [])
+    return {**{k: v for k, v in numbers.items() if not k.startswith("sanity.")},
+            "sanity.flags": len(flags)}
+
+
+def gather(spec: Spec, steps: list[Step], out: str, art: Artifact) -> tuple[list[Result], list]:
+    """(finished evaluated cells, names of the cells still missing), in plan order."""
+    done, missing = [], []
+    for step in (s for s in steps if s.kind == "eval"):
+        ev = finished(art, step.name, out)
+        run = finished(art, step.deps[0], out)
+        if ev is None or run is None:
+            missing.append(step.cell.name)
+            continue
+        summary = json.loads((ev.path / "summary.json").read_text())
+        done.append(Result(step.cell, run, ev, summary))
+    return done, missing
+
+
+def results_csv(spec: Spec, rows: list[Result]) -> str:
+    axes = [k for k, _ in spec.grid]
+    numbers = [summary_numbers(r.summary) for r in rows]
+    metric_cols: list[str] = []
+    for n in numbers:
+        metric_cols += [k for k in n if k not in metric_cols]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["cell", "card", "method", "seed", *axes, "run", "eval", *metric_cols])
+    for r, n in zip(rows, numbers):
+        grid = dict(r.cell.grid)
+        writer.writerow([r.cell.name, Path(r.cell.card).stem, Path(r.cell.method).stem,
+                         r.cell.seed, *(grid.get(a, "") for a in axes), r.run.id, r.eval.id,
+                         *("" if n.get(c) is None else repr(n[c]) for c in metric_cols)])
+    return buf.getvalue()
+
+
+# -- markdown helpers --------------------------------------------------------------------------
+def group_label(group: tuple) -> str:
+    method, grid = group
+    name = METHOD_NAMES.get(Path(method).stem, Path(method).stem)
+    return name + ("".join(f", {k}={v}" for k, v in grid) if grid else "")
+
+
+def _fmt(values, scale: float = 100.0, digits: int = 2) -> str:
+    """mean ± std [95% CI] (n) of the non-missing values, scaled (100: percent)."""
+    values = [scale * v for v in values if v is not None]
+    mean, std = stats.mean_std(values)
+    if mean is None:
+        return "—"
+    if std is None:
+        return f"{mean:.{digits}f} (1 seed)"
+    low, high = stats.t_interval(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def grouped(rows: list[Result]) -> dict[tuple, list[Result]]:
+    groups: dict[tuple, list[Result]] = {}
+    for r in rows:
+        groups.setdefault(r.group, []).append(r)
+    return groups
+
+
+def pgd_key(summary: dict) -> str:
+    return next(k for k, v in summary["accuracy"].items()
+                if k.startswith("pgd-") and not isinstance(v, dict))
+
+
+def table1(groups: dict[tuple, list[Result]]) -> list[str]:
+    show_paper = any(paper.matches_paper(r.run.config) for rs in groups.values() for r in rs)
+    first = next(r for rs in groups.values() for r in rs)
+    head = ["method", "seeds", "clean", pgd_key(first.summary).upper(), "AutoAttack"] + (
+        ["paper clean / PGD-10 / AA"] if show_paper else [])
+    body = []
+    for group, rs in groups.items():
+        acc = [r.summary["accuracy"] for r in rs]
+        row = [group_label(group), str(len(rs)), _fmt(a.get("clean") for a in acc),
+               _fmt(a.get(pgd_key(r.summary)) for a, r in zip(acc, rs)),
+               _fmt(a.get("autoattack") for a in acc)]
+        if show_paper:
+            from daat.eval.report_figures import method
+            refs = {paper.paper_row(method(r.run.config), r.run.config) for r in rs}
+            ref = refs.pop() if len(refs) == 1 else None
+            row.append(" / ".join(f"{v:.2f}" for v in ref) if ref else "—")
+        body.append(row)
+    return _table(head, body)
+
+
+def _aligned(a: dict, b: dict, metric: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Correctness of two evaluations on the samples both evaluated (and, for AutoAttack, both
+    attacked), matched by sample key."""
+    def pick(s):
+        mask = s.get(f"{metric}_mask", np.ones(len(s["key"]), dtype=bool))
+        return {k: bool(c) for k, c, m in zip(s["key"], s[metric], mask) if m}
+    pa, pb = pick(a), pick(b)
+    keys = sorted(set(pa) & set(pb))
+    return (np.array([pa[k] for k in keys], dtype=bool), np.array([pb[k] for k in keys],
+                                                                  dtype=bool), keys)
+
+
+def paired_section(spec: Spec, groups: dict[tuple, list[Result]]) -> list[str]:
+    base_grid = {g: (g[1] if spec.baseline in spec.grid_methods else ()) for g in groups}
+    body = []
+    cache: dict[str, dict] = {}
+
+    def samples(r: Result) -> dict:
+        return cache.setdefault(r.eval.id, r.samples())
+    for group, rs in groups.items():
+        base = groups.get((spec.baseline, base_grid[group]))
+        if group[0] == spec.baseline or not base:
+            continue
+        by_seed = {r.cell.seed: r for r in base}
+        pairs = [(r, by_seed[r.cell.seed]) for r in rs if r.cell.seed in by_seed]
+        for metric, name in (("clean", "clean"), ("pgd", "PGD"), ("autoattack", "AutoAttack")):
+            if not pairs or any(metric not in samples(r) for p in pairs for r in p):
+                continue
+            per_seed, diffs = [], []
+            for r, b in pairs:
+                a, c, keys = _aligned(samples(r), samples(b), metric)
+                if not keys:
+                    continue
+                test = stats.mcnemar_exact(a, c)
+                per_seed.append(f"s{r.cell.seed}: {100 * (a.mean() - c.mean()):+.2f} "
+                                f"(p={test.p:.3g}, n={len(keys)})")
+                diffs.append((keys, a.astype(int) - c.astype(int)))
+            common = sorted(set.intersection(*(set(k) for k, _ in diffs))) if diffs else []
+            pooled = "—"
+            if common:
+                matrix = np.stack([d[np.searchsorted(k, common)] for k, d in diffs])
+                boot = stats.paired_bootstrap(matrix, spec.replicates, spec.bootstrap_seed)
+                pooled = (f"{100 * boot.mean:+.2f} [{100 * boot.low:+.2f}, {100 * boot.high:+.2f}]"
+                          f" ({boot.seeds} seeds x {boot.samples} samples)")
+            body.append([group_label(group), name, "; ".join(per_seed) or "—", pooled])
+    if not body:
+        return [f"*No paired differences: the baseline `{spec.baseline}` has no evaluated cell "
+                f"with the same seed (and grid values) as another method.*"]
+    return _table([f"method vs {Path(spec.baseline).stem}", "metric",
+                   "per seed: Δ accuracy (pp), McNemar exact p", "pooled Δ (pp) [95% bootstrap]"],
+                  body)
+
+
+def attention_section(groups: dict[tuple, list[Result]]) -> list[str]:
+    fields = [("cos_attention_saliency_clean", "cos(A(x), G)"),
+              ("top20_mass_clean", "A mass on top-20% G, clean"),
+              ("top20_mass_adv", "A mass on top-20% G, adv"),
+              ("cos_clean_adv", "drift: cos(A(x), A(x_adv))"), ("js_clean_adv", "drift: JS [nats]")]
+    body = []
+    for group, rs in groups.items():
+        att = [r.summary.get("attention") or {} for r in rs]
+        body.append([group_label(group)] + [_fmt((a.get(f) for a in att), 1.0, 3)
+                                            for f, _ in fields])
+    uniform = next((r.summary["attention"].get("top20_uniform_baseline") for rs in groups.values()
+                    for r in rs if r.summary.get("attention")), None)
+    note = (f"Uniform attention puts {uniform:.3f} of its mass on the top-20% patches."
+            if uniform is not None else "")
+    return _table(["method"] + [h for _, h in fields], body) + ["", note]
+
+
+def cue_section(groups: dict[tuple, list[Result]]) -> list[str]:
+    body = []
+    for group, rs in groups.items():
+        cues = [r.summary.get("cue_conflict") for r in rs]
+        if not all(cues):
+            continue
+        for key in (k for k, v in cues[0].items() if isinstance(v, dict)):
+            body.append([group_label(group), key] + [
+                _fmt((c[key][f] for c in cues), *((100.0, 2) if f != "shape_bias" else (1.0, 3)))
+                for f in ("shape", "texture", "shape_bias")] + [str(cues[0][key]["n"])])
+    return _table(["method", "input", "shape acc (%)", "texture acc (%)", "shape bias", "n"],
+                  body) if body else []
+
+
+def render(spec: Spec, rows: list[Result], missing: list[str], figures: dict) -> str:
+    groups = grouped(rows)
+    counts = {(r.summary["counts"]["evaluated"], r.summary["counts"]["autoattack"]) for r in rows}
+    n_text = "; ".join(f"{e} val images (AutoAttack on {a})" for e, a in sorted(counts)) or "—"
+    md = [f"# Experiment `{spec.name}`", "", f"Spec: `{spec.path}`. "
+          f"{len(rows)} of {len(rows) + len(missing)} cells evaluated"
+          + (f"; still missing: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''} "
+             f"(rerun `daat experiment` to finish them)." if missing else "."), ""]
+    md += paper.describe([r.run.config for r in rows], [r.cell.seed for r in rows], n_text)
+    attack = rows[0].summary.get("attention", {}).get("attack", "") if rows else ""
+    md += ["", "## Table 1: accuracy (%) over seeds", "",
+           "mean ± sample std [95% t interval of the mean]; one value per seed.", ""]
+    md += (table1(groups) if rows else ["*No cell has been evaluated yet.*"])
+    md += ["", f"PGD: the evaluation's Table 1 attack ({attack}); AutoAttack on a fixed subset, "
+           f"the same for every run."]
+    md += ["", f"## Paired differences against {group_label((spec.baseline, ()))}", "",
+           "Same val samples (matched by key) for both runs of a seed. Per seed: the accuracy "
+           "difference and the exact McNemar p; pooled: the mean difference over seeds x samples "
+           f"with a percentile bootstrap interval ({spec.replicates} replicates resampling seeds "
+           f"and samples, bootstrap seed {spec.bootstrap_seed}).", ""]
+    md += paired_section(spec, groups)
+    md += ["", "## Figures", ""]
+    for key, (rel, caption) in figures.items():
+        md += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
+    if "3d" not in figures:
+        md += ["*Fig. 3d (λ sweep) not drawn: `loss.lam` is not a grid axis of this spec.*", ""]
+    md += ["## Attention (per method, mean ± std over seeds)", "",
+           f"A: the student's attention map; G: the depth saliency; adv: under {attack}.", ""]
+    md += attention_section(groups)
+    cue = cue_section(groups)
+    if cue:
+        md += ["", "## Shape vs texture (cue-conflict split)", "", CUE_TEXT + ".", ""] + cue
+    flagged = [r for r in rows if r.summary.get("sanity", {}).get("flags")]
+    names = ["{} ({})".format(r.cell.name, ", ".join(f["name"] for f in
+                                                 r.summary["sanity"]["flags"])) for r in flagged]
+    md += ["", "## Sanity checks", "",
+           f"{len(flagged)} of {len(rows)} evaluations raised sanity flags"
+           + (": " + "; ".join(names) if flagged else
+              " (no sign of a weak attack or gradient masking)")
+           + ". Per-cell numbers: `results.csv`."]
+    return "\n".join(md) + "\n"
+
+
+def eps_curves(groups: dict[tuple, list[Result]]) -> list[tuple[str, str, list, list, list]]:
+    """(label, method, ε fractions, mean %, std %) of each group's accuracy under the long PGD
+    (the summary's ε grid, eval.pgd_long_steps steps)."""
+    curves = []
+    for group, rs in groups.items():
+        long = [next((v for v in r.summary["accuracy"].values() if isinstance(v, dict)), {})
+                for r in rs]
+        labels = sorted({e for d in long for e in d}, key=float)
+        if not labels:
+            continue
+        means, stds = zip(*(stats.mean_std([100 * d[e] for d in long if d.get(e) is not None])
+                            for e in labels))
+        curves.append((group_label(group), Path(group[0]).stem,
+                       [eps.to_fraction(e) for e in labels], list(means), list(stds)))
+    return curves
+
+
+def collect(spec: Spec, steps: list[Step], out: str) -> Artifact:
+    """Write the experiment artifact's files from the finished cells; complete when all are."""
+    art = experiment_artifact(spec, out)
+    rows, missing = gather(spec, steps, out, art)
+    groups = grouped(rows)
+    long_key = next((k for r in rows for k, v in r.summary["accuracy"].items()
+                     if isinstance(v, dict)), "pgd")
+    figures = experiment_figures.draw(art.path, spec, groups, eps_curves(groups), long_key)
+    art.write_bytes("results.csv", results_csv(spec, rows).encode())
+    atomic_write_text(art.path / "report.md", render(spec, rows, missing, figures))
+    art.record_file("report.md")
+    for rel, _ in figures.values():
+        art.record_file(rel)
+    for step in steps:
+        if (art.path / record_relpath(step.name)).is_file():
+            art.record_file(record_relpath(step.name))
+    art.extra.update({"cells": len(rows) + len(missing), "evaluated": len(rows),
+                      "missing": missing})
+    if missing:
+        art.mark_incomplete()
+    else:
+        art.mark_complete()
+    return art

@@ -1,0 +1,140 @@
+"""The job runner of ``daat experiment`` and ``daat quickstart``: each step is a child process
+(``daat experiment cell SPEC STEP``, the command --print-commands prints), N at a time, the cores
+split between them (each child gets OMP_NUM_THREADS = threads; see ``threads_per_job``).
+
+Why processes and not threads of one: torch parallelises one small model badly (on the 2-core
+CPU two one-thread runs finish sooner than the same two runs one after the other with two threads
+each; ``benchmarks/jobs.py`` measures it), and a child that dies takes nothing else with it. On
+Linux every child is killed with its parent (PR_SET_PDEATHSIG), so after a kill -9 of the runner
+no orphan keeps writing an artifact the rerun is about to resume.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from daat.errors import DaatError
+from daat.eval.experiment import Spec, Step, experiment_artifact, finished
+
+_POLL_S = 0.1
+_LOG_TAIL = 15
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def free_cores() -> int:
+    """Cores not busy with other work, judged by the 1-minute load average (at least 1)."""
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, cores() - busy)
+
+
+def threads_per_job(jobs: int, available: int | None = None) -> int:
+    """``available`` (default: all) cores split between ``jobs``; an OMP_NUM_THREADS already in
+    the environment is an upper bound (how a shared machine keeps every torch job at one)."""
+    threads = max(1, (available or cores()) // max(1, jobs))
+    preset = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(preset)) if preset.isdigit() and int(preset) > 0 else threads
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+@dataclass
+class _Running:
+    step: Step
+    proc: subprocess.Popen
+    log: Path
+    start: float
+
+
+def _priority(steps: list[Step]) -> Callable[[Step], tuple]:
+    """Preprocess first, then runs others wait for, then evaluations (a finished cell's numbers
+    come sooner and a kill loses less), then the remaining runs; ties in plan order."""
+    named = {d for s in steps if s.kind == "train" for d in s.deps}
+    order = {s.name: i for i, s in enumerate(steps)}
+    rank = {"preprocess": 0, "eval": 2}
+
+    def key(step: Step) -> tuple:
+        if step.kind == "train":
+            return (1 if step.name in named else 3, order[step.name])
+        return (rank[step.kind], order[step.name])
+    return key
+
+
+def say_experiment(message: str) -> None:
+    print(f"[experiment] {message}", file=sys.stderr, flush=True)
+
+
+def run_steps(spec: Spec, steps: list[Step], out: str, jobs: int, threads: int,
+              say: Callable[[str], None] = say_experiment) -> None:
+    """Run every unfinished step, ``jobs`` at a time with ``threads`` threads each, in
+    dependency order. Raises DaatError naming the failed steps and their logs (the finished
+    ones stay recorded: a rerun continues)."""
+    art = experiment_artifact(spec, out)
+    done = {s.name for s in steps if finished(art, s.name, out) is not None}
+    waiting = [s for s in steps if s.name not in done]
+    say(f"{len(steps)} steps: {len(done)} already finished (reused), {len(waiting)} to run, "
+        f"{jobs} at a time with {threads} thread(s) each; logs in {art.path / 'logs'}")
+    priority = _priority(steps)
+    running: dict[str, _Running] = {}
+    failed: dict[str, str] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    while waiting or running:
+        ready = sorted((s for s in waiting if all(d in done for d in s.deps)), key=priority)
+        for step in ready[:max(0, jobs - len(running))]:
+            waiting.remove(step)
+            running[step.name] = _start(spec, step, out, art.path / "logs", env)
+            say(f"start {step.name}")
+        if not running:
+            break  # what is left waits on a failed step
+        time.sleep(_POLL_S)
+        for name, job in list(running.items()):
+            rc = job.proc.poll()
+            if rc is None:
+                continue
+            del running[name]
+            seconds = time.perf_counter() - job.start
+            if rc == 0 and finished(art, name, out) is not None:
+                done.add(name)
+                say(f"done {name} in {seconds:.0f} s ({len(done)}/{len(steps)} steps finished)")
+            else:
+                failed[name] = str(job.log)
+                tail = job.log.read_text(errors="replace").splitlines()[-_LOG_TAIL:]
+                say(f"FAILED {name} (exit {rc}) after {seconds:.0f} s; the end of {job.log}:\n"
+                    + "\n".join(f"    {line}" for line in tail))
+    if failed or waiting:
+        blocked = [s.name for s in waiting]
+        raise DaatError(f"{len(failed)} step(s) failed ({', '.join(failed)}; logs: "
+                        f"{', '.join(failed.values())}) and {len(blocked)} could not start; fix "
+                        f"the cause and rerun: finished steps are reused")
+
+
+def _start(spec: Spec, step: Step, out: str, log_dir: Path, env: dict) -> _Running:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / (step.name.replace(":", "-").replace("/", "+") + ".log")
+    command = [sys.executable, "-m", "daat.cli", "experiment", "cell", str(spec.path), step.name,
+               "--out", str(out)]
+    with open(log, "ab") as sink:
+        sink.write(f"$ {' '.join(command)}\n".encode())
+        sink.flush()
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    return _Running(step, proc, log, time.perf_counter())
