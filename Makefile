@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all quickstart bench clean
+.PHONY: install test test-slow test-all quickstart experiment bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test-all: $(STAMP)
 
 quickstart: $(STAMP)
 	$(BIN)/daat quickstart
+
+# The shipped experiments (Table 1 and shape-vs-texture on the synthetic data), JOBS cells at once.
+JOBS ?= 2
+experiment: $(STAMP)
+	$(BIN)/daat experiment experiments/table1-synthetic.yaml --jobs $(JOBS)
+	$(BIN)/daat experiment experiments/texture-synthetic.yaml --jobs $(JOBS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

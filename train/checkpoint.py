@@ -69,8 +69,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` to a temporary file beside ``path`` and rename it into place."""
     state = {"format": FORMAT, **state}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # torch.save names the zip's inner folder after a path it is given (here a random temp
+    # name); through a file object it is always "archive", so equal states give equal bytes
+    # (an evaluation's content key includes its checkpoint's sha256)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
