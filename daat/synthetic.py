@@ -48,7 +48,7 @@ class SyntheticItem:
     seed: int
     texture: int | None  # forced texture family of the object (spurious train items), else None
     clutter: float = 1.0  # contrast of the wall's texture: 0 = a plain wall, 1 = full pattern
-    texture_class: int | None = None  # cue-conflict items: the class whose spurious texture it wears
+    texture_class: int | None = None  # cue-conflict items: whose spurious texture it wears
 
 
 @dataclass(frozen=True)

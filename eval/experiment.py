@@ -23,9 +23,10 @@ Steps (``Plan``): ``preprocess:CARD`` once per card, ``train:CELL`` and ``eval:C
 learns (``loss.teacher`` when γ0 > 0, say) makes its cell depend on the ``standard`` run of the
 same card, seed and settings (``train.teacher.standard_config``): that run is trained first as
 an ordinary cell and the value becomes ``run:run-…`` (its artifact id, looked up under the same
-``--out``; see ``train.teacher.run_dir``), so teacher resolution never trains anything. Each finished step leaves a record (the artifact id it made) in the experiment
-artifact's ``steps/``; ``collect`` aggregates whatever has finished. Running a step reuses or
-resumes the artifact its config determines, so a rerun after kill -9 continues where it stopped.
+``--out``; see ``train.teacher.run_dir``), so teacher resolution never trains anything. Each
+finished step leaves a record (the artifact id it made) in the experiment artifact's
+``steps/``; ``collect`` aggregates whatever has finished. Running a step reuses or resumes the
+artifact its config determines, so a rerun after kill -9 continues where it stopped.
 """
 from __future__ import annotations
 

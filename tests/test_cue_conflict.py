@@ -37,12 +37,13 @@ def test_every_ordered_pair_appears_equally_often_with_the_trained_texture():
     assert all(sorted(it.label for it in items[k:k + n]) == list(range(n))
                for k in range(0, len(items), n))
     # the texture family is the one the spurious TRAIN split forces on class j
-    train = [it for it in S.items({**SPEC, "n_train_per_class": 30}, "train") if it.texture is not None]
+    train = [it for it in S.items({**SPEC, "n_train_per_class": 30}, "train")
+             if it.texture is not None]
     tied = {it.label: it.texture for it in train}
     assert len(tied) == n
     assert all(it.texture == tied[it.texture_class] for it in items)
-    assert all(S.sample_scene(it.seed, it.label, it.texture).texture.family == tied[it.texture_class]
-               for it in items[:n])
+    assert all(S.sample_scene(it.seed, it.label, it.texture).texture.family
+               == tied[it.texture_class] for it in items[:n])
     val_seeds = {it.seed for it in S.items(SPEC, "val")}
     assert not val_seeds & {it.seed for it in items}
 
