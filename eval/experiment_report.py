@@ -311,6 +311,8 @@ def eps_curves(groups: dict[tuple, list[Result]]) -> list[tuple[str, str, list, 
 def collect(spec: Spec, steps: list[Step], out: str) -> Artifact:
     """Write the experiment artifact's files from the finished cells; complete when all are."""
     art = experiment_artifact(spec, out)
+    if art.complete:
+        return art  # every cell was in it: nothing new to aggregate
     rows, missing = gather(spec, steps, out, art)
     groups = grouped(rows)
     long_key = next((k for r in rows for k, v in r.summary["accuracy"].items()

@@ -1,17 +1,20 @@
-"""The job runner of ``daat experiment`` and ``daat quickstart``: each step is a child process
-(``daat experiment cell SPEC STEP``, the command --print-commands prints), N at a time, the cores
-split between them (each child gets OMP_NUM_THREADS = threads; see ``threads_per_job``).
+"""The job runner of ``daat experiment`` and ``daat quickstart``: each step runs in its own child
+process (what ``daat experiment cell SPEC STEP``, the command --print-commands prints, runs), N at a
+time, the cores split between them (each child gets OMP_NUM_THREADS = torch threads = threads; see
+``threads_per_job``).
 
 Why processes and not threads of one: torch parallelises one small model badly (on the 2-core
 CPU two one-thread runs finish sooner than the same two runs one after the other with two threads
-each; ``benchmarks/jobs.py`` measures it), and a child that dies takes nothing else with it. On
-Linux every child is killed with its parent (PR_SET_PDEATHSIG), so after a kill -9 of the runner
-no orphan keeps writing an artifact the rerun is about to resume.
+each; ``benchmarks/jobs.py`` measures it), and a child that dies takes nothing else with it.
+Children are forked from a server process that has imported torch, timm and the stages once
+(multiprocessing "forkserver"), so a step does not pay seconds of imports. On Linux every child is
+killed with its parent (PR_SET_PDEATHSIG; the server exits with the runner), so after a kill -9
+of the runner no orphan keeps writing an artifact the rerun is about to resume.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +26,8 @@ from daat.eval.experiment import Spec, Step, experiment_artifact, finished
 
 _POLL_S = 0.1
 _LOG_TAIL = 15
+_PRELOAD = ["torch", "timm", "daat.eval.experiment", "daat.pipeline.preprocess",
+            "daat.train.loop", "daat.eval.evaluate", "daat.models"]
 
 
 def cores() -> int:
@@ -59,9 +64,38 @@ def _die_with_parent() -> None:
 @dataclass
 class _Running:
     step: Step
-    proc: subprocess.Popen
+    proc: multiprocessing.Process
     log: Path
     start: float
+
+
+def _context():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
+def _child(spec_path: str, step: str, out: str, log: str, threads: int) -> None:
+    """One step in a child process: output to ``log``, ``threads`` torch threads."""
+    if sys.platform == "linux":
+        _die_with_parent()
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
+
+    from daat.errors import DaatError
+    from daat.eval import experiment
+    torch.set_num_threads(threads)
+    try:
+        spec = experiment.load_spec(spec_path)
+        print(experiment.run_step(spec, experiment.plan(spec), step, out).path, flush=True)
+    except DaatError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _priority(steps: list[Step]) -> Callable[[Step], tuple]:
@@ -95,20 +129,21 @@ def run_steps(spec: Spec, steps: list[Step], out: str, jobs: int, threads: int,
     priority = _priority(steps)
     running: dict[str, _Running] = {}
     failed: dict[str, str] = {}
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    ctx = _context()
     while waiting or running:
         ready = sorted((s for s in waiting if all(d in done for d in s.deps)), key=priority)
         for step in ready[:max(0, jobs - len(running))]:
             waiting.remove(step)
-            running[step.name] = _start(spec, step, out, art.path / "logs", env)
+            running[step.name] = _start(ctx, spec, step, out, art.path / "logs", threads)
             say(f"start {step.name}")
         if not running:
             break  # what is left waits on a failed step
         time.sleep(_POLL_S)
         for name, job in list(running.items()):
-            rc = job.proc.poll()
+            rc = job.proc.exitcode
             if rc is None:
                 continue
+            job.proc.close()
             del running[name]
             seconds = time.perf_counter() - job.start
             if rc == 0 and finished(art, name, out) is not None:
@@ -126,15 +161,13 @@ def run_steps(spec: Spec, steps: list[Step], out: str, jobs: int, threads: int,
                         f"the cause and rerun: finished steps are reused")
 
 
-def _start(spec: Spec, step: Step, out: str, log_dir: Path, env: dict) -> _Running:
+def _start(ctx, spec: Spec, step: Step, out: str, log_dir: Path, threads: int) -> _Running:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / (step.name.replace(":", "-").replace("/", "+") + ".log")
-    command = [sys.executable, "-m", "daat.cli", "experiment", "cell", str(spec.path), step.name,
-               "--out", str(out)]
-    with open(log, "ab") as sink:
-        sink.write(f"$ {' '.join(command)}\n".encode())
-        sink.flush()
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    with open(log, "a") as sink:
+        sink.write(f"# daat experiment cell {spec.path} {step.name} --out {out} "
+                   f"({threads} thread(s))\n")
+    proc = ctx.Process(target=_child, args=(str(spec.path), step.name, str(out), str(log),
+                                            threads), name=step.name)
+    proc.start()
     return _Running(step, proc, log, time.perf_counter())

@@ -121,6 +121,13 @@ def _session_alive(sid: int) -> list[int]:
     return alive
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return ""
+
+
 @pytest.fixture(scope="module")
 def killed_then_rerun(tmp_path_factory):
     """The toy spec run with --jobs 2, its runner killed with SIGKILL once the standard runs are
@@ -142,7 +149,15 @@ def killed_then_rerun(tmp_path_factory):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         time.sleep(1.0)
-        orphans = _session_alive(proc.pid)
+        # the steps die with the runner; multiprocessing's fork server and resource tracker
+        # (which write nothing) notice it and exit within seconds
+        steps_alive = [c for c in map(_cmdline, _session_alive(proc.pid))
+                       if "multiprocessing.forkserver" not in c
+                       and "multiprocessing.resource_tracker" not in c]
+        deadline = time.perf_counter() + 15
+        while _session_alive(proc.pid) and time.perf_counter() < deadline:
+            time.sleep(0.05)
+        orphans = steps_alive + [_cmdline(pid) for pid in _session_alive(proc.pid)]
     finally:
         if _session_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -187,16 +202,31 @@ def test_kill_minus_nine_then_rerun_reuses_finished_cells_and_completes(killed_t
 
 
 def test_printed_commands_run_one_by_one_give_the_same_results(killed_then_rerun, tmp_path):
+    """Each printed line is run as the `daat` command it is, through the CLI (in this process,
+    with the one torch thread the runner's children had: same floats, same bytes)."""
+    import shlex
+
+    import torch
+    from click.testing import CliRunner
+
+    from daat.cli import main
     k = killed_then_rerun
     out = tmp_path / "again"
-    printed = subprocess.run(daat("experiment", str(k["spec"]), "--print-commands", "--out",
-                                  str(out)), env=ENV, capture_output=True, text=True, check=True)
+    printed = CliRunner().invoke(main, ["experiment", str(k["spec"]), "--print-commands",
+                                        "--out", str(out)])
+    assert printed.exit_code == 0, printed.output
     lines = [line for line in printed.stdout.splitlines() if line and not line.startswith("#")]
     assert len(lines) == 6  # preprocess, 4 cells, collect
-    for line in lines:
-        words = line.split()
-        assert words[0] == "daat"
-        subprocess.run(daat(*words[1:]), env=ENV, capture_output=True, text=True, check=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for line in lines:
+            words = shlex.split(line)
+            assert words[0] == "daat"
+            result = CliRunner().invoke(main, words[1:])
+            assert result.exit_code == 0, (line, result.output)
+    finally:
+        torch.set_num_threads(threads)
     art = next(out.glob("experiment-*"))
     assert art.name == k["art"].name
     assert (art / "results.csv").read_text() == (k["art"] / "results.csv").read_text()
