@@ -61,13 +61,15 @@ def lambda_sweep(root: Path, groups: dict) -> str:
     plt, fig, axes = _figure(ncols=3, figsize=(12, 3.8))
     lines: dict[tuple, list] = {}
     flat = []
-    for (method, grid), rs in groups.items():
-        values = dict(grid)
+    for group, rs in groups.items():
+        values = dict(group.grid)
         if LAMBDA in values:
-            rest = tuple((k, v) for k, v in grid if k != LAMBDA)
-            lines.setdefault((method, rest), []).append((float(values[LAMBDA]), rs))
+            rest = tuple((k, v) for k, v in group.grid if k != LAMBDA)
+            key = (group.method, rest + ((("card", Path(group.card).stem),) if group.show_card
+                                        else ()))
+            lines.setdefault(key, []).append((float(values[LAMBDA]), rs))
         else:
-            flat.append((method, grid, rs))
+            flat.append((group, rs))
     for ax, name in zip(axes, ("clean", "PGD", "autoattack")):
         for (method, rest), points in lines.items():
             points.sort(key=lambda p: p[0])
@@ -78,19 +80,19 @@ def lambda_sweep(root: Path, groups: dict) -> str:
                                                  for m, _ in summaries],
                         yerr=[s or 0.0 for _, s in summaries], marker="o", capsize=3,
                         label=label, color=COLORS.get(Path(method).stem))
-        for method, grid, rs in flat:
+        for group, rs in flat:
             mean, _ = stats.mean_std([100 * v for v in (_metric(r.summary, name) for r in rs)
                                       if v is not None])
             if mean is not None:
-                ax.axhline(mean, linestyle="--", color=COLORS.get(Path(method).stem, "k"),
-                           label=f"{Path(method).stem} (mean)")
+                ax.axhline(mean, linestyle="--", color=COLORS.get(Path(group.method).stem, "k"),
+                           label=f"{group.label} (mean)")
         ax.set(xlabel="λ", ylabel=f"{name} accuracy (%)", title=name)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return _save(plt, fig, root, "figures/fig3d_lambda.png")
 
 
-def shape_bias(root: Path, groups: dict, label_of) -> str:
+def shape_bias(root: Path, groups: dict) -> str:
     plt, fig, ax = _figure(figsize=(6, 3.8))
     names = list(groups)
     keys = [k for k, v in next(r.summary["cue_conflict"] for rs in groups.values()
@@ -103,7 +105,7 @@ def shape_bias(root: Path, groups: dict, label_of) -> str:
                [m if m is not None else 0.0 for m in means], width,
                yerr=[s or 0.0 for s in stds], capsize=3, label=key)
     ax.set_xticks([j + width * (len(keys) - 1) / 2 for j in range(len(names))],
-                  [label_of(g) for g in names], rotation=20, fontsize=8)
+                  [g.label for g in names], rotation=20, fontsize=8)
     ax.set(ylabel="shape bias", ylim=(0, 1))
     ax.axhline(0.5, color="grey", linewidth=0.8)
     ax.legend(fontsize=8)
@@ -112,8 +114,6 @@ def shape_bias(root: Path, groups: dict, label_of) -> str:
 
 def draw(root: Path, spec, groups: dict, curves, long_attack: str) -> dict[str, tuple[str, str]]:
     """key -> (path relative to root, caption) of every figure there is data for."""
-    from daat.eval.experiment_report import group_label
-
     figures = {}
     if curves:
         figures["3c"] = (eps_bands(root, curves, long_attack),
@@ -125,7 +125,7 @@ def draw(root: Path, spec, groups: dict, curves, long_attack: str) -> dict[str, 
     cue_groups = {g: rs for g, rs in groups.items()
                   if all(r.summary.get("cue_conflict") for r in rs)}
     if cue_groups:
-        figures["cue"] = (shape_bias(root, cue_groups, group_label),
+        figures["cue"] = (shape_bias(root, cue_groups),
                           "Shape bias on the cue-conflict split, mean ± std over seeds "
                           "(0.5: no preference)")
     return figures

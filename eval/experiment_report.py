@@ -42,8 +42,8 @@ class Result:
     summary: dict
 
     @property
-    def group(self) -> tuple:
-        return (self.cell.method, self.cell.grid)
+    def key(self) -> tuple:
+        return (self.cell.card, self.cell.method, self.cell.grid)
 
     def samples(self) -> dict[str, np.ndarray]:
         """Per-sample correctness from results.zarr: keys, clean, the Table 1 PGD, AutoAttack
@@ -109,10 +109,20 @@ def results_csv(spec: Spec, rows: list[Result]) -> str:
 
 
 # -- markdown helpers --------------------------------------------------------------------------
-def group_label(group: tuple) -> str:
-    method, grid = group
-    name = METHOD_NAMES.get(Path(method).stem, Path(method).stem)
-    return name + ("".join(f", {k}={v}" for k, v in grid) if grid else "")
+@dataclass(frozen=True)
+class Group:
+    """The runs that differ only in their seed: one row of each table."""
+
+    card: str
+    method: str
+    grid: tuple
+    show_card: bool = False  # an experiment over several cards names the card in labels
+
+    @property
+    def label(self) -> str:
+        name = METHOD_NAMES.get(Path(self.method).stem, Path(self.method).stem)
+        return (name + "".join(f", {k}={v}" for k, v in self.grid)
+                + (f" [{Path(self.card).stem}]" if self.show_card else ""))
 
 
 def _fmt(values, scale: float = 100.0, digits: int = 2) -> str:
@@ -132,10 +142,12 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
             + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def grouped(rows: list[Result]) -> dict[tuple, list[Result]]:
-    groups: dict[tuple, list[Result]] = {}
+def grouped(rows: list[Result]) -> dict[Group, list[Result]]:
+    """Rows by (card, method, grid values), in row order."""
+    several = len({r.cell.card for r in rows}) > 1
+    groups: dict[Group, list[Result]] = {}
     for r in rows:
-        groups.setdefault(r.group, []).append(r)
+        groups.setdefault(Group(*r.key, several), []).append(r)
     return groups
 
 
@@ -144,7 +156,7 @@ def pgd_key(summary: dict) -> str:
                 if k.startswith("pgd-") and not isinstance(v, dict))
 
 
-def table1(groups: dict[tuple, list[Result]]) -> list[str]:
+def table1(groups: dict[Group, list[Result]]) -> list[str]:
     show_paper = any(paper.matches_paper(r.run.config) for rs in groups.values() for r in rs)
     first = next(r for rs in groups.values() for r in rs)
     head = ["method", "seeds", "clean", pgd_key(first.summary).upper(), "AutoAttack"] + (
@@ -152,7 +164,7 @@ def table1(groups: dict[tuple, list[Result]]) -> list[str]:
     body = []
     for group, rs in groups.items():
         acc = [r.summary["accuracy"] for r in rs]
-        row = [group_label(group), str(len(rs)), _fmt(a.get("clean") for a in acc),
+        row = [group.label, str(len(rs)), _fmt(a.get("clean") for a in acc),
                _fmt(a.get(pgd_key(r.summary)) for a, r in zip(acc, rs)),
                _fmt(a.get("autoattack") for a in acc)]
         if show_paper:
@@ -176,16 +188,17 @@ def _aligned(a: dict, b: dict, metric: str) -> tuple[np.ndarray, np.ndarray, lis
                                                                   dtype=bool), keys)
 
 
-def paired_section(spec: Spec, groups: dict[tuple, list[Result]]) -> list[str]:
-    base_grid = {g: (g[1] if spec.baseline in spec.grid_methods else ()) for g in groups}
+def paired_section(spec: Spec, groups: dict[Group, list[Result]]) -> list[str]:
     body = []
     cache: dict[str, dict] = {}
 
     def samples(r: Result) -> dict:
         return cache.setdefault(r.eval.id, r.samples())
     for group, rs in groups.items():
-        base = groups.get((spec.baseline, base_grid[group]))
-        if group[0] == spec.baseline or not base:
+        base = groups.get(Group(group.card, spec.baseline,
+                                group.grid if spec.baseline in spec.grid_methods else (),
+                                group.show_card))
+        if group.method == spec.baseline or not base:
             continue
         by_seed = {r.cell.seed: r for r in base}
         pairs = [(r, by_seed[r.cell.seed]) for r in rs if r.cell.seed in by_seed]
@@ -208,7 +221,7 @@ def paired_section(spec: Spec, groups: dict[tuple, list[Result]]) -> list[str]:
                 boot = stats.paired_bootstrap(matrix, spec.replicates, spec.bootstrap_seed)
                 pooled = (f"{100 * boot.mean:+.2f} [{100 * boot.low:+.2f}, {100 * boot.high:+.2f}]"
                           f" ({boot.seeds} seeds x {boot.samples} samples)")
-            body.append([group_label(group), name, "; ".join(per_seed) or "—", pooled])
+            body.append([group.label, name, "; ".join(per_seed) or "—", pooled])
     if not body:
         return [f"*No paired differences: the baseline `{spec.baseline}` has no evaluated cell "
                 f"with the same seed (and grid values) as another method.*"]
@@ -217,7 +230,7 @@ def paired_section(spec: Spec, groups: dict[tuple, list[Result]]) -> list[str]:
                   body)
 
 
-def attention_section(groups: dict[tuple, list[Result]]) -> list[str]:
+def attention_section(groups: dict[Group, list[Result]]) -> list[str]:
     fields = [("cos_attention_saliency_clean", "cos(A(x), G)"),
               ("top20_mass_clean", "A mass on top-20% G, clean"),
               ("top20_mass_adv", "A mass on top-20% G, adv"),
@@ -225,7 +238,7 @@ def attention_section(groups: dict[tuple, list[Result]]) -> list[str]:
     body = []
     for group, rs in groups.items():
         att = [r.summary.get("attention") or {} for r in rs]
-        body.append([group_label(group)] + [_fmt((a.get(f) for a in att), 1.0, 3)
+        body.append([group.label] + [_fmt((a.get(f) for a in att), 1.0, 3)
                                             for f, _ in fields])
     uniform = next((r.summary["attention"].get("top20_uniform_baseline") for rs in groups.values()
                     for r in rs if r.summary.get("attention")), None)
@@ -234,14 +247,14 @@ def attention_section(groups: dict[tuple, list[Result]]) -> list[str]:
     return _table(["method"] + [h for _, h in fields], body) + ["", note]
 
 
-def cue_section(groups: dict[tuple, list[Result]]) -> list[str]:
+def cue_section(groups: dict[Group, list[Result]]) -> list[str]:
     body = []
     for group, rs in groups.items():
         cues = [r.summary.get("cue_conflict") for r in rs]
         if not all(cues):
             continue
         for key in (k for k, v in cues[0].items() if isinstance(v, dict)):
-            body.append([group_label(group), key] + [
+            body.append([group.label, key] + [
                 _fmt((c[key][f] for c in cues), *((100.0, 2) if f != "shape_bias" else (1.0, 3)))
                 for f in ("shape", "texture", "shape_bias")] + [str(cues[0][key]["n"])])
     return _table(["method", "input", "shape acc (%)", "texture acc (%)", "shape bias", "n"],
@@ -263,7 +276,7 @@ def render(spec: Spec, rows: list[Result], missing: list[str], figures: dict) ->
     md += (table1(groups) if rows else ["*No cell has been evaluated yet.*"])
     md += ["", f"PGD: the evaluation's Table 1 attack ({attack}); AutoAttack on a fixed subset, "
            f"the same for every run."]
-    md += ["", f"## Paired differences against {group_label((spec.baseline, ()))}", "",
+    md += ["", f"## Paired differences against {Group('', spec.baseline, ()).label}", "",
            "Same val samples (matched by key) for both runs of a seed. Per seed: the accuracy "
            "difference and the exact McNemar p; pooled: the mean difference over seeds x samples "
            f"with a percentile bootstrap interval ({spec.replicates} replicates resampling seeds "
@@ -291,7 +304,7 @@ def render(spec: Spec, rows: list[Result], missing: list[str], figures: dict) ->
     return "\n".join(md) + "\n"
 
 
-def eps_curves(groups: dict[tuple, list[Result]]) -> list[tuple[str, str, list, list, list]]:
+def eps_curves(groups: dict[Group, list[Result]]) -> list[tuple[str, str, list, list, list]]:
     """(label, method, ε fractions, mean %, std %) of each group's accuracy under the long PGD
     (the summary's ε grid, eval.pgd_long_steps steps)."""
     curves = []
@@ -303,7 +316,7 @@ def eps_curves(groups: dict[tuple, list[Result]]) -> list[tuple[str, str, list, 
             continue
         means, stds = zip(*(stats.mean_std([100 * d[e] for d in long if d.get(e) is not None])
                             for e in labels))
-        curves.append((group_label(group), Path(group[0]).stem,
+        curves.append((group.label, Path(group.method).stem,
                        [eps.to_fraction(e) for e in labels], list(means), list(stds)))
     return curves
 

@@ -146,9 +146,11 @@ def run_steps(spec: Spec, steps: list[Step], out: str, jobs: int, threads: int,
             job.proc.close()
             del running[name]
             seconds = time.perf_counter() - job.start
-            if rc == 0 and finished(art, name, out) is not None:
+            made = finished(art, name, out) if rc == 0 else None
+            if made is not None:
                 done.add(name)
-                say(f"done {name} in {seconds:.0f} s ({len(done)}/{len(steps)} steps finished)")
+                say(f"done {name} in {seconds:.0f} s{_outcome(made)} ({len(done)}/{len(steps)} "
+                    f"steps finished)")
             else:
                 failed[name] = str(job.log)
                 tail = job.log.read_text(errors="replace").splitlines()[-_LOG_TAIL:]
@@ -159,6 +161,26 @@ def run_steps(spec: Spec, steps: list[Step], out: str, jobs: int, threads: int,
         raise DaatError(f"{len(failed)} step(s) failed ({', '.join(failed)}; logs: "
                         f"{', '.join(failed.values())}) and {len(blocked)} could not start; fix "
                         f"the cause and rerun: finished steps are reused")
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _outcome(made) -> str:
+    """A few words on what a finished step measured (for the progress lines)."""
+    if made.kind == "run":
+        val = made.extra.get("final_metrics") or {}
+        if "val_clean_acc" not in val:
+            return ""
+        return (f": val clean {_pct(val['val_clean_acc'])}, PGD-{val.get('val_pgd_steps')} "
+                f"{_pct(val.get('val_pgd_acc'))} on {val.get('val_n')} images")
+    if made.kind == "eval":
+        acc = made.extra.get("accuracy") or {}
+        parts = [f"{k} {_pct(v)}" for k, v in acc.items() if not isinstance(v, dict)]
+        flags = made.extra.get("flags") or []
+        return ": " + ", ".join(parts) + (f", SANITY FLAGS: {', '.join(flags)}" if flags else "")
+    return ""
 
 
 def _start(ctx, spec: Spec, step: Step, out: str, log_dir: Path, threads: int) -> _Running:
