@@ -8,16 +8,17 @@ short evaluation) run through ``daat experiment`` twice per round: once with ``-
 cell after the other, each with every core as torch threads) and once with ``--jobs N`` (N = the
 number of cores, the cells side by side with cores/N threads each). Variants alternate within a
 round and every run starts from a fresh output directory (shards are preprocessed once and linked
-in), so both pay the same process start-ups. Printed: each run's wall time and children's CPU
-time, the per-round ratio wall(jobs 1) / wall(jobs N) and its median; the LAST stdout line is one
-JSON object. OMP_NUM_THREADS is removed from the children's environment (it would cap the split).
+in), so both pay the same process start-ups. Printed: each run's wall time and the 1-minute load
+average before and after it (the machine may be shared: say so with the figure), the per-round
+ratio wall(jobs 1) / wall(jobs N) and its median; the LAST stdout line is one JSON object.
+OMP_NUM_THREADS is removed from the children's environment (it would cap the split).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,14 +45,13 @@ def spec(samples: int, seeds: int) -> dict:
 def run_once(spec_path: Path, shards: Path, jobs: int, env: dict) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"jobs{jobs}-", dir=spec_path.parent))
     os.symlink(shards, out / shards.name)  # the preprocess step finds it complete
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "daat.cli", "experiment", str(spec_path), "--out",
                     str(out), "--jobs", str(jobs)], env=env, check=True, capture_output=True)
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"jobs": jobs, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+    return {"jobs": jobs, "wall_s": round(wall, 1),
+            "load1_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def main() -> None:
@@ -75,15 +75,15 @@ def main() -> None:
         for jobs in ((1, n) if r % 2 == 0 else (n, 1)):  # alternate which variant goes first
             pair[jobs] = run_once(spec_path, shards, jobs, env)
             print(f"round {r}: jobs={jobs} ({n // jobs} thread(s) each): "
-                  f"{pair[jobs]['wall_s']} s wall, {pair[jobs]['cpu_s']} s CPU", flush=True)
+                  f"{pair[jobs]['wall_s']} s wall (1-min load before/after "
+                  f"{pair[jobs]['load1_before_after']})", flush=True)
             runs.append(pair[jobs])
         ratios.append(pair[1]["wall_s"] / pair[n]["wall_s"])
         print(f"round {r}: wall(jobs 1) / wall(jobs {n}) = {ratios[-1]:.2f}", flush=True)
-    load = os.getloadavg()
     print(json.dumps({"cores": n, "cells": n, "samples_per_cell": args.samples, "runs": runs,
                       "ratio_jobs1_over_jobsN": [round(x, 3) for x in ratios],
-                      "median_ratio": round(statistics.median(ratios), 3),
-                      "loadavg_after": [round(x, 2) for x in load], "workdir": str(root)}))
+                      "median_ratio": round(statistics.median(ratios), 3)}))
+    shutil.rmtree(root)
 
 
 if __name__ == "__main__":

@@ -99,15 +99,15 @@ def _child(spec_path: str, step: str, out: str, log: str, threads: int) -> None:
 
 
 def _priority(steps: list[Step]) -> Callable[[Step], tuple]:
-    """Preprocess first, then runs others wait for, then evaluations (a finished cell's numbers
-    come sooner and a kill loses less), then the remaining runs; ties in plan order."""
+    """Preprocess first, then the runs others wait for, then the other runs, then evaluations
+    (the longest chains start first, so the cores stay busy to the end); ties in plan order."""
     named = {d for s in steps if s.kind == "train" for d in s.deps}
     order = {s.name: i for i, s in enumerate(steps)}
-    rank = {"preprocess": 0, "eval": 2}
+    rank = {"preprocess": 0, "eval": 3}
 
     def key(step: Step) -> tuple:
         if step.kind == "train":
-            return (1 if step.name in named else 3, order[step.name])
+            return (1 if step.name in named else 2, order[step.name])
         return (rank[step.kind], order[step.name])
     return key
 

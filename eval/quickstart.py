@@ -6,7 +6,8 @@
 It is a one-seed experiment (``daat experiment``, spec written to ``<out>/quickstart.yaml``) run
 through the same job runner: with 2+ free cores, two steps at a time with the cores split between
 them (the standard run first, because DAAT's stand-in teacher on this data is that run,
-``loss.teacher: run:standard``; PGD-AT beside it; then DAAT and the evaluations, two at a time).
+``loss.teacher: run:standard``, with PGD-AT beside it; then DAAT; then the evaluations, two at a
+time).
 Artifacts go to ``<out>/artifacts``, the report to ``<out>/report/report.md`` (its path is the last
 line printed). Every stage reuses a finished artifact and resumes an unfinished one, so running it
 again is quick, and an interrupted quickstart continues where it stopped. Evaluation settings
@@ -66,7 +67,9 @@ def run(out: str, jobs: int | None = None) -> Path:
     say(f"{jobs} step(s) at a time, {threads} torch thread(s) each ({free} of "
         f"{jobs_mod.cores()} cores free; OMP_NUM_THREADS caps the threads, --jobs sets the jobs)")
     say("step 1/4: preprocess the synthetic card (10 classes, 3-D scenes, exact depth = oracle)")
-    say("step 2/4: train " + "; ".join(f"{m} — {WHAT[m]}" for m in METHODS))
+    say("step 2/4: train")
+    for method in METHODS:
+        say(f"  {method} — {WHAT[method]}")
     say("step 3/4: evaluate each — clean, PGD-10, PGD-100 over ε, AutoAttack, attention under "
         "attack, figures")
     jobs_mod.run_steps(spec, steps, arts, jobs, threads, say)
