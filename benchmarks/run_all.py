@@ -26,12 +26,8 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 import torch
 
 from benchmarks import common, loader, preprocess, train_step
+from benchmarks.goals import GOALS, GPU_GOALS, check_goals
 
-# (key, comparison, goal) from issue 6; GPU-only goals are checked only in GPU mode.
-GOALS = [("preprocess_e2e_over_model", ">=", 0.85), ("daat_cached_over_pgdat", "<=", 1.05),
-         ("teacher_over_pgdat", "<=", 1.20), ("loader_img_per_s_per_core", ">=", 400.0)]
-GPU_GOALS = [("vit_b14_224_pgdat_img_per_s", ">=", 400.0), ("pgdat_over_naive_speedup", ">=", 4.0),
-             ("daat_online_over_pgdat", "<=", 1.30), ("preprocess_e2e_img_per_s", ">=", 1000.0)]
 REQUIRED = ("preprocess_e2e_over_model", "loader_img_per_s_per_core", "daat_cached_over_pgdat",
             "daat_online_over_pgdat", "teacher_over_pgdat")
 TINY = {
@@ -43,15 +39,6 @@ TINY = {
                                embed_dim=32, depth=2, num_heads=2),
                   batch=4, steps=2, warmup=1, rounds=2),
 }
-
-
-def check_goals(result: dict, gpu: bool) -> dict:
-    checks = {}
-    for key, op, goal in GOALS + (GPU_GOALS if gpu else []):
-        value = result.get(key)
-        met = value is not None and (value >= goal if op == ">=" else value <= goal)
-        checks[f"{key} {op} {goal:g}"] = bool(met)
-    return checks
 
 
 def run(device: torch.device, workdir: Path, tiny: bool = False, compile: bool = True) -> dict:
@@ -79,7 +66,7 @@ def run(device: torch.device, workdir: Path, tiny: bool = False, compile: bool =
     # The naive fp32 loop runs on CPU too: there it isolates the frozen-weights saving.
     result.update(train_step.measure(device, depth_dir=depth_dir, compile=compile, naive=True,
                                      **(TINY["train"] if tiny else {})))
-    if gpu:
+    if compile:  # only on a GPU (see above): the proposed compiled attack for PGD-AT
         proposal = train_step.measure(device, compile=True, compile_attack=True, naive=False,
                                       variants=("pgd-at",))
         result["vit_b14_224_pgdat_img_per_s_compiled_attack_proposal"] = \

@@ -34,6 +34,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from daat.dist import cuda_paths
+
 from daat.depth_ref import (ORACLE, DepthModelError, dir_hash, is_oracle,  # noqa: F401
                             resolve)
 
@@ -221,8 +223,8 @@ class DepthModel:
         self.device = torch.device(device)
         self.input_size = spec.resize  # nominal (h, w) of the processor; None = native size
         self.output_kind = _output_kind(model.config)
-        self.amp = amp and self.device.type == "cuda"
-        self.channels_last = channels_last and self.device.type == "cuda"
+        self.amp = amp and cuda_paths(self.device)
+        self.channels_last = channels_last and cuda_paths(self.device)
         model.eval().requires_grad_(False).to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -242,7 +244,7 @@ class DepthModel:
 
     def forward_raw(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The network on prepared pixel_values -> predicted_depth [B,h,w] float32."""
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp
                     else contextlib.nullcontext())
         if self.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)

@@ -118,7 +118,9 @@ def _writer_processes(device: torch.device) -> int:
     """One writer process does ~1,200 256-px samples/s (0.6 ms PNG + 0.2 ms tar each, measured on
     the 2-core CPU), too close to a GPU's >= 1000 img/s: on a GPU use one per 8 cores this rank
     can count on, 1 to 4. On CPU the depth model is far slower than one writer."""
-    if device.type == "cpu":
+    from daat.dist import cuda_paths
+
+    if not cuda_paths(device):
         return 1
     cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return min(4, max(1, cores // 8))
@@ -365,6 +367,8 @@ class _DepthBatches:
         depth map, or on a GPU the 8-bit E already computed next to the model (E on the CPU is
         the writer's job: it has a core of its own, this process is busy with the model)."""
         import torch
+
+        from daat.dist import cuda_paths
         good = [i for i, r in enumerate(batch) if "reason" not in r]
         if self.model is None:
             depths = [torch.from_numpy(batch[i]["depth"]) for i in good]
@@ -374,7 +378,7 @@ class _DepthBatches:
             depths = self.model(images) if images else []
         depth_id = ORACLE if self.model is None else self.model.model_id
         out = [_sink_record(r, depth_id) for r in batch]
-        if self.device.type == "cpu":
+        if not cuda_paths(self.device):
             for i, depth in zip(good, depths):
                 out[i]["depth"] = depth.float().numpy()
         else:

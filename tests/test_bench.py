@@ -183,6 +183,7 @@ def test_optimised_step_matches_plain_fp32_reference_on_cpu():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bf16 autocast path)")
 def test_bf16_step_matches_fp32_reference_within_bf16_tolerance():
     out, expected, _, _ = _parity(torch.device("cuda"), amp=True)

@@ -276,6 +276,7 @@ def test_figures_with_a_depth_model(memorised, tiny_dpt_dir, tmp_path):
     assert verify(art.path) == []
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_evaluation_on_cuda(memorised, tmp_path):
     run_dir, model, _ = memorised

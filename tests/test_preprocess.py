@@ -238,6 +238,7 @@ def test_oracle_depth_follows_the_image_resize_and_crop():
     assert np.abs(depth - image).max() < 0.75
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_preprocess_with_a_depth_network(tiny_dpt_dir, mini_card, tmp_path):
     cpu = preprocess.run(tiny_config(mini_card, depth=str(tiny_dpt_dir)), str(tmp_path / "c"))

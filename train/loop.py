@@ -195,7 +195,7 @@ class _Loop:
             rank=self.info.rank, world_size=self.info.world_size, seed=cfg.seed, epoch=epoch,
             num_workers=cfg.data.num_workers, rrc_scale=tuple(cfg.train.rrc_scale),
             hflip=cfg.train.hflip, skip_batches=self.pos.batch,
-            pin_memory=self.device.type == "cuda")
+            pin_memory=dist.cuda_paths(self.device))
         expected, seen = len(batches), 0
         for batch in batches:
             seen += 1
