@@ -6,9 +6,9 @@
 Steps, in order of value, each a subprocess with its own time limit inside ``--budget-s`` (a step
 that would start with too little time left is skipped with a line saying so, never silently):
 
-1. ``env``: with ``--wheels DIR``, installs every wheel there into ``OUT/site`` (no index, no
-   network; later steps get it on PYTHONPATH) and, if ``daat`` itself is not importable, the
-   checkout in editable mode (``pip install -e``, no build isolation); then checks the imports.
+1. ``env``: with ``--wheels DIR``, installs every wheel there (no index, no network) into a
+   scratch folder that later steps get on PYTHONPATH and, if ``daat`` itself is not importable,
+   the checkout in editable mode (``pip install -e``, no build isolation); checks the imports.
 2. ``versions`` + ``nvidia-smi``: Python, torch, CUDA, cuDNN, timm, transformers, webdataset,
    zarr, pyautoattack, the GPU, driver, memory. Without a CUDA device (and without
    ``--dry-run``) the check stops here with one line and exit code 2.
@@ -147,7 +147,7 @@ def env_step(check: Check, wheels: Path | None) -> str:
         found = sorted(wheels.glob("*.whl"))
         if not found:
             raise RuntimeError(f"--wheels {wheels}: no *.whl files there")
-        site = check.out / "site"
+        site = check.work / "site"  # removed at the end with the rest of the scratch space
         code, _ = check.run("env", [sys.executable, "-m", "pip", "install", "-q", "--no-index",
                                     "--no-deps", "--no-compile", "--upgrade", "--target",
                                     str(site), *map(str, found)], 300)

@@ -78,7 +78,7 @@ def test_a_wheel_folder_installs_offline_onto_the_later_steps_path(tmp_path):
     (tmp_path / "out").mkdir()
     outcome = gpu_check.env_step(check, wheels)
     assert outcome.startswith("imports ok") and "1 wheels" in outcome
-    site = tmp_path / "out" / "site"
+    site = check.work / "site"
     assert (site / "gpucheckprobe.py").is_file()
     assert check.env["PYTHONPATH"].split(":")[0] == str(site)
     probe = subprocess.run([sys.executable, "-c", "import gpucheckprobe; print(gpucheckprobe.VALUE)"],
