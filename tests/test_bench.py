@@ -58,7 +58,7 @@ def _randomise(vit: torch.nn.Module, seed: int) -> None:
             if name.endswith(".gamma"):
                 p.fill_(1.0)
             else:
-                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+                p.add_(0.2 * torch.randn(p.shape, generator=gen).to(p.device))
 
 
 def _teacher(device) -> Teacher:
