@@ -41,7 +41,8 @@ TINY = {
 }
 
 
-def run(device: torch.device, workdir: Path, tiny: bool = False, compile: bool = True) -> dict:
+def run(device: torch.device, workdir: Path, tiny: bool = False, compile: bool = True,
+        preprocess_images: int | None = None) -> dict:
     gpu = device.type == "cuda"
     compile = compile and gpu  # compiling costs minutes on a CPU; the GPU mode is where it pays
     seconds: dict[str, float] = {}
@@ -52,8 +53,11 @@ def run(device: torch.device, workdir: Path, tiny: bool = False, compile: bool =
     # DPT at the student's input size.
     depth_dir = common.save_depth_model(workdir / "depth-model", gpu,
                                         image_size=32 if tiny else 64)
+    sizes = dict(TINY["preprocess"]) if tiny else {}
+    if preprocess_images:
+        sizes.update(n_images=preprocess_images, warmup_images=max(8, preprocess_images // 8))
     result.update(preprocess.measure(workdir / "preprocess", device, depth_dir=depth_dir,
-                                     compile=compile, **(TINY["preprocess"] if tiny else {})))
+                                     compile=compile, **sizes))
     seconds["preprocess"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -95,13 +99,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="smallest sizes (smoke test)")
     parser.add_argument("--no-compile", action="store_true", help="GPU mode: stay eager")
     parser.add_argument("--workdir", type=Path, help="keep inputs and artifacts here")
+    parser.add_argument("--preprocess-images", type=int,
+                        help="images in the timed preprocess run (warm-up: 1/8 of them)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bury the figures
     device = common.pick_device(args.device)
     common.configure_threads(device, args.threads)
     with tempfile.TemporaryDirectory(prefix="daat-bench-") as tmp:
         result = run(device, args.workdir or Path(tmp), tiny=args.tiny,
-                     compile=not args.no_compile)
+                     compile=not args.no_compile, preprocess_images=args.preprocess_images)
     _check_required(result)
     print(f"# mode {result['mode']}, {sum(result['bench_seconds'].values()):.0f} s; goals:")
     for goal, met in result["goals"].items():
