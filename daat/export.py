@@ -56,7 +56,7 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, fmt: str = "timm"
     from daat.artifacts import open_artifact
     from daat.train.checkpoint import load_model_for_eval
 
-    run = open_artifact(run_dir, kind="run", require_complete=checkpoint is None)
+    run = open_artifact(run_dir, kind="run", require_complete=True)
     model, cfg, shards_dir = load_model_for_eval(run.path, checkpoint, device="cpu")
     out = Path(out)
     _check_target(out)
@@ -98,8 +98,10 @@ def timm_state_dict(model) -> dict:
     state = model.state_dict()
     outside = sorted(k for k in state if not k.startswith("vit.") and k not in ("mean", "std"))
     if outside:
-        raise ExportError(_not_timm(f"it has weights outside the timm ViT ({', '.join(outside[:3])})"))
-    return {k[len("vit."):]: v.detach().contiguous() for k, v in state.items() if k.startswith("vit.")}
+        raise ExportError(_not_timm(f"it has weights outside the timm ViT "
+                                    f"({', '.join(outside[:3])})"))
+    return {k[len("vit."):]: v.detach().contiguous() for k, v in state.items()
+            if k.startswith("vit.")}
 
 
 def _not_timm(why: str) -> str:
@@ -117,11 +119,14 @@ def timm_config(model, cfg, shards: dict | None) -> dict:
     """config.json in timm's hub format for ``model`` (a DaatViT) trained with ``cfg``."""
     from daat.models import _arch_kwargs
 
+    import timm
+
     vit = model.vit
     arch_cfg = getattr(vit, "pretrained_cfg", None) or {}
+    architecture, _ = timm.models.split_model_name_tag(cfg.model.name)  # "name.tag" -> "name"
     num_classes = int(vit.num_classes)
     pretrained_cfg = {
-        "architecture": cfg.model.name,
+        "architecture": architecture,
         "input_size": list(model.input_size),
         "fixed_input_size": bool(arch_cfg.get("fixed_input_size", True)),
         "interpolation": INTERPOLATION,
@@ -136,7 +141,7 @@ def timm_config(model, cfg, shards: dict | None) -> dict:
         "description": "Depth-Aware Adversarial Training (daat) student; takes images in [0,1] "
                        "normalised with mean/std",
     }
-    config = {"architecture": cfg.model.name, "num_classes": num_classes,
+    config = {"architecture": architecture, "num_classes": num_classes,
               "num_features": int(vit.num_features)}
     if isinstance(getattr(vit, "global_pool", None), str) and vit.global_pool:
         config["global_pool"] = vit.global_pool
@@ -225,12 +230,13 @@ def model_card(run, cfg, model, fmt: str, shards: dict | None) -> str:
     lineage = run.manifest.get("lineage", [])
     extra = run.extra
     final = extra.get("final_metrics") or {}
-    c, h, w = model.input_size
+    _, h, w = model.input_size
     rows = [("run", run.id), ("run key", run.manifest.get("key", "?")),
             ("shards", lineage[0] if lineage else "?"),
             ("shards key", shards["key"] if shards else "? (shards not found)"),
             ("other inputs", ", ".join(lineage[1:]) or "-"),
-            ("depth model", extra.get("depth_model", "?")), ("teacher", extra.get("teacher") or "-"),
+            ("depth model", extra.get("depth_model", "?")),
+            ("teacher", extra.get("teacher") or "-"),
             ("preset", cfg.preset or "-"), ("data card", shards["card"] if shards else "?"),
             ("training steps", extra.get("steps", "?")),
             ("daat", run.manifest.get("versions", {}).get("daat", "?"))]

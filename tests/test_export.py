@@ -83,8 +83,10 @@ def test_timm_config_carries_the_architecture_and_the_card_the_lineage(tiny_run,
     assert spec["model_args"] == {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
                                   "num_heads": 2, "num_classes": 10}
     card = (folder / "README.md").read_text()
-    front = card.split("---\n")[1]
-    assert "library_name: timm" in front and "pipeline_tag: image-classification" in front
+    from huggingface_hub import ModelCard  # the hub reads the front matter like this
+    meta = ModelCard.load(folder / "README.md").data
+    assert (meta.library_name, meta.pipeline_tag) == ("timm", "image-classification")
+    assert "adversarial-robustness" in meta.tags
     run = daat.open_artifact(tiny_run)
     for fact in (run.id, run.manifest["key"], tiny_shards.id, tiny_shards.manifest["key"],
                  "| depth model | oracle |", "attack:\n  eps:"):

@@ -218,9 +218,9 @@ class _Guarded:
 
 
 def _warn(name: str, what: str, e: Exception) -> None:
-    print(f"warning: {name} {what} ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
-          f"{name} is off for the rest of this session, metrics.jsonl is complete",
-          file=sys.stderr, flush=True)
+    first_line = (str(e).splitlines() or [""])[0][:300]
+    print(f"warning: {name} {what} ({type(e).__name__}: {first_line}); {name} is off for the rest "
+          f"of this session, metrics.jsonl is complete", file=sys.stderr, flush=True)
 
 
 class Loggers:
