@@ -155,6 +155,31 @@ def evaluate(run_dir, checkpoint, out, configs, overrides):
 
 
 @main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write (replaced if it holds a previous export).")
+@click.option("--format", "fmt", type=click.Choice(["timm", "robust"]), default="timm",
+              show_default=True,
+              help="timm: hub folder (model.safetensors + config.json + model card); robust: "
+                   "torch.export file taking [0,1] images, normalisation included.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint file inside the run (default: checkpoints/final.pt).")
+@_fail_cleanly
+def export(run_dir, out, fmt, checkpoint):
+    """Export a trained run's model for timm / the Hugging Face hub, or for attack libraries.
+
+    \b
+    Example:
+      daat export $R --out my-model
+      python -c 'import timm; timm.create_model("local-dir:my-model", pretrained=True)'
+      daat export $R --out my-model-robust --format robust
+    The same run exported twice gives the same bytes. The folder is printed as the last line.
+    """
+    from daat.export import export as run
+    _print_result(run(run_dir, out, fmt, checkpoint))
+
+
+@main.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False))
 @_fail_cleanly

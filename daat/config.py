@@ -105,6 +105,12 @@ class TrainConfig:
     log_every_steps: int = 50
     hflip: bool = True
     rrc_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop
+    # Metrics sinks: jsonl (metrics.jsonl, required) plus tensorboard | mlflow | wandb trackers,
+    # each from its extra (pip install 'daat[tensorboard]'); only rank 0 logs.
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    tracker_project: str = "daat"  # MLflow experiment and W&B project name
+    mlflow_uri: str | None = None  # MLflow tracking URI (None = a file store in <run>/mlruns)
+    wandb_mode: str = "offline"  # offline (upload later: wandb sync) | online
 
 
 @dataclass

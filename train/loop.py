@@ -29,20 +29,22 @@ from daat.errors import ShardFormatError, TrainingError
 from daat.pipeline.loaders import batches_per_epoch, eval_pipeline, train_pipeline
 from daat.pipeline.shards import ShardArtifact, open_shards
 from daat.train import checkpoint as ckpt
+from daat.train import loggers
 from daat.train import teacher as teacher_mod
 from daat.train.online_depth import DepthTarget, check_policy
 from daat.train.schedules import gamma_at, lr_at, s_at
 from daat.train.step import NonFiniteGuard, StepSchedule, TrainForward, TrainState
 from daat.train.step import build_optimizer, train_step, val_sums
 
-METRICS = "metrics.jsonl"
+METRICS = loggers.METRICS
 CONFIG_FILE = "config.yaml"
 LOSS_KEYS = ("loss", "ce", "align", "feat", "zero_grad")
 # Keys that change how a run executes or reports, not what it learns: left out of its content key
 # (the data section is represented by the shard artifact id in the lineage).
 OPERATIONAL = {"": ["preset", "device", "data", "eval"],
                "train": ["log_every_steps", "ckpt_every_steps", "keep_step_checkpoints",
-                         "keep_epoch_checkpoints", "compile"],
+                         "keep_epoch_checkpoints", "compile", "loggers", "tracker_project",
+                         "mlflow_uri", "wandb_mode"],
                "depth": ["batch_size", "channels_last", "compile"]}
 
 
@@ -53,6 +55,7 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
     info = dist.init(device)
     try:
         check_policy(cfg)
+        loggers.check(cfg)
         shards = open_checked(cfg, shards_dir)
         source = teacher_mod.locate(cfg, shards_dir, out)
         art = _open_run(cfg, shards, source, out, info)
@@ -65,8 +68,10 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
             art.save()
         loop = _Loop(cfg, art, shards, teacher, device, info)
         loop.restore()
-        loop.train()
-        loop.finish()
+        with loggers.open_loggers(cfg, art.path, art.id, loop.pos.step, info.is_main) as sink:
+            loop.sink = sink
+            loop.train()
+            loop.finish()
         dist.barrier()
         return art
     finally:
@@ -116,6 +121,7 @@ class _Loop:
         self.guard = NonFiniteGuard(device, self.steps_per_epoch)
         self.session_start = time.perf_counter()
         self.last_val: dict = {}
+        self.sink: loggers.Loggers = loggers.Loggers([])  # replaced by run() for the session
 
     def restore(self) -> None:
         """Continue from ``checkpoints/latest`` if there is one."""
@@ -267,9 +273,7 @@ class _Loop:
         return self.pos.wall_s + time.perf_counter() - self.session_start
 
     def _append(self, record: dict) -> None:
-        if self.info.is_main:
-            with open(self.art.path / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        self.sink.log(record)  # metrics.jsonl and the trackers; no-op off rank 0
 
     def _save(self, name: str, epoch_end: bool) -> None:
         self.guard.check()
