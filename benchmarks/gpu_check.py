@@ -125,7 +125,7 @@ class Check:
         self.save()
 
     def save(self) -> None:
-        (self.out / "gpu_check.json").write_text(json.dumps(self.result, indent=1, sort_keys=True))
+        (self.out / "gpu_check.json").write_text(json.dumps(self.result, indent=1))
 
 
 def _utc() -> str:
@@ -521,7 +521,7 @@ def _finish(check: Check, code: int) -> int:
     check.result["exit_code"] = code
     check.save()
     shutil.rmtree(check.work)
-    print(json.dumps(check.result, sort_keys=True), flush=True)
+    print(json.dumps(check.result), flush=True)  # step order is run order
     return code
 
 
