@@ -216,8 +216,8 @@ def depth_figure(path: Path, depth_model, x, x_adv, eps: float, steps: int):
             delta = row[4].imshow(diff, cmap=style.CMAPS["difference"], vmin=-lim, vmax=lim)
             for ax in row:
                 style.bare(ax)
-            style.colorbar(fig, depth, row[3], "depth(x) and depth(x_adv)")
-            style.colorbar(fig, delta, row[4], "depth(x_adv) − depth(x)")
+            style.colorbar(fig, depth, row[3], "relative inverse depth")
+            style.colorbar(fig, delta, row[4], "adversarial − clean")
         for j, header in enumerate(_DEPTH_COLUMNS):
             axes[0, j].set_title(header, fontsize=7.5, fontweight="bold")
         fig.suptitle(f"Depth of x and x_adv (PGD-{steps}, ε = {style.format_eps(eps)}): relative "

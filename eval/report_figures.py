@@ -118,8 +118,8 @@ def _draw(rows_by_axes: dict, curves, out: Path, name: str, title: str, xlabel: 
             curves(ax, items)
             if integer_x:
                 style.integer_ticks(ax.xaxis)
-            if ax.lines:
-                ax.legend(loc="best")
+            if ax.lines:  # under the axes: a legend inside hides curves
+                ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=1)
         if not any(ax.lines for ax in axes):
             return None
         style.save(fig, out / f"{name}.png")
@@ -138,8 +138,10 @@ def run_labels(rows, of: str = "run") -> dict[str, str]:
 
 
 def _per_epoch(rows, out: Path, which: str, key: str) -> str | None:
-    runs = {r.run.id: r for r in reversed(rows) if r.run is not None}  # one row per run
-    runs = {k: r for k, r in runs.items() if _series(r.metrics, which)[0]}
+    runs: dict = {}  # one row per run, in the report's (method) order
+    for r in rows:
+        if r.run is not None and _series(r.metrics, which)[0]:
+            runs.setdefault(r.run.id, r)
     labels = run_labels(list(runs.values()))
     title = CAPTIONS[key].split(": ", 1)[1]
     if which == "pgd":
@@ -147,7 +149,7 @@ def _per_epoch(rows, out: Path, which: str, key: str) -> str | None:
 
     def curves(ax, group):
         per_method: dict[str, int] = {}
-        for r in sorted(group, key=lambda r: labels[r.run.id]):
+        for r in group:
             m = method(r.config)
             xs, ys = _series(r.metrics, which)
             ax.plot(xs, ys, label=labels[r.run.id], **style.run_style(m, per_method.get(m, 0)))
@@ -170,6 +172,7 @@ def _eps_of(key: str) -> float:
 def _vs_eps(rows, out: Path) -> str | None:
     evals = [r for r in rows if r.eval is not None and _long_key(r)]
     labels = run_labels(evals, of="eval")
+    attacks = {_long_key(r) for r in evals}
 
     def curves(ax, group):
         per_method: dict[str, int] = {}
@@ -179,14 +182,17 @@ def _vs_eps(rows, out: Path) -> str | None:
             points = sorted((_eps_of(e), 100 * a) for e, a in r.summary["accuracy"][long_key]
                             .items() if a is not None)
             ax.plot([p[0] for p in points], [p[1] for p in points],
-                    label=f"{labels[r.eval.id]} ({long_key})",
+                    label=labels[r.eval.id] + (f" ({long_key})" if len(attacks) > 1 else ""),
                     **style.run_style(m, per_method.get(m, 0)))
             per_method[m] = per_method.get(m, 0) + 1
             ticks.update(p[0] for p in points)
         ax.set_xticks(sorted(ticks), [style.format_eps(e) for e in sorted(ticks)])
 
-    return _draw(_grouped(evals, lambda r: r.config), curves, out, "fig3c",
-                 CAPTIONS["3c"].split(": ", 1)[1], "ε (L∞ radius)")
+    title = CAPTIONS["3c"].split(": ", 1)[1]
+    if len(attacks) == 1:
+        title = title.replace("PGD-100", next(iter(attacks)).upper())
+    return _draw(_grouped(evals, lambda r: r.config), curves, out, "fig3c", title,
+                 "ε (L∞ radius)")
 
 
 def lam_group_key(cfg: dict) -> str:

@@ -9,7 +9,7 @@ import torch
 
 from daat import config as config_mod
 from daat.artifacts import create_or_open
-from daat.eval import figures, report, report_figures, style
+from daat.eval import figures, report, style
 from daat.models import build_student
 
 from test_report import metrics_lines
@@ -180,4 +180,3 @@ def test_lambda_panel_draws_each_group_and_skips_missing_metrics(tmp_path, drawn
     (ax,) = [ax for ax in fig3d.axes if ax.lines]
     assert sorted(line.get_label() for line in ax.lines) == ["PGD-10", "clean"]
     assert list(ax.get_xticks()) == [0.05, 0.2]
-    assert report_figures.CAPTIONS["3d"]
