@@ -289,7 +289,10 @@ def remove(plan: Plan) -> list[Path]:
         if path.resolve().parent != plan.root.resolve() or path.is_symlink():
             raise ArtifactError(f"{path} is not directly under {plan.root}; refusing")
         if item.art is not None:
-            busy = busy_reason(open_artifact(path))
+            now = open_artifact(path)
+            busy = busy_reason(now) or (
+                "its manifest changed since the plan was made; plan again"
+                if now.manifest != item.art.manifest else None)
             if busy:
                 plan.refused.append((path, busy))
                 continue

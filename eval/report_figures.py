@@ -224,11 +224,12 @@ def _vs_lam(rows, out: Path) -> str | None:
 
     def curves(ax, group):
         group = sorted(group, key=lambda r: lam(r.config))
+        trained = group[0].base_label.split(" · ")[0]  # the method name, e.g. "DAAT"
         for key, name, color, marker in metrics:
             points = [(lam(r.config), 100 * r.summary["accuracy"][key]) for r in group
                       if r.summary["accuracy"].get(key) is not None]  # e.g. AutoAttack off
             if points:
-                ax.plot(*zip(*points), marker=marker, color=color, label=name)
+                ax.plot(*zip(*points), marker=marker, color=color, label=f"{trained} {name}")
         for r in rows:
             if r.summary and method(r.config) == "pgd-at" and \
                     setting(r.config) == setting(group[0].config):

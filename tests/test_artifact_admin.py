@@ -125,6 +125,17 @@ def test_busy_artifacts_are_never_removed(root):
     assert admin.remove(plan) == [] and len(list_artifacts(root)) == 7
 
 
+def test_an_artifact_that_changed_after_planning_is_kept(root):
+    root, ids = root
+    plan = admin.plan_gc(root)
+    art = admin.resolve(root / ids["s2"])
+    art.mark_complete()  # a stage finished it between the dry run and the removal
+    age(root)
+    removed = admin.remove(plan)
+    assert [p.name for p in removed] == [ids["r2"]] and (root / ids["s2"]).is_dir()
+    assert any("changed since the plan" in why for _, why in plan.refused)
+
+
 def test_an_interrupted_removal_never_looks_like_an_artifact_and_gc_finishes_it(root):
     root, ids = root
     leftover = root / f"{admin.REMOVING_PREFIX}{ids['s2']}"

@@ -178,5 +178,5 @@ def test_lambda_panel_draws_each_group_and_skips_missing_metrics(tmp_path, drawn
     report.run(paths, str(tmp_path / "out"))
     fig3d = next(f for f in drawn if "λ" in f._suptitle.get_text())
     (ax,) = [ax for ax in fig3d.axes if ax.lines]
-    assert sorted(line.get_label() for line in ax.lines) == ["PGD-10", "clean"]
+    assert sorted(line.get_label() for line in ax.lines) == ["DAAT PGD-10", "DAAT clean"]
     assert list(ax.get_xticks()) == [0.05, 0.2]
