@@ -22,6 +22,7 @@ import numpy as np
 from daat import artifacts
 from daat import config as config_mod
 from daat import depth_ref
+from daat.artifact_admin import resume_line, reuse_line
 from daat.depth_ref import ORACLE, is_oracle
 from daat.errors import DataError
 from daat.pipeline import shards as fmt
@@ -78,6 +79,7 @@ def run(cfg: config_mod.Config, out: str) -> artifacts.Artifact:
         art = artifacts.create_or_open(out, "shards", determining,
                                        config=config_mod.to_dict(cfg))
         if art.complete:
+            _say(reuse_line(art))
             return art
     import torch
 
@@ -97,6 +99,8 @@ def _run(cfg, out: str, card, determining: dict, oracle: bool, device: torch.dev
     from daat import dist
     art = _open(cfg, out, determining, info)
     if art.complete:
+        if info.is_main:
+            _say(reuse_line(art))
         return art
     items = {split: card.items(split) for split in cfg.data.splits}
     model = None if oracle else _LazyDepthModel(cfg.depth, device)
@@ -192,6 +196,9 @@ def _process_split(cfg, art, split: str, items: list, settings: _Settings, model
     pending = [s for s in mine
                if fmt.finished_sidecar(art.path, split, s, [j.key for j in plan[s]]) is None]
     total = sum(len(plan[s]) for s in mine)
+    if info.is_main and 0 < len(mine) - len(pending) < len(mine):
+        _say(resume_line(art.path, f"{split}: {len(mine) - len(pending)} of {len(mine)} shards "
+                                   f"already written{' by this rank' if info.enabled else ''}"))
     bar = tqdm(total=total, initial=total - sum(len(plan[s]) for s in pending), unit="img",
                desc=f"{split}" + (f" [rank {info.rank}]" if info.enabled else ""),
                position=info.rank, leave=True, dynamic_ncols=True)
@@ -411,6 +418,10 @@ def _finalise(cfg, art: artifacts.Artifact, card, items: dict, depth_id: str) ->
                  image={"resize_short": cfg.data.resize_short, "center_crop": cfg.data.center_crop,
                         "jpeg_quality": cfg.data.jpeg_quality, "resample": RESAMPLE_NAME})
     art.mark_complete()
+
+
+def _say(message: str) -> None:
+    print(f"[preprocess] {message}", file=sys.stderr, flush=True)
 
 
 def _warn_skipped(split: str, total: int, skipped: list[dict], path: Path) -> None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from daat import config as config_mod
 from daat import dist
+from daat.artifact_admin import resume_line, reuse_line
 from daat.artifacts import Artifact, atomic_write_text, create_or_open
 from daat.config import Config
 from daat.errors import ShardFormatError, TrainingError
@@ -60,6 +61,8 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
         source = teacher_mod.locate(cfg, shards_dir, out)
         art = _open_run(cfg, shards, source, out, info)
         if art.complete:
+            if info.is_main:
+                print(f"[train] {reuse_line(art)}", file=sys.stderr, flush=True)
             return art
         teacher = teacher_mod.load(source, cfg, device) if source else None
         if info.is_main:
@@ -144,8 +147,9 @@ class _Loop:
         self.last_val = dict(state["last_val"])
         if self.info.is_main:
             _truncate_metrics(self.art.path / METRICS, self.pos.step)
-            tqdm.write(f"resuming {self.art.id} from {path.name} (step {self.pos.step})",
-                       file=sys.stderr)
+            tqdm.write("[train] " + resume_line(path, f"step {self.pos.step} of {self.total_steps}"
+                                                      f", epoch {self.pos.epoch + 1} of "
+                                                      f"{self.cfg.train.epochs}"), file=sys.stderr)
 
     def _check_resumable(self, state: dict, path: Path) -> None:
         if state["shards_id"] != self.shards.id:
