@@ -6,7 +6,9 @@ stored images through the frozen depth model; a writer process (``pipeline/sink.
 Sobel magnitude at the stored resolution (on a GPU the main process does that next to the model),
 encodes the saliency PNGs and appends to the shards. Shards are the unit of resume: one that has
 its tar and a matching sidecar is kept, any other is redone. Under torchrun, shard i of a split
-belongs to rank i % world; rank 0 alone writes the manifest after every rank is done.
+belongs to rank i % world; rank 0 alone writes the manifest after every rank is done. The
+artifact's writer lock (``daat/locks.py``, held by rank 0) keeps a second preprocess of the same
+artifact out: it fails at once naming the holder instead of deleting the first one's temp files.
 """
 from __future__ import annotations
 
