@@ -175,8 +175,7 @@ def open_eval_artifact(out: str, cfg: Config, run_art: Artifact, shard_art, ckpt
     open the same one."""
     args = (out, "eval", determining(cfg, run_art.id, ckpt_sha, shard_art))
     kwargs = {"config": config_mod.to_dict(cfg), "lineage": [run_art.id, shard_art.id]}
-    art = dist.main_first(lambda: create_or_open(*args, **kwargs))
-    dist.barrier()
+    art = dist.main_first(lambda: create_or_open(*args, **kwargs))  # returns once rank 0 has
     return art or create_or_open(*args, **kwargs, lock=False)
 
 

@@ -127,8 +127,8 @@ class _Loop:
     def restore(self) -> None:
         """Continue from ``checkpoints/latest`` if there is one (rank 0 picks an intact one)."""
         chosen = dist.main_first(self.ckpts.resume_from)
-        path = dist.all_gather_objects(None if chosen is None else str(chosen))[0]
-        path = None if path is None else Path(path)
+        shared = dist.all_gather_objects(None if chosen is None else str(chosen))[0]
+        path = None if shared is None else Path(shared)
         if path is None:
             _seed_all(self.cfg.seed + self.info.rank)
             if self.info.is_main:  # a run killed before its first ``latest`` starts over
