@@ -67,7 +67,8 @@ def streaming_hash(art):
     from daat.errors import ShardFormatError
     from daat.pipeline import shards as fmt
 
-    expected = {str(art.path / rel): entry["sha256"] for rel, entry in art.manifest["files"].items()}
+    expected = {str(art.path / rel): entry["sha256"]
+                for rel, entry in art.manifest["files"].items()}
     real = fmt._tar_entries
 
     def hashing_entries(path):

@@ -380,7 +380,8 @@ def _file_problem(root: Path, relpath: str, entry: dict) -> str | None:
         return f"{relpath}: {size} bytes, manifest says {entry.get('bytes')}"
     digest = sha256_file(full)
     if digest != entry.get("sha256"):
-        return f"{relpath}: sha256 {digest[:12]}… differs from manifest {entry.get('sha256')!s:.12}…"
+        return (f"{relpath}: sha256 {digest[:12]}… differs from manifest "
+                f"{entry.get('sha256')!s:.12}…")
     return None
 
 
@@ -399,14 +400,11 @@ def verify(path: str | os.PathLike) -> list[str]:
 
 
 class FileGuard:
-    """Checks that some of an artifact's files still hold the bytes its manifest records.
-
-    ``sizes`` stats them (at open: a truncated or grown file is caught at once); ``verify`` hashes
-    this process's share of them (rank r of W hashes files r, r+W, ... of the sorted list, so the
-    ranks of a job split the work) and remembers each file's stat; ``recheck`` (before results
-    are written) stats the share again and re-hashes any file whose size, mtime, ctime or inode
-    moved. Every method returns problem lines naming the file (empty = good).
-    """
+    """Checks that some of an artifact's files still hold the bytes its manifest records:
+    ``sizes`` stats them; ``verify`` hashes this process's share (rank r of W: files r, r+W, ...)
+    and remembers their stats; ``recheck`` (before results are written) re-hashes any file of
+    that share whose size, mtime, ctime or inode moved. Each returns problem lines naming the
+    file (empty = good)."""
 
     def __init__(self, art: Artifact, relpaths: list[str]):
         self.art, self.relpaths = art, sorted(set(relpaths))

@@ -19,7 +19,7 @@ Keys = dict[str, tuple[str, ...]]  # section ("" = top level) -> key names; () =
 class KeyRules:
     keep: Keys | None  # only these (None: the whole resolved config) ...
     drop: Keys  # ... minus these ...
-    drop_if: tuple[tuple[Callable[[dict], bool], Keys], ...] = ()  # ... minus settings that cannot act
+    drop_if: tuple[tuple[Callable[[dict], bool], Keys], ...] = ()  # ... minus switched-off ones
     card_ignore: tuple[str, ...] = ()  # card fields that are prose: editing them keeps the shards
     free: frozenset[str] = frozenset()  # keys an artifact may set differently from its input's
 
