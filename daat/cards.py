@@ -337,10 +337,11 @@ class Card:
         return (f"Card({self.name!r}, kind={self.kind!r}, classes={self.num_classes}, "
                 f"root={self.root})")
 
-    def extra_splits(self, requested: list[str]) -> list[str]:
-        """Splits preprocess writes beside the ``requested`` ones: the cue-conflict split of a
-        synthetic card that lists it (evaluation-only data, never trained on)."""
-        return [s for s in self.splits if s == synthetic.CUE_CONFLICT and s not in requested]
+    def splits_to_write(self, requested: list[str]) -> list[str]:
+        """The ``requested`` splits, then any the card adds: the cue-conflict split of a synthetic
+        card that lists it (evaluation-only data, never trained on)."""
+        return list(requested) + [s for s in self.splits
+                                  if s == synthetic.CUE_CONFLICT and s not in requested]
 
     def to_dict(self) -> dict:
         """The full resolved card (a valid card itself); no machine paths, so it can be hashed."""

@@ -135,11 +135,14 @@ def train(shards, use_cached_depth, out, configs, overrides):
                    "takes --run as its --run-path).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="Checkpoint file inside the run (default: the final/latest one).")
+@click.option("--shards", type=click.Path(exists=True, file_okay=False),
+              help="Evaluate on this shard artifact's val split instead of the run's own "
+                   "(same classes; recorded in the evaluation's manifest).")
 @OUT_OPTION
 @CONFIG_OPTION
 @SET_OPTION
 @_fail_cleanly
-def evaluate(run_dir, checkpoint, out, configs, overrides):
+def evaluate(run_dir, checkpoint, shards, out, configs, overrides):
     """Stage 3: clean, PGD-10, PGD-100 over ε, AutoAttack; attention and Grad-CAM under attack.
 
     \b
@@ -148,10 +151,36 @@ def evaluate(run_dir, checkpoint, out, configs, overrides):
       daat evaluate --run $R --set eval.n_autoattack=5000 --set eval.depth_model=Intel/dpt-hybrid-midas
       torchrun --nproc_per_node 8 -m daat.cli evaluate --run-dir $R
     The run's own config is the base; --config/--set change eval settings on top.
-    The evaluation directory is printed as the last line.
+    The run's own shards are used (refused if they are not the ones it was trained on) unless
+    --shards names others on purpose. The evaluation directory is printed as the last line.
     """
     from daat.eval.evaluate import run
-    _print_result(run(run_dir, checkpoint, list(configs), list(overrides), out).path)
+    _print_result(run(run_dir, checkpoint, list(configs), list(overrides), out, shards).path)
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write (replaced if it holds a previous export).")
+@click.option("--format", "fmt", type=click.Choice(["timm", "robust"]), default="timm",
+              show_default=True,
+              help="timm: hub folder (model.safetensors + config.json + model card); robust: "
+                   "torch.export file taking [0,1] images, normalisation included.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint file inside the run (default: checkpoints/final.pt).")
+@_fail_cleanly
+def export(run_dir, out, fmt, checkpoint):
+    """Export a trained run's model for timm / the Hugging Face hub, or for attack libraries.
+
+    \b
+    Example:
+      daat export $R --out my-model
+      python -c 'import timm; timm.create_model("local-dir:my-model", pretrained=True)'
+      daat export $R --out my-model-robust --format robust
+    The same run exported twice gives the same bytes. The folder is printed as the last line.
+    """
+    from daat.export import export as run
+    _print_result(run(run_dir, out, fmt, checkpoint))
 
 
 @main.command()
@@ -279,29 +308,97 @@ def experiment_cell(spec, step, out):
 
 @main.group()
 def artifacts():
-    """List, show and verify artifacts.
+    """List, show, verify and remove artifacts.
 
     \b
     Example:
       daat artifacts list
       daat artifacts verify artifacts/shards-0123456789abcdef
+      daat artifacts gc artifacts/            # dry run: what would go, and why
+      daat artifacts gc artifacts/ --yes      # remove it
     """
 
 
 @artifacts.command("list")
 @click.argument("directory", default="artifacts", type=click.Path(file_okay=False))
 def artifacts_list(directory):
-    """One line per artifact under DIRECTORY: id, kind, status, samples, lineage.
+    """One line per artifact under DIRECTORY: id, status, date, what it holds, lineage.
 
     \b
+    Shards: samples per split, depth model, card. Runs: preset, seed, epochs done / total,
+    the last training-time clean and PGD accuracy. Evals: attacks done, accuracies.
     Example:
       daat artifacts list artifacts/
     """
+    from daat.artifact_admin import describe
     from daat.artifacts import list_artifacts
     for art in list_artifacts(directory):
-        samples = sum(f.get("samples", 0) for f in art.manifest["files"].values())
-        lineage = ",".join(art.manifest.get("lineage", [])) or "-"
-        click.echo(f"{art.id}\t{art.kind}\t{art.manifest['status']}\t{samples}\t{lineage}")
+        click.echo(describe(art))
+
+
+def _carry_out(plans, yes: bool, all_or_nothing: bool) -> None:
+    """Print each removal plan; remove only with --yes (and, for rm, only if nothing was refused).
+    Exit 1 when rm refused a target."""
+    from daat.artifact_admin import human_bytes, remove
+    blocked = all_or_nothing and any(p.refused for p in plans)
+    act = yes and not blocked
+    for plan in plans:
+        for path, why in plan.refused:
+            click.echo(f"keeping {path}: {why}", err=True)
+        if not act:
+            for item in plan.remove:
+                click.echo(f"would remove {item.path} ({human_bytes(item.bytes)}): {item.reason}")
+            continue
+        before = len(plan.refused)
+        for path in remove(plan):
+            click.echo(f"removed {path}")
+        for path, why in plan.refused[before:]:
+            click.echo(f"keeping {path}: {why}", err=True)
+    if blocked:
+        click.echo("error: nothing removed (see the lines above)", err=True)
+        sys.exit(1)
+    if not act:
+        count, total = sum(len(p.remove) for p in plans), sum(p.total_bytes for p in plans)
+        click.echo(f"dry run: nothing removed; add --yes to remove {count} item(s), "
+                   f"{human_bytes(total)}")
+
+
+@artifacts.command("rm")
+@click.argument("targets", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--yes", is_flag=True, help="Really remove (default: dry run, print only).")
+@_fail_cleanly
+def artifacts_rm(targets, yes):
+    """Remove the named artifact directories (dry run unless --yes).
+
+    \b
+    Refused, and nothing removed: a path that is not an artifact directory, an artifact that
+    another one (which stays) names in its lineage, one in use.
+    Example:
+      daat artifacts rm artifacts/eval-0123456789abcdef --yes
+    """
+    from daat.artifact_admin import plan_rm
+    _carry_out(plan_rm(list(targets)), yes, all_or_nothing=True)
+
+
+@artifacts.command("gc")
+@click.argument("directory", default="artifacts", type=click.Path(file_okay=False))
+@click.option("--keep", multiple=True, metavar="ARTIFACT",
+              help="Keep only these (and what their lineage names); repeatable.")
+@click.option("--yes", is_flag=True, help="Really remove (default: dry run, print only).")
+@_fail_cleanly
+def artifacts_gc(directory, keep, yes):
+    """Remove unfinished or unwanted artifacts under DIRECTORY (dry run unless --yes).
+
+    \b
+    Without --keep: incomplete artifacts that no complete one names in its lineage.
+    With --keep: every artifact neither kept nor named (directly or not) by a kept one.
+    Never removes an artifact in use, or one a kept artifact's lineage names.
+    Example:
+      daat artifacts gc artifacts/
+      daat artifacts gc artifacts/ --keep eval-0123456789abcdef --yes
+    """
+    from daat.artifact_admin import plan_gc
+    _carry_out([plan_gc(directory, list(keep))], yes, all_or_nothing=False)
 
 
 @artifacts.command("show")
@@ -325,17 +422,25 @@ def artifacts_show(artifact):
 @artifacts.command("verify")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 def artifacts_verify(artifact):
-    """Re-hash every file; exit 1 naming each file that differs from the manifest.
+    """Check the manifest (its digest, file entries inside the artifact; for shards, that its
+    facts agree) and re-hash every file; exit 1 naming each problem.
 
     \b
     Example:
       daat artifacts verify artifacts/shards-0123456789abcdef
     """
-    from daat.artifacts import ArtifactError, verify
+    from daat.artifacts import ArtifactError, open_artifact, verify
+    from daat.errors import DaatError
     try:
         problems = verify(artifact)
     except ArtifactError as e:
         raise click.ClickException(str(e)) from e
+    if not problems and open_artifact(artifact).kind == "shards":
+        from daat.pipeline.shards import open_shards
+        try:
+            open_shards(artifact)
+        except DaatError as e:
+            problems.append(str(e))
     for line in problems:
         click.echo(f"FAIL {line}", err=True)
     if problems:

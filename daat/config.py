@@ -1,7 +1,8 @@
 """The one config system: nested dataclasses, YAML presets, typed ``--set a.b=v`` overrides.
 
-Every stage reads the same ``Config``; each artifact's content key hashes only the sections that
-determine it (see ``determining``), so e.g. changing ``train.epochs`` never invalidates shards.
+Every stage reads the same ``Config``; each artifact's content key hashes only the keys that
+determine it (the tables in ``daat/keys.py``), so e.g. changing ``train.epochs`` never invalidates
+shards.
 """
 from __future__ import annotations
 
@@ -105,6 +106,12 @@ class TrainConfig:
     log_every_steps: int = 50
     hflip: bool = True
     rrc_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop
+    # Metrics sinks: jsonl (metrics.jsonl, required) plus tensorboard | mlflow | wandb trackers,
+    # each from its extra (pip install 'daat[tensorboard]'); only rank 0 logs.
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    tracker_project: str = "daat"  # MLflow experiment and W&B project name
+    mlflow_uri: str | None = None  # MLflow tracking URI (None = a file store in <run>/mlruns)
+    wandb_mode: str = "offline"  # offline (upload later: wandb sync) | online
 
 
 @dataclass
@@ -141,14 +148,6 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-# Which sections determine each artifact kind; everything else may change without a new artifact.
-DETERMINING = {
-    "shards": {"data": ["card", "splits", "resize_short", "center_crop", "jpeg_quality",
-                        "shard_size", "max_image_pixels", "min_image_side"],
-               "depth": ["model"]},
-}
 
 
 def to_dict(cfg: Any) -> dict:
@@ -312,15 +311,6 @@ def validate(cfg: Config) -> None:
                           f"model.patch_size {cfg.model.patch_size}")
     if cfg.attack.eps < 0 or cfg.attack.alpha < 0 or cfg.attack.steps < 0:
         raise ConfigError("attack.eps, attack.alpha and attack.steps must be non-negative")
-
-
-def determining(cfg: Config, kind: str) -> dict:
-    """The part of the config that determines an artifact of ``kind`` (hashed into its key)."""
-    full = to_dict(cfg)
-    if kind not in DETERMINING:
-        return full
-    return {section: {k: full[section][k] for k in keys}
-            for section, keys in DETERMINING[kind].items()}
 
 
 def dump(cfg: Config) -> str:

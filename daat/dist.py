@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as torch_dist
+
+from daat.errors import DaatError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,31 @@ def all_gather_objects(obj):
     return out
 
 
+def main_first(fn: Callable[[], T]) -> T | None:
+    """``fn()`` on rank 0 only, then every rank learns how it went: rank 0 gets fn's value, the
+    others None; if fn raised, every rank raises (the others a ``DaatError`` quoting it) instead
+    of waiting at the next collective for a rank that has gone."""
+    if not torch_dist.is_initialized():
+        return fn()
+    value, failure = None, None
+    if torch_dist.get_rank() == 0:
+        try:
+            value = fn()
+        except Exception as e:  # shared with the other ranks below, then re-raised
+            failure = e
+    message = all_gather_objects(None if failure is None else str(failure))[0]
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise DaatError(f"rank 0 failed: {message}")
+    return value
+
+
+def problems_everywhere(local: list[str]) -> list[str]:
+    """Every rank's problem lines, in rank order (each rank checked its own share)."""
+    return [line for part in all_gather_objects(list(local)) for line in part]
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if torch_dist.is_initialized():
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
@@ -58,6 +88,20 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def cleanup() -> None:
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+CUDA_PATHS_ON_CPU = "DAAT_CUDA_PATHS_ON_CPU"
+
+
+def cuda_paths(device: torch.device | str) -> bool:
+    """Whether the CUDA code paths apply on ``device``: bf16 autocast (PGD, the update, the depth
+    model), fused AdamW, channels_last depth models, pinned-memory loading, E computed next to the
+    depth model and several writer processes in preprocess. Always on CUDA; on CPU only when the
+    environment variable ``DAAT_CUDA_PATHS_ON_CPU=1`` is set, so tests run the logic of those
+    branches without a GPU (torch runs all of them on CPU). What needs the CUDA runtime itself
+    (NCCL, ``set_device``, CUDA RNG state, DDP ``device_ids``) keeps testing ``device.type``."""
+    kind = torch.device(device).type
+    return kind == "cuda" or (kind == "cpu" and os.environ.get(CUDA_PATHS_ON_CPU) == "1")
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:

@@ -11,7 +11,7 @@ random start, pushed away from the shape label; the decision is read at the fina
     shape bias       = shape / (shape + texture)   (None when there is no shape or texture decision)
 
 The split is small (C(C-1) pairs x a few images), so it is attacked in one pass after the val
-split, not in resumable chunks.
+split (on rank 0, its tars checked against the manifest first), not in resumable chunks.
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from daat.config import Config
-from daat.errors import DaatError
-from daat.eval import attacks_eval, eps
+from daat.errors import DaatError, ShardFormatError
+from daat.eval import attacks_eval, style
+from daat.eval.figures import eps_fraction
 from daat.synthetic import CUE_CONFLICT
 
 TASK = "cue_conflict"
@@ -56,6 +57,10 @@ def evaluate(model, cfg: Config, shard_art, device: torch.device) -> tuple[dict,
 
     if CUE_CONFLICT not in shard_art.splits:
         return None
+    problems = shard_art.guard([CUE_CONFLICT]).verify(0, 1)
+    if problems:
+        raise ShardFormatError(f"{shard_art.path}/{problems[0]}: the cue-conflict shards no "
+                               f"longer hold what preprocessing wrote; preprocess again")
     ev = cfg.eval
     textures = texture_labels(shard_art)
     keys, shapes, clean_pred, adv_pred = [], [], [], []
@@ -66,8 +71,8 @@ def evaluate(model, cfg: Config, shard_art, device: torch.device) -> tuple[dict,
         clean = attacks_eval.clean(model, x, y)
         generator = torch.Generator(device=device)
         generator.manual_seed(attacks_eval.task_seed(ev.seed, TASK, k))
-        adv = attacks_eval.pgd_eval(model, x, y, clean.correct, eps=eps.to_fraction(ev.eps),
-                                    alpha=eps.to_fraction(ev.alpha), steps=ev.pgd_steps,
+        adv = attacks_eval.pgd_eval(model, x, y, clean.correct, eps=eps_fraction(ev.eps),
+                                    alpha=eps_fraction(ev.alpha), steps=ev.pgd_steps,
                                     generator=generator)
         keys += list(batch_keys)
         shapes += y.cpu().tolist()
@@ -78,10 +83,19 @@ def evaluate(model, cfg: Config, shard_art, device: torch.device) -> tuple[dict,
     attack = f"pgd-{ev.pgd_steps}"
     summary = {"split": CUE_CONFLICT, "n": len(keys),
                "pairs": len({(int(a), int(b)) for a, b in zip(shape, texture)}),
-               "attack": f"{attack} at eps {eps.label(eps.to_fraction(ev.eps))} against the shape "
-                         f"label, decision at the final iterate",
+               "attack": f"{attack} at eps {style.format_eps(eps_fraction(ev.eps))} against the "
+                         f"shape label, decision at the final iterate",
                "clean": decisions(np.asarray(clean_pred), shape, texture),
                attack: decisions(np.asarray(adv_pred), shape, texture)}
     record = {"key": keys, "shape": shape.tolist(), "texture": texture.tolist(),
               "pred_clean": clean_pred, f"pred_{attack}": adv_pred}
     return summary, record
+
+
+def add_to(art, data: dict, model, cfg: Config, shard_art, device: torch.device) -> None:
+    """Put the cue-conflict numbers in ``data`` (summary.json) and the per-sample record in the
+    eval artifact, when the shards have the split."""
+    cue = evaluate(model, cfg, shard_art, device)
+    if cue is not None:
+        data["cue_conflict"] = cue[0]
+        art.write_json("cue_conflict.json", cue[1])

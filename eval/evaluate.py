@@ -1,12 +1,17 @@
 """``daat evaluate``: clean, PGD-10, PGD-100 over ε, AutoAttack, attention under attack, figures.
 
 Flow: the run's saved config is the base (``--config``/``--set`` may change eval.*, device and
-data.num_workers only) → eval artifact (kind "eval", lineage [run id, shard id], content key =
-eval section + run id + checkpoint sha256) → stream the val split in order, cut each sample group
+data.num_workers only) → the checkpoint, checked against the sha256 the run recorded → the shards:
+the run's own (their id and content digest must be the run's lineage, so an edited ``shards_dir``
+is refused) or ``--shards`` given on purpose (same classes; recorded as such) → their val tars
+hashed (the ranks split the work) → eval artifact (kind "eval", lineage [run id, shard id], content
+key = eval section + run id + checkpoint sha256 + shards content digest; its writer lock held by
+rank 0) → stream the val split in order, cut each sample group
 (all / PGD-100 subset / AutoAttack subset) into chunks of ``eval.chunk_size`` samples, and for
-every chunk run each task whose ``done`` flag is still False (see ``results.py``) → rank 0 writes
-``summary.json`` and the figures and marks the artifact complete. A killed evaluation rerun with
-the same command redoes only unfinished chunks.
+every chunk run each task whose ``done`` flag is still False (see ``results.py``) → the val tars
+hashed again (chunks of earlier sessions included, nothing is summarised from shards that
+changed) → rank 0 writes ``summary.json`` and the figures and marks the artifact complete. A
+killed evaluation rerun with the same command redoes only unfinished chunks.
 
 Multi-GPU (torchrun): the (group, chunk) units of results.py are dealt round-robin, unit u to rank
 u % world_size; every rank reads the whole (cheap to decode) val stream but attacks only its own
@@ -25,16 +30,17 @@ import torch
 from tqdm import tqdm
 
 from daat import config as config_mod
-from daat import dist
+from daat import dist, keys
+from daat.artifact_admin import resume_line, reuse_line
 from daat.artifacts import Artifact, create_or_open, open_artifact, sha256_file
 from daat.config import Config
 from daat.depth import is_oracle
 from daat.errors import DaatError
 from daat.eval import attacks_eval, attention, cue_conflict, results, summary
 from daat.eval.results import GROUPS, Store, Task
+from daat.eval.style import format_eps
 
 ATTENTION_TOP_FRAC = 0.2  # "top-20 % patches of G" (issue 5)
-_OPERATIONAL_EVAL_KEYS = ("batch_size",)  # change speed, not results
 
 
 @dataclass
@@ -55,7 +61,7 @@ class Chunk:
 
 
 def log(message: str) -> None:
-    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
+    tqdm.write(f"[evaluate] {message}", file=sys.stderr)  # keeps the progress bars intact
 
 
 # -- set-up ------------------------------------------------------------------------------------
@@ -87,20 +93,17 @@ def checkpoint_sha(run_art: Artifact, path: Path) -> str:
     return entry["sha256"] if entry else sha256_file(path)
 
 
-_FREE_KEYS = {"preset", "device", "eval", "data.num_workers"}  # may differ from the run's
-
-
 def _differences(ours: dict, theirs: dict, prefix: str = "") -> list[str]:
-    keys = []
+    changed = []
     for key, value in ours.items():
         path = f"{prefix}{key}"
-        if path in _FREE_KEYS:
+        if path in keys.RULES["eval"].free:
             continue
         if isinstance(value, dict) and isinstance(theirs.get(key), dict):
-            keys += _differences(value, theirs[key], f"{path}.")
+            changed += _differences(value, theirs[key], f"{path}.")
         elif theirs.get(key) != value:
-            keys.append(path)
-    return keys
+            changed.append(path)
+    return changed
 
 
 def eval_config(run_art: Artifact, configs: list[str], overrides: list[str]) -> Config:
@@ -139,21 +142,43 @@ def validate_eval(ev) -> None:
             "renders, not for x_adv; give a depth network (hub id or directory) or leave it empty")
 
 
-def determining(cfg: Config, run_id: str, ckpt_sha: str) -> dict:
-    ev = {k: v for k, v in config_mod.to_dict(cfg.eval).items() if k not in _OPERATIONAL_EVAL_KEYS}
-    return {"eval": ev, "run": run_id, "checkpoint_sha256": ckpt_sha}
+def determining(cfg: Config, run_id: str, ckpt_sha: str, shard_art) -> dict:
+    return {**keys.determining("eval", cfg), "run": run_id, "checkpoint_sha256": ckpt_sha,
+            "shards_content": shard_art.content_digest}
 
 
-def open_eval_artifact(out: str, cfg: Config, run_art: Artifact, shard_id: str, ckpt_sha: str,
+def eval_shards(run_art: Artifact, shards_dir: Path, given: str | None, num_classes: int):
+    """(shard artifact, facts to record): the shards the run was trained on, found at its
+    recorded ``shards_dir`` or at ``given``, and only if their id and content digest are the ones
+    in the run's lineage; or, ``given`` on purpose, other shards with the same classes."""
+    from daat.pipeline.shards import open_shards
+
+    lineage_id, content = run_art.manifest["lineage"][0], run_art.extra.get("shards_content")
+    shard_art = open_shards(given or shards_dir)
+    ours = shard_art.id == lineage_id and shard_art.content_digest == content
+    if not ours and given is None:
+        raise DaatError(
+            f"{shards_dir} holds {shard_art.id} (content {shard_art.content_digest[:12]}), but "
+            f"{run_art.id} was trained on {lineage_id} (content {str(content)[:12]}); its manifest "
+            f"points at other shards. Pass --shards DIR to evaluate on other shards on purpose")
+    classes = run_art.extra.get("classes")
+    if not ours and (shard_art.num_classes != num_classes or shard_art.classes != classes):
+        raise DaatError(f"--shards {given}: classes {shard_art.classes}, but the model was "
+                        f"trained on {num_classes} classes {classes}; evaluation needs the same "
+                        f"classes in the same order")
+    return shard_art, {"id": shard_art.id, "path": str(shard_art.path.resolve()),
+                       "content_digest": shard_art.content_digest,
+                       "source": "run lineage" if ours else "--shards (not the run's own)"}
+
+
+def open_eval_artifact(out: str, cfg: Config, run_art: Artifact, shard_art, ckpt_sha: str,
                        info: dist.DistInfo) -> Artifact:
-    args = (out, "eval", determining(cfg, run_art.id, ckpt_sha))
-    kwargs = {"config": config_mod.to_dict(cfg), "lineage": [run_art.id, shard_id]}
-    if info.is_main:
-        art = create_or_open(*args, **kwargs)
-    dist.barrier()
-    if not info.is_main:
-        art = create_or_open(*args, **kwargs)
-    return art
+    """Rank 0 creates, resumes or reuses the evaluation (holding its writer lock); the others
+    open the same one."""
+    args = (out, "eval", determining(cfg, run_art.id, ckpt_sha, shard_art))
+    kwargs = {"config": config_mod.to_dict(cfg), "lineage": [run_art.id, shard_art.id]}
+    art = dist.main_first(lambda: create_or_open(*args, **kwargs))  # returns once rank 0 has
+    return art or create_or_open(*args, **kwargs, lock=False)
 
 
 # -- streaming the val split into chunks -------------------------------------------------------
@@ -202,13 +227,37 @@ def stream_chunks(batches, val_positions: np.ndarray, store: Store, wanted, figu
 
 
 # -- per-chunk work ----------------------------------------------------------------------------
+def task_title(task: Task) -> str:
+    """'PGD-10 ε=4/255', 'AutoAttack ε=4/255', 'clean': what a progress bar calls a task."""
+    if task.kind == "clean":
+        return "clean"
+    name = f"PGD-{task.steps}" if task.kind == "pgd" else "AutoAttack"
+    return f"{name} ε={format_eps(task.eps)}"
+
+
+def progress_bars(store: Store, mine: list[tuple[str, int]], info: dist.DistInfo
+                  ) -> dict[str, tqdm]:
+    """One bar per task on rank 0 (samples of this rank's chunks, done / total, ETA), unless the
+    environment sets TQDM_DISABLE; other ranks get disabled bars."""
+    off = not info.is_main or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    bars = {}
+    for i, task in enumerate(store.tasks):
+        units = [k for g, k in mine if g == task.group]
+        sizes = [store.bounds(task.group, k)[1] - store.bounds(task.group, k)[0] for k in units]
+        done = sum(n for k, n in zip(units, sizes) if store.is_done(task, k))
+        bars[task.name] = tqdm(total=sum(sizes), initial=done, desc=f"{task_title(task):<20}",
+                               unit="img", position=i, leave=True, file=sys.stderr,
+                               dynamic_ncols=True, disable=off)
+    return bars
+
+
 class ChunkRunner:
     """Runs one chunk's pending tasks and writes them to the store; counts what it computed."""
 
     def __init__(self, model, store: Store, cfg: Config, device: torch.device, num_classes: int,
-                 progress: tqdm):
+                 bars: dict[str, tqdm]):
         self.model, self.store, self.ev = model, store, cfg.eval
-        self.device, self.num_classes, self.progress = device, num_classes, progress
+        self.device, self.num_classes, self.bars = device, num_classes, bars
         self.computed: dict[str, int] = {t.name: 0 for t in store.tasks}
         self.seconds: dict[str, float] = {t.name: 0.0 for t in store.tasks}
 
@@ -216,7 +265,6 @@ class ChunkRunner:
         x, y, g = chunk.tensors(self.device)
         clean = self.batched(lambda sl: attacks_eval.clean(self.model, x[sl], y[sl]), len(y))
         for task in self.store.pending(chunk.group, chunk.index):
-            self.progress.set_postfix_str(f"{task.name} chunk {chunk.index}")
             start = time.perf_counter()
             if task.kind == "clean":
                 self.store.write_samples(chunk.index, np.asarray(chunk.val_index),
@@ -228,7 +276,7 @@ class ChunkRunner:
             self.store.mark_done(task, chunk.index)
             self.computed[task.name] += 1
             self.seconds[task.name] += time.perf_counter() - start
-            self.progress.update(1)
+            self.bars[task.name].update(len(chunk.labels))
 
     def batched(self, fn, n: int) -> dict[str, np.ndarray]:
         """Run ``fn(slice)`` over batches of eval.batch_size; concatenate the per-sample fields
@@ -281,9 +329,9 @@ class ChunkRunner:
 
 # -- the stage -------------------------------------------------------------------------------
 def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: list[str],
-        out: str) -> Artifact:
-    from daat.pipeline.loaders import eval_pipeline
-    from daat.pipeline.shards import open_shards
+        out: str, shards: str | None = None) -> Artifact:
+    """Evaluate a run's checkpoint on its own shards' val split (or ``shards``, on purpose)."""
+    from daat.pipeline.loaders import eval_pipeline, require_intact
     from daat.train.checkpoint import load_model_for_eval
 
     run_art = open_artifact(run_dir, kind="run")
@@ -292,25 +340,33 @@ def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: lis
     device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
     info = dist.init(device)
+    art = None
     try:
         model, _run_cfg, shards_dir = load_model_for_eval(run_art.path, ckpt_path, device)
-        shard_art = open_shards(shards_dir)
+        shard_art, shard_facts = eval_shards(run_art, shards_dir, shards, model.vit.num_classes)
         sha = checkpoint_sha(run_art, ckpt_path)
-        art = open_eval_artifact(out, cfg, run_art, shard_art.id, sha, info)
+        art = open_eval_artifact(out, cfg, run_art, shard_art, sha, info)
         if art.complete:
-            log(f"{art.path} is complete; reusing it (delete it to evaluate again)")
+            if info.is_main:
+                log(reuse_line(art))
             return art
+        files = shard_art.guard(["val"])
+        require_intact(shard_art, files.verify(info.rank, info.world_size), "before evaluating")
         _evaluate(art, model, cfg, shard_art, eval_pipeline, info, device,
                   {"run": run_art.id, "checkpoint": str(ckpt_path), "checkpoint_sha256": sha,
-                   "grid": list(model.grid)})
+                   "shards": shard_facts, "grid": list(model.grid)},
+                  lambda: require_intact(shard_art, files.verify(info.rank, info.world_size),
+                                         "before writing summary.json"))
         return art
     finally:
+        if art is not None:
+            art.unlock()
         if not was_initialised:
             dist.cleanup()
 
 
 def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info, device,
-              facts: dict) -> None:
+              facts: dict, check_shards) -> None:
     from daat.eval import figures as figures_mod
 
     ev = cfg.eval
@@ -341,9 +397,11 @@ def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info,
         f"{len(subsets['autoattack']) if ev.autoattack else 'none (eval.autoattack=false)'}; "
         f"rank {info.rank}: "
         f"{sum(pending.values())} chunk-tasks to compute, {reused} already done")
-    progress = tqdm(total=sum(pending.values()), desc=f"evaluate rank {info.rank}", unit="task",
-                    disable=None, position=info.rank, file=sys.stderr)
-    runner = ChunkRunner(model, store, cfg, device, shard_art.num_classes, progress)
+    if reused and info.is_main:
+        log(resume_line(art.path, f"{reused} of {reused + sum(pending.values())} chunk-tasks "
+                                  f"already done{' by this rank' if info.world_size > 1 else ''}"))
+    bars = progress_bars(store, list(pending), info)
+    runner = ChunkRunner(model, store, cfg, device, shard_art.num_classes, bars)
     figure_samples: dict[int, tuple] = {}
     batches = eval_pipeline(shard_art, split="val", image_size=cfg.model.img_size,
                             grid=model.grid, batch_size=ev.batch_size, rank=0, world_size=1,
@@ -351,12 +409,14 @@ def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info,
     for chunk in stream_chunks(batches, val_positions, store, wanted, figure_pos, figure_samples):
         if wanted(chunk.group, chunk.index):
             runner.run(chunk)
-    progress.close()
+    for bar in bars.values():
+        bar.close()
     log(f"rank {info.rank}: computed {sum(runner.computed.values())} chunk-tasks this time "
         f"({reused} reused from an earlier run); seconds per task: " + ", ".join(
             f"{k} {v:.0f}" for k, v in runner.seconds.items() if v))
     counts = dist.all_gather_objects({"computed": runner.computed, "reused": reused,
                                       "seconds": runner.seconds})
+    check_shards()  # every rank, its share of the val tars: before anything is summarised
     dist.barrier()
     if info.is_main:
         _finish(art, model, cfg, shard_art, store, figure_samples, counts, facts, device)
@@ -371,13 +431,10 @@ def _finish(art: Artifact, model, cfg: Config, shard_art, store: Store, figure_s
         raise DaatError(f"{art.path}: some chunks are still not done after every rank finished: "
                         f"{store.done_counts()}")
     fig_files = figures_mod.make_all(art.path, model, cfg.eval, figure_samples,
-                                     shard_art.classes, device)
+                                     figures_mod.display_names(shard_art), device)
     data = summary.build(store, cfg, facts, counts, fig_files)
     summary.shout(data["sanity"]["flags"])
-    cue = cue_conflict.evaluate(model, cfg, shard_art, device)
-    if cue is not None:
-        data["cue_conflict"] = cue[0]
-        art.write_json("cue_conflict.json", cue[1])
+    cue_conflict.add_to(art, data, model, cfg, shard_art, device)
     for path in sorted((art.path / "results.zarr").rglob("*")):
         if path.is_file() and not path.name.endswith(".partial"):
             art.record_file(path.relative_to(art.path).as_posix())

@@ -218,22 +218,22 @@ def _leaves(d: dict, prefix: str = ""):
 def standard_refs(cfg: config_mod.Config) -> list[str]:
     """Config keys whose value is ``run:standard`` AND changes what the run learns (a key the
     run's content key ignores, like loss.teacher at γ0 = 0, is no dependency)."""
-    from daat.train.loop import determining
+    from daat.keys import determining
 
     keys = []
-    base = determining(cfg)
+    base = determining("run", cfg)
     for key, value in _leaves(config_mod.to_dict(cfg)):
         if value == STANDARD_REF:
             probe = copy.deepcopy(cfg)
             config_mod.apply_override(probe, override(key, "run-reference-probe"))
-            if determining(probe) != base:
+            if determining("run", probe) != base:
                 keys.append(key)
     return keys
 
 
 def _run_key(card: str, cfg: config_mod.Config) -> str:
-    from daat.train.loop import determining
-    return content_key({"card": card, "run": determining(cfg)})
+    from daat.keys import determining
+    return content_key({"card": card, "run": determining("run", cfg)})
 
 
 def plan(spec: Spec) -> list[Step]:
@@ -289,9 +289,11 @@ def plan(spec: Spec) -> list[Step]:
 
 
 # -- the experiment artifact and its step records ---------------------------------------------
-def experiment_artifact(spec: Spec, out: str | os.PathLike) -> Artifact:
+def experiment_artifact(spec: Spec, out: str | os.PathLike, lock: bool = False) -> Artifact:
+    """The experiment's artifact. Steps write only their own record file in it (no lock: many run
+    at once); ``collect``, the one writer of its manifest, opens it with ``lock=True``."""
     return create_or_open(out, "experiment", spec.determining(),
-                          config={**spec.determining(), "spec": str(spec.path)})
+                          config={**spec.determining(), "spec": str(spec.path)}, lock=lock)
 
 
 def record_relpath(step: str) -> str:

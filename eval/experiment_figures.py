@@ -1,4 +1,5 @@
-"""The experiment report's figures (matplotlib, Agg, one PNG each, under ``figures/``):
+"""The experiment report's figures (in the house style of ``style.py``: PNG + vector PDF each,
+under ``figures/``):
 
 - ``fig3c_bands.png``: long-PGD (eval.pgd_long_steps) accuracy vs ε per method, mean over seeds
   with a ±1 std band;
@@ -11,31 +12,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daat.artifacts import atomic_path
-from daat.eval import eps, stats
-from daat.eval.report_figures import COLORS
+from daat.eval import stats, style
 
 LAMBDA = "loss.lam"
+COLORS = style.METHOD_COLORS
 
 
-def _figure(**kwargs):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt, *plt.subplots(**kwargs)
-
-
-def _save(plt, fig, root: Path, rel: str) -> str:
+def _save(fig, root: Path, rel: str) -> str:
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    with atomic_path(root / rel) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    style.save(fig, root / rel)
     return rel
 
 
 def eps_bands(root: Path, curves, attack: str) -> str:
-    plt, fig, ax = _figure(figsize=(6, 4))
+    with style.drawing():
+        fig = style.figure(4.5, 3.2)
+        _eps_bands(fig.add_subplot(), curves, attack)
+        return _save(fig, root, "figures/fig3c_bands.png")
+
+
+def _eps_bands(ax, curves, attack: str) -> None:
     ticks = sorted({x for _, _, xs, _, _ in curves for x in xs})
     for label, method, xs, means, stds in curves:
         colour = COLORS.get(method)
@@ -43,11 +39,10 @@ def eps_bands(root: Path, curves, attack: str) -> str:
         if all(s is not None for s in stds):
             ax.fill_between([255 * x for x in xs], [m - s for m, s in zip(means, stds)],
                             [m + s for m, s in zip(means, stds)], alpha=0.2, color=colour)
-    ax.set_xticks([255 * t for t in ticks], [eps.label(t) for t in ticks])
+    ax.set_xticks([255 * t for t in ticks], [style.format_eps(t) for t in ticks])
     ax.set(xlabel="ε (L∞)", ylabel=f"{attack.upper()} accuracy (%)", ylim=(0, 100))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(plt, fig, root, "figures/fig3c_bands.png")
+    ax.grid(True)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
 
 
 def _metric(summary: dict, name: str):
@@ -58,7 +53,13 @@ def _metric(summary: dict, name: str):
 
 
 def lambda_sweep(root: Path, groups: dict) -> str:
-    plt, fig, axes = _figure(ncols=3, figsize=(12, 3.8))
+    with style.drawing():
+        fig = style.figure(9, 3.2)
+        _lambda_sweep(fig.subplots(1, 3), groups)
+        return _save(fig, root, "figures/fig3d_lambda.png")
+
+
+def _lambda_sweep(axes, groups: dict) -> None:
     lines: dict[tuple, list] = {}
     flat = []
     for group, rs in groups.items():
@@ -87,13 +88,18 @@ def lambda_sweep(root: Path, groups: dict) -> str:
                 ax.axhline(mean, linestyle="--", color=COLORS.get(Path(group.method).stem, "k"),
                            label=f"{group.label} (mean)")
         ax.set(xlabel="λ", ylabel=f"{name} accuracy (%)", title=name)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    return _save(plt, fig, root, "figures/fig3d_lambda.png")
+        ax.grid(True)
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2))
 
 
 def shape_bias(root: Path, groups: dict) -> str:
-    plt, fig, ax = _figure(figsize=(6, 3.8))
+    with style.drawing():
+        fig = style.figure(4.5, 3.2)
+        _shape_bias(fig.add_subplot(), groups)
+        return _save(fig, root, "figures/shape_bias.png")
+
+
+def _shape_bias(ax, groups: dict) -> None:
     names = list(groups)
     keys = [k for k, v in next(r.summary["cue_conflict"] for rs in groups.values()
                                for r in rs).items() if isinstance(v, dict)]
@@ -105,11 +111,10 @@ def shape_bias(root: Path, groups: dict) -> str:
                [m if m is not None else 0.0 for m in means], width,
                yerr=[s or 0.0 for s in stds], capsize=3, label=key)
     ax.set_xticks([j + width * (len(keys) - 1) / 2 for j in range(len(names))],
-                  [g.label for g in names], rotation=20, fontsize=8)
+                  [g.label for g in names], rotation=20)
     ax.set(ylabel="shape bias", ylim=(0, 1))
     ax.axhline(0.5, color="grey", linewidth=0.8)
-    ax.legend(fontsize=8)
-    return _save(plt, fig, root, "figures/shape_bias.png")
+    ax.legend()
 
 
 def draw(root: Path, spec, groups: dict, curves, long_attack: str) -> dict[str, tuple[str, str]]:

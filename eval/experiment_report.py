@@ -1,6 +1,7 @@
 """``daat experiment collect``: the experiment artifact from whatever cells have finished.
 
-Files (recorded in the manifest; the artifact is complete once every cell is evaluated):
+Files (recorded in the manifest; the artifact is complete once every cell is evaluated; its
+lineage names every shard, run and eval artifact it aggregates):
 - ``results.csv``: one row per evaluated cell: cell, card, method, seed, one column per grid
   axis, run and eval ids, then every number of the evaluation's summary.json (accuracies, the
   same-sample table, counts, attention numbers, cue-conflict numbers, the count of sanity flags)
@@ -24,7 +25,7 @@ import numpy as np
 
 from daat import config as config_mod
 from daat.artifacts import Artifact, atomic_write_text
-from daat.eval import eps, experiment_figures, paper, results, stats
+from daat.eval import experiment_figures, paper, results, stats
 from daat.eval.experiment import Cell, Spec, Step, experiment_artifact, finished, record_relpath
 from daat.eval.report import METHOD_NAMES
 
@@ -307,6 +308,7 @@ def render(spec: Spec, rows: list[Result], missing: list[str], figures: dict) ->
 def eps_curves(groups: dict[Group, list[Result]]) -> list[tuple[str, str, list, list, list]]:
     """(label, method, ε fractions, mean %, std %) of each group's accuracy under the long PGD
     (the summary's ε grid, eval.pgd_long_steps steps)."""
+    from daat.eval.figures import eps_fraction
     curves = []
     for group, rs in groups.items():
         long = [next((v for v in r.summary["accuracy"].values() if isinstance(v, dict)), {})
@@ -317,15 +319,22 @@ def eps_curves(groups: dict[Group, list[Result]]) -> list[tuple[str, str, list, 
         means, stds = zip(*(stats.mean_std([100 * d[e] for d in long if d.get(e) is not None])
                             for e in labels))
         curves.append((group.label, Path(group.method).stem,
-                       [eps.to_fraction(e) for e in labels], list(means), list(stds)))
+                       [eps_fraction(float(e)) for e in labels], list(means), list(stds)))
     return curves
 
 
 def collect(spec: Spec, steps: list[Step], out: str) -> Artifact:
     """Write the experiment artifact's files from the finished cells; complete when all are."""
-    art = experiment_artifact(spec, out)
+    art = experiment_artifact(spec, out, lock=True)
     if art.complete:
         return art  # every cell was in it: nothing new to aggregate
+    try:
+        return _write(spec, steps, out, art)
+    finally:
+        art.unlock()
+
+
+def _write(spec: Spec, steps: list[Step], out: str, art: Artifact) -> Artifact:
     rows, missing = gather(spec, steps, out, art)
     groups = grouped(rows)
     long_key = next((k for r in rows for k, v in r.summary["accuracy"].items()
@@ -336,9 +345,16 @@ def collect(spec: Spec, steps: list[Step], out: str) -> Artifact:
     art.record_file("report.md")
     for rel, _ in figures.values():
         art.record_file(rel)
+        art.record_file(str(Path(rel).with_suffix(".pdf")))
+    made = []
     for step in steps:
         if (art.path / record_relpath(step.name)).is_file():
             art.record_file(record_relpath(step.name))
+            found = finished(art, step.name, out)
+            made += [found.id] if found is not None else []
+    # The key comes from the spec alone; the lineage names what it aggregates, so `daat artifacts
+    # gc --keep` keeps those artifacts and `rm` refuses to remove them while this one stays.
+    art.manifest["lineage"] = sorted(set(made))
     art.extra.update({"cells": len(rows) + len(missing), "evaluated": len(rows),
                       "missing": missing})
     if missing:

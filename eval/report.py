@@ -23,7 +23,7 @@ from pathlib import Path
 
 from daat.artifacts import Artifact, ArtifactError, atomic_write_text, list_artifacts, open_artifact
 from daat.errors import DaatError
-from daat.eval import paper, report_figures
+from daat.eval import paper, report_figures, style
 from daat.eval.report_figures import lam, method
 
 METHOD_NAMES = {"standard": "Standard", "pgd-at": "PGD-AT", "daat-no-align": "DAAT w/o L_align",
@@ -42,16 +42,21 @@ class Row:
     eval: Artifact | None
     summary: dict = field(default_factory=dict)
     metrics: list[dict] = field(default_factory=list)
+    name: str = ""  # the unique label gather() gives it (base_label, plus an id if shared)
 
     @property
     def config(self) -> dict:
         return (self.run or self.eval).config
 
     @property
-    def label(self) -> str:
+    def base_label(self) -> str:
         cfg = self.config
         return (f"{METHOD_NAMES[method(cfg)]} · {cfg.get('preset') or '-'} "
                 f"(seed {cfg.get('seed')}, λ={lam(cfg):g})")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.base_label
 
 
 # -- gathering -------------------------------------------------------------------------------
@@ -126,6 +131,10 @@ def gather(paths: list[str]) -> list[Row]:
             rows.append(Row(run, None, {}, read_metrics(run)))
     rows.sort(key=lambda r: (METHOD_ORDER.index(method(r.config)), lam(r.config),
                              r.config.get("seed", 0), (r.run or r.eval).id))
+    names = style.unique_labels({i: r.base_label for i, r in enumerate(rows)},
+                                {i: (r.eval or r.run).id[:12] for i, r in enumerate(rows)})
+    for i, r in enumerate(rows):
+        r.name = names[i]
     return rows
 
 
@@ -237,6 +246,8 @@ def sanity_lines(rows: list[Row]) -> list[str]:
 
 
 def copy_eval_figures(rows: list[Row], out: Path) -> list[str]:
+    """Copy each eval's figure files (PNG and PDF) under ``out/figures/<eval id>/``; markdown
+    showing each PNG with a link to its PDF."""
     lines = []
     for r in rows:
         for rel in r.summary.get("figures", []):
@@ -246,7 +257,12 @@ def copy_eval_figures(rows: list[Row], out: Path) -> list[str]:
             dst = out / "figures" / r.eval.id / Path(rel).name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
-            lines += [f"**{r.label}** — `{Path(rel).name}`", "",
+            if dst.suffix != ".png":
+                continue
+            pdf = dst.with_suffix(".pdf")
+            link = f" ([PDF]({pdf.relative_to(out).as_posix()}))" if (
+                src.with_suffix(".pdf").is_file()) else ""
+            lines += [f"**{r.label}** — `{Path(rel).name}`{link}", "",
                       f"![{r.label} {Path(rel).stem}]({dst.relative_to(out).as_posix()})", ""]
     return lines
 
@@ -291,7 +307,8 @@ def figure3_section(rows: list[Row], out: Path) -> list[str]:
     md = ["## Figure 3", ""]
     for key, caption in report_figures.CAPTIONS.items():
         if key in figs:
-            md += [f"**{caption}**", "", f"![{caption}]({figs[key]})", ""]
+            pdf = Path(figs[key]).with_suffix(".pdf").as_posix()
+            md += [f"**{caption}** ([PDF]({pdf}))", "", f"![{caption}]({figs[key]})", ""]
         else:
             md += [f"*{caption}: not drawn ({report_figures.MISSING[key]}).*", ""]
     return md + ["Fig. 3c in numbers (PGD-100 accuracy, %):", ""] + robust_vs_eps_table(rows)

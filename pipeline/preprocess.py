@@ -6,7 +6,9 @@ stored images through the frozen depth model; a writer process (``pipeline/sink.
 Sobel magnitude at the stored resolution (on a GPU the main process does that next to the model),
 encodes the saliency PNGs and appends to the shards. Shards are the unit of resume: one that has
 its tar and a matching sidecar is kept, any other is redone. Under torchrun, shard i of a split
-belongs to rank i % world; rank 0 alone writes the manifest after every rank is done.
+belongs to rank i % world; rank 0 alone writes the manifest after every rank is done. The
+artifact's writer lock (``daat/locks.py``, held by rank 0) keeps a second preprocess of the same
+artifact out: it fails at once naming the holder instead of deleting the first one's temp files.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import numpy as np
 
 from daat import artifacts
 from daat import config as config_mod
-from daat import depth_ref
+from daat import depth_ref, keys
+from daat.artifact_admin import resume_line, reuse_line
 from daat.depth_ref import ORACLE, is_oracle
 from daat.errors import DataError
 from daat.pipeline import shards as fmt
@@ -37,7 +40,6 @@ if TYPE_CHECKING:
 # torch (and daat.dist, daat.depth) are imported only once there is work to do: a rerun that
 # finds its artifact complete answers from the manifest without paying torch's import.
 
-_CARD_PROSE = ("description", "licence", "class_names")  # edits to these keep the shards
 _CHUNK = 32  # inputs per DataLoader item: one message and one shared-memory buffer per chunk
 
 
@@ -71,54 +73,67 @@ def run(cfg: config_mod.Config, out: str) -> artifacts.Artifact:
     if oracle and card.kind != "synthetic":
         raise DataError(f"depth model 'oracle' is the synthetic data's exact depth; card "
                         f"'{card.name}' is {card.kind} data: pass --depth with a depth network")
-    for split in _splits(cfg, card):
+    for split in card.splits_to_write(cfg.data.splits):
         fmt.check_split(split)
     determining = _determining(cfg, card, oracle)
+    art = None  # single process: opened (and locked) before torch is imported
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         art = artifacts.create_or_open(out, "shards", determining,
                                        config=config_mod.to_dict(cfg))
         if art.complete:
+            _say(reuse_line(art))
             return art
-    import torch
-
-    from daat import dist
-    device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    joined_here = not torch.distributed.is_initialized()
-    info = dist.init(device)
     try:
-        return _run(cfg, out, card, determining, oracle, device, info)
+        import torch
+
+        from daat import dist
+        device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        joined_here = not torch.distributed.is_initialized()
+        info = dist.init(device)
+        try:
+            return _run(cfg, out, card, determining, oracle, device, info, art)
+        finally:
+            if joined_here and info.enabled:
+                dist.cleanup()
     finally:
-        if joined_here and info.enabled:
-            dist.cleanup()
+        if art is not None:
+            art.unlock()
 
 
 def _run(cfg, out: str, card, determining: dict, oracle: bool, device: torch.device,
-         info: DistInfo) -> artifacts.Artifact:
+         info: DistInfo, art: artifacts.Artifact | None) -> artifacts.Artifact:
     from daat import dist
-    art = _open(cfg, out, determining, info)
-    if art.complete:
-        return art
-    items = {split: card.items(split) for split in _splits(cfg, card)}
-    model = None if oracle else _LazyDepthModel(cfg.depth, device)
-    settings = _Settings(cfg.data.resize_short, cfg.data.center_crop, cfg.data.jpeg_quality,
-                         cfg.data.max_image_pixels, cfg.data.min_image_side,
-                         _render_size(card), oracle)
-    with ShardSink(art.path, _writer_processes(device)) as sink:
-        for split, split_items in items.items():
-            _process_split(cfg, art, split, split_items, settings, model, info, device, sink)
-        sink.finish()
-    dist.barrier()
-    if info.is_main:
-        _finalise(cfg, art, card, items, ORACLE if oracle else model.model_id)
-    dist.barrier()
-    return artifacts.open_artifact(art.path, kind="shards", require_complete=True)
+    art = art or _open(cfg, out, determining, info)
+    try:
+        if art.complete:
+            if info.is_main:
+                _say(reuse_line(art))
+            return art
+        items = {split: card.items(split) for split in card.splits_to_write(cfg.data.splits)}
+        model = None if oracle else _LazyDepthModel(cfg.depth, device)
+        settings = _Settings(cfg.data.resize_short, cfg.data.center_crop, cfg.data.jpeg_quality,
+                             cfg.data.max_image_pixels, cfg.data.min_image_side,
+                             _render_size(card), oracle)
+        with ShardSink(art.path, _writer_processes(device)) as sink:
+            for split, split_items in items.items():
+                _process_split(cfg, art, split, split_items, settings, model, info, device, sink)
+            sink.finish()
+        dist.barrier()
+        if info.is_main:
+            _finalise(cfg, art, card, items, ORACLE if oracle else model.model_id)
+        dist.barrier()
+        return artifacts.open_artifact(art.path, kind="shards", require_complete=True)
+    finally:
+        art.unlock()
 
 
 def _writer_processes(device: torch.device) -> int:
     """One writer process does ~1,200 256-px samples/s (0.6 ms PNG + 0.2 ms tar each, measured on
     the 2-core CPU), too close to a GPU's >= 1000 img/s: on a GPU use one per 8 cores this rank
     can count on, 1 to 4. On CPU the depth model is far slower than one writer."""
-    if device.type == "cpu":
+    from daat.dist import cuda_paths
+
+    if not cuda_paths(device):
         return 1
     cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return min(4, max(1, cores // 8))
@@ -154,28 +169,25 @@ def _render_size(card) -> int | None:
     return int(card.synthetic["size"])
 
 
-def _splits(cfg, card) -> list[str]:
-    """data.splits, then any split the card adds (a synthetic card's cue-conflict split)."""
-    return list(cfg.data.splits) + card.extra_splits(list(cfg.data.splits))
-
-
 def _determining(cfg, card, oracle: bool) -> dict:
     """Everything the shards depend on: the data/depth config, the resolved card, the depth
     model's identity, the inputs' fingerprints, and the format/encoding versions."""
-    card_facts = {k: v for k, v in card.to_dict().items() if k not in _CARD_PROSE}
-    return {**config_mod.determining(cfg, "shards"), "card": card_facts,
+    ignore = keys.RULES["shards"].card_ignore
+    card_facts = {k: v for k, v in card.to_dict().items() if k not in ignore}
+    return {**keys.determining("shards", cfg), "card": card_facts,
             "depth_identity": ORACLE if oracle else depth_ref.identity(cfg.depth.model),
-            "inputs": {s: card.input_fingerprint(s) for s in _splits(cfg, card)},
+            "inputs": {s: card.input_fingerprint(s)
+                       for s in card.splits_to_write(cfg.data.splits)},
             "format": fmt.FORMAT_VERSION, "saliency": fmt.SAL_ENCODING,
             "image_encoding": f"{RESAMPLE_NAME}; JPEG {JPEG_SUBSAMPLING}"}
 
 
 def _open(cfg, out: str, determining: dict, info: DistInfo) -> artifacts.Artifact:
-    """Rank 0 creates (or finds) the artifact; the others open it once it exists."""
+    """Rank 0 creates (or finds) the artifact and holds its writer lock; the others open it once
+    it exists (every rank raises if rank 0 could not, e.g. another job holds the lock)."""
     from daat import dist
-    art = None
-    if info.is_main:
-        art = artifacts.create_or_open(out, "shards", determining, config=config_mod.to_dict(cfg))
+    art = dist.main_first(lambda: artifacts.create_or_open(out, "shards", determining,
+                                                           config=config_mod.to_dict(cfg)))
     path = dist.all_gather_objects(str(art.path) if art is not None else None)[0]
     return art if art is not None else artifacts.open_artifact(path, kind="shards")
 
@@ -195,6 +207,9 @@ def _process_split(cfg, art, split: str, items: list, settings: _Settings, model
     pending = [s for s in mine
                if fmt.finished_sidecar(art.path, split, s, [j.key for j in plan[s]]) is None]
     total = sum(len(plan[s]) for s in mine)
+    if info.is_main and 0 < len(mine) - len(pending) < len(mine):
+        _say(resume_line(art.path, f"{split}: {len(mine) - len(pending)} of {len(mine)} shards "
+                                   f"already written{' by this rank' if info.enabled else ''}"))
     bar = tqdm(total=total, initial=total - sum(len(plan[s]) for s in pending), unit="img",
                desc=f"{split}" + (f" [rank {info.rank}]" if info.enabled else ""),
                position=info.rank, leave=True, dynamic_ncols=True)
@@ -370,6 +385,8 @@ class _DepthBatches:
         depth map, or on a GPU the 8-bit E already computed next to the model (E on the CPU is
         the writer's job: it has a core of its own, this process is busy with the model)."""
         import torch
+
+        from daat.dist import cuda_paths
         good = [i for i, r in enumerate(batch) if "reason" not in r]
         if self.model is None:
             depths = [torch.from_numpy(batch[i]["depth"]) for i in good]
@@ -379,7 +396,7 @@ class _DepthBatches:
             depths = self.model(images) if images else []
         depth_id = ORACLE if self.model is None else self.model.model_id
         out = [_sink_record(r, depth_id) for r in batch]
-        if self.device.type == "cpu":
+        if not cuda_paths(self.device):
             for i, depth in zip(good, depths):
                 out[i]["depth"] = depth.float().numpy()
         else:
@@ -415,6 +432,10 @@ def _finalise(cfg, art: artifacts.Artifact, card, items: dict, depth_id: str) ->
                  image={"resize_short": cfg.data.resize_short, "center_crop": cfg.data.center_crop,
                         "jpeg_quality": cfg.data.jpeg_quality, "resample": RESAMPLE_NAME})
     art.mark_complete()
+
+
+def _say(message: str) -> None:
+    print(f"[preprocess] {message}", file=sys.stderr, flush=True)
 
 
 def _warn_skipped(split: str, total: int, skipped: list[dict], path: Path) -> None:

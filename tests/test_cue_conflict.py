@@ -62,8 +62,8 @@ def test_the_packaged_spurious_card_has_the_split():
     card = load_card("synthetic-spurious")
     assert S.CUE_CONFLICT in card.splits
     assert card.expected_counts[S.CUE_CONFLICT] == 90 * card.synthetic["n_cue_conflict_per_pair"]
-    assert card.extra_splits(["train", "val"]) == [S.CUE_CONFLICT]
-    assert load_card("synthetic").extra_splits(["train", "val"]) == []
+    assert card.splits_to_write(["train", "val"]) == ["train", "val", S.CUE_CONFLICT]
+    assert load_card("synthetic").splits_to_write(["train", "val"]) == ["train", "val"]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from daat import config as config_mod
 from daat.artifacts import open_artifact, verify
 from daat.eval import experiment as exp
 from daat.eval import jobs
-from daat.train.loop import determining
+from daat.keys import determining
 
 from conftest import write_synthetic_card
 
@@ -85,7 +85,7 @@ def test_a_run_teacher_is_keyed_by_its_lineage_not_its_name():
     cfg = config_mod.load(["daat", "synthetic"], ["depth.target=cached"])
     other = config_mod.load(["daat", "synthetic"], ["depth.target=cached",
                                                     "loss.teacher=run:/some/where/run-1"])
-    assert determining(cfg) == determining(other)
+    assert determining("run", cfg) == determining("run", other)
     assert exp.standard_refs(cfg) == ["loss.teacher"]
     assert exp.standard_refs(config_mod.load(["pgd-at", "synthetic"])) == []
 
