@@ -366,21 +366,25 @@ def run_step(spec: Spec, steps: list[Step], name: str, out: str) -> Artifact:
 
 def commands(spec: Spec, steps: list[Step], out: str) -> list[str]:
     """Shell lines, in blocks that must run in order; lines inside a block are independent."""
-    base = f"{spec.launcher} experiment cell {spec.path}"
-    outs = f"--out {Path(out).resolve()}"
+    import shlex
+
+    base = f"{spec.launcher} experiment cell {shlex.quote(str(spec.path))}"
+    outs = f"--out {shlex.quote(str(Path(out).resolve()))}"
     needed = {d for s in steps if s.kind == "train" for d in s.deps if d.startswith("train:")}
-    cell_names = [s.name.split(":", 1)[1] for s in steps if s.kind == "train"]
-    first = [n for n in cell_names if f"train:{n}" in needed]
-    rest = [n for n in cell_names if f"train:{n}" not in needed]
-    lines = [f"# {spec.name}: {len(cell_names)} runs. Run the blocks in order; the lines of a "
-             f"block are independent (one Slurm array each).",
-             "# block 1: preprocess each card once"]
-    lines += [f"{base} {s.name} {outs}" for s in steps if s.kind == "preprocess"]
-    if first:
-        lines.append("# block 2: runs that other runs name with run:standard")
-        lines += [f"{base} {n} {outs}" for n in first]
-    lines.append(f"# block {3 if first else 2}: every other cell (train, then evaluate)")
-    lines += [f"{base} {n} {outs}" for n in rest]
+    trains = [s.name.split(":", 1)[1] for s in steps if s.kind == "train"]
+    shared = [s.name.split(":", 1)[1] for s in steps  # cells evaluating another cell's run
+              if s.kind == "eval" and s.name.split(":", 1)[1] not in trains]
+    blocks = [("preprocess each card once", [s.name for s in steps if s.kind == "preprocess"]),
+              ("runs that other runs name with run:standard",
+               [n for n in trains if f"train:{n}" in needed]),
+              ("every other cell (train, then evaluate)",
+               [n for n in trains if f"train:{n}" not in needed]),
+              ("cells whose run another cell trained (evaluate only)", shared)]
+    lines = [f"# {spec.name}: {len(trains) + len(shared)} cells. Run the blocks in order; the "
+             f"lines of a block are independent (one Slurm array each)."]
+    for number, (what, names) in enumerate([b for b in blocks if b[1]], 1):
+        lines.append(f"# block {number}: {what}")
+        lines += [f"{base} {shlex.quote(n)} {outs}" for n in names]
     lines += ["# afterwards (also fine while cells are still missing): aggregate",
-              f"daat experiment collect {spec.path} {outs}"]
+              f"daat experiment collect {shlex.quote(str(spec.path))} {outs}"]
     return lines

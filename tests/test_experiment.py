@@ -99,6 +99,21 @@ def test_print_commands_come_in_dependency_blocks(tmp_path):
     assert lines[-1].startswith("daat experiment collect")
 
 
+def test_a_cell_that_shares_another_cells_run_is_printed_after_it(tmp_path):
+    spec = exp.load_spec(write_spec(tmp_path, methods=["daat-no-align", "daat"],
+                                    baseline="daat-no-align", grid={"loss.lam": [0, 0.1]},
+                                    grid_methods=["daat"]))
+    steps = exp.plan(spec)
+    shared = next(s for s in steps if s.name == "eval:toy-card/daat/seed0/loss.lam=0")
+    assert shared.deps == ["train:toy-card/daat-no-align/seed0"]  # λ = 0 is DAAT w/o L_align
+    lines = exp.commands(spec, steps, str(tmp_path / "out"))
+    blocks = [i for i, line in enumerate(lines) if line.startswith("# block")]
+    last = lines[blocks[-1]:]
+    assert "# block 4: cells whose run another cell trained (evaluate only)" == last[0]
+    assert [line.split()[4] for line in last[1:] if line.startswith("daat experiment cell")] == [
+        "toy-card/daat/seed0/loss.lam=0", "toy-card/daat/seed1/loss.lam=0"]
+
+
 def test_threads_split_the_cores_and_respect_a_preset_cap(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert jobs.threads_per_job(2, available=2) == 1
