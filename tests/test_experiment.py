@@ -15,6 +15,7 @@ import yaml
 
 from daat import config as config_mod
 from daat.artifacts import open_artifact, verify
+from daat.errors import DaatError
 from daat.eval import experiment as exp
 from daat.eval import jobs
 from daat.keys import determining
@@ -121,6 +122,17 @@ def test_threads_split_the_cores_and_respect_a_preset_cap(monkeypatch):
     assert jobs.threads_per_job(3, available=8) == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert jobs.threads_per_job(1, available=8) == 3
+
+
+def test_a_failed_step_is_named_with_its_log_and_blocks_what_needs_it(tmp_path, capsys):
+    spec = exp.load_spec(write_spec(tmp_path, cards=["no-such-card.yaml"], seeds=[0]))
+    steps = exp.plan(spec)
+    with pytest.raises(DaatError, match=r"1 step\(s\) failed \(preprocess:no-such-card.*"
+                                        r"and 4 could not start"):
+        jobs.run_steps(spec, steps, str(tmp_path / "out"), 2, 1)
+    err = capsys.readouterr().err
+    assert "FAILED preprocess:no-such-card (exit 2)" in err
+    assert "data card 'no-such-card.yaml' not found" in err  # the end of the step's log
 
 
 # -- end to end at toy size --------------------------------------------------------------------
