@@ -28,7 +28,6 @@ from daat import config as config_mod
 from daat import dist
 from daat.artifacts import Artifact, create_or_open, open_artifact, sha256_file
 from daat.config import Config
-from daat.depth import is_oracle
 from daat.errors import DaatError
 from daat.eval import attacks_eval, attention, results, summary
 from daat.eval.results import GROUPS, Store, Task
@@ -118,25 +117,7 @@ def eval_config(run_art: Artifact, configs: list[str], overrides: list[str]) -> 
             f"{run_cfg[section][name] if name else run_cfg[section]!r}; evaluate uses the run's "
             f"model and training settings, so only eval.*, device and data.num_workers may change")
     cfg.preset = run_cfg["preset"]
-    validate_eval(cfg.eval)
     return cfg
-
-
-def validate_eval(ev) -> None:
-    positive = {"eval.batch_size": ev.batch_size, "eval.chunk_size": ev.chunk_size,
-                "eval.pgd_steps": ev.pgd_steps, "eval.pgd_long_steps": ev.pgd_long_steps,
-                "eval.eps": ev.eps, "eval.alpha": ev.alpha,
-                "eval.pgd_long_alpha_frac": ev.pgd_long_alpha_frac}
-    for key, value in positive.items():
-        if value <= 0:
-            raise config_mod.ConfigError(f"config key '{key}' must be positive, got {value}")
-    for key in ("n_samples", "n_autoattack", "n_pgd_long", "n_figures"):
-        if getattr(ev, key) < 0:
-            raise config_mod.ConfigError(f"config key 'eval.{key}' must be >= 0")
-    if ev.depth_model and is_oracle(ev.depth_model):
-        raise config_mod.ConfigError(
-            "config key 'eval.depth_model': 'oracle' depth exists only for the clean synthetic "
-            "renders, not for x_adv; give a depth network (hub id or directory) or leave it empty")
 
 
 def determining(cfg: Config, run_id: str, ckpt_sha: str) -> dict:
@@ -295,6 +276,8 @@ def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: lis
         shard_art = open_shards(shards_dir)
         sha = checkpoint_sha(run_art, ckpt_path)
         art = open_eval_artifact(out, cfg, run_art, shard_art.id, sha, info)
+        if info.is_main:
+            config_mod.print_resolved(cfg, art.id)
         if art.complete:
             log(f"{art.path} is complete; reusing it (delete it to evaluate again)")
             return art
@@ -370,7 +353,7 @@ def _finish(art: Artifact, model, cfg: Config, shard_art, store: Store, figure_s
                         f"{store.done_counts()}")
     fig_files = figures_mod.make_all(art.path, model, cfg.eval, figure_samples,
                                      shard_art.classes, device)
-    data = summary.build(store, cfg, facts, counts, fig_files)
+    data = summary.build(store, cfg, facts, counts, fig_files, shard_art.num_classes)
     summary.shout(data["sanity"]["flags"])
     for path in sorted((art.path / "results.zarr").rglob("*")):
         if path.is_file() and not path.name.endswith(".partial"):

@@ -1,7 +1,8 @@
 """Fig. 2/4-style panels (Grad-CAM and A(x) under PGD) and Fig. 1a-style depth panels, as PNGs.
 
-For each ε in ``eval.figure_eps`` one ``figures/attention_eps{ε}.png``: a row per fixed val image
-(a fixed random draw from the evaluated samples, the same for every run), columns
+For each ε in ``eval.figure_eps`` one ``figures/attention_eps{ε×255}.png`` (eps4: ε = 4/255): a
+row per fixed val image (a fixed random draw from the evaluated samples, the same for every run),
+columns
 
     clean image (true / predicted label) | Grad-CAM(x) | x_adv (predicted label)
     | Grad-CAM(x_adv) | signed Grad-CAM difference with contours of large change
@@ -24,7 +25,7 @@ import torch
 from daat.artifacts import atomic_path
 from daat.config import EvalConfig
 from daat.eval import attacks_eval, attention
-from daat.eval.results import eps_label
+from daat.eval.results import eps_label, eps_tag
 
 CONTOUR_LEVEL = 0.3  # |Δ Grad-CAM| on the [0, 1] scale drawn as a red contour
 _CELL = 1.7  # inches per panel
@@ -35,9 +36,9 @@ _ATTENTION_COLUMNS = ("clean", "Grad-CAM(x)", "x_adv", "Grad-CAM(x_adv)", "Δ Gr
 def figure_files(ev: EvalConfig) -> list[str]:
     if ev.n_figures <= 0:
         return []
-    names = [f"figures/attention_eps{eps_label(e)}.png" for e in ev.figure_eps]
+    names = [f"figures/attention_eps{eps_tag(e)}.png" for e in ev.figure_eps]
     if ev.depth_model:
-        names += [f"figures/depth_eps{eps_label(e)}.png" for e in ev.figure_eps]
+        names += [f"figures/depth_eps{eps_tag(e)}.png" for e in ev.figure_eps]
     return names
 
 
@@ -59,13 +60,12 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
-def _attack(model, x, y, ev: EvalConfig, eps255: float, device) -> torch.Tensor:
+def _attack(model, x, y, ev: EvalConfig, eps: float, device) -> torch.Tensor:
     generator = torch.Generator(device=device)
-    generator.manual_seed(attacks_eval.task_seed(ev.seed, f"figure_eps{eps_label(eps255)}", 0))
+    generator.manual_seed(attacks_eval.task_seed(ev.seed, f"figure_eps{eps_tag(eps)}", 0))
     clean_ok = torch.ones_like(y, dtype=torch.bool)
-    out = attacks_eval.pgd_eval(model, x, y, clean_ok, eps=eps255 / 255,
-                                alpha=eps255 * (ev.alpha / ev.eps) / 255, steps=ev.pgd_steps,
-                                generator=generator)
+    out = attacks_eval.pgd_eval(model, x, y, clean_ok, eps=eps, alpha=eps * (ev.alpha / ev.eps),
+                                steps=ev.pgd_steps, generator=generator)
     return out.x_adv
 
 
@@ -78,13 +78,13 @@ def make_all(art_path: Path, model, ev: EvalConfig, samples: dict[int, tuple],
         y = torch.tensor([samples[p][1] for p in order], device=device)
         g = torch.stack([samples[p][2] for p in order]).to(device)
         depth_model = _load_depth(ev, device)
-        for eps255 in ev.figure_eps:
-            x_adv = _attack(model, x, y, ev, eps255, device)
-            attention_figure(art_path / f"figures/attention_eps{eps_label(eps255)}.png", model,
-                             x, x_adv, y, g, eps255, class_names, ev.pgd_steps)
+        for eps in ev.figure_eps:
+            x_adv = _attack(model, x, y, ev, eps, device)
+            attention_figure(art_path / f"figures/attention_eps{eps_tag(eps)}.png", model,
+                             x, x_adv, y, g, eps, class_names, ev.pgd_steps)
             if depth_model is not None:
-                depth_figure(art_path / f"figures/depth_eps{eps_label(eps255)}.png", depth_model,
-                             x, x_adv, eps255)
+                depth_figure(art_path / f"figures/depth_eps{eps_tag(eps)}.png", depth_model,
+                             x, x_adv, eps)
     return [rel for rel in figure_files(ev) if (art_path / rel).is_file()]
 
 
@@ -103,7 +103,7 @@ def _maps(model, x: torch.Tensor):
     return pred, cam, a
 
 
-def attention_figure(path: Path, model, x, x_adv, y, g, eps255: float, class_names: list[str],
+def attention_figure(path: Path, model, x, x_adv, y, g, eps: float, class_names: list[str],
                      steps: int) -> None:
     from matplotlib.figure import Figure
 
@@ -129,7 +129,7 @@ def attention_figure(path: Path, model, x, x_adv, y, g, eps255: float, class_nam
         row[1].imshow(img)
         row[1].imshow(cam_up[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
         row[2].imshow(img_adv)
-        row[2].set_title(f"ε={eps255:g}/255\npred {_name(class_names, pa)}", fontsize=7,
+        row[2].set_title(f"ε={eps_label(eps)}\npred {_name(class_names, pa)}", fontsize=7,
                          color="black" if pa == true else "red")
         row[3].imshow(img_adv)
         row[3].imshow(cam_adv_up[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
@@ -151,13 +151,13 @@ def attention_figure(path: Path, model, x, x_adv, y, g, eps255: float, class_nam
     for j, title in enumerate(_ATTENTION_COLUMNS):
         axes[0, j].set_xlabel(title, fontsize=7)
         axes[0, j].xaxis.set_label_position("top")
-    fig.suptitle(f"PGD-{steps} at ε={eps255:g}/255: Grad-CAM (predicted class, max-normalised) and "
+    fig.suptitle(f"PGD-{steps} at ε={eps_label(eps)}: Grad-CAM (predicted class, max-normalised) and "
                  f"attention A(x); Δ = adversarial − clean (red contour: |Δ Grad-CAM| ≥ "
                  f"{CONTOUR_LEVEL}); red label = misclassified", fontsize=8)
     _save(fig, path)
 
 
-def depth_figure(path: Path, depth_model, x, x_adv, eps255: float) -> None:
+def depth_figure(path: Path, depth_model, x, x_adv, eps: float) -> None:
     from matplotlib.figure import Figure
 
     with torch.no_grad():
@@ -180,6 +180,6 @@ def depth_figure(path: Path, depth_model, x, x_adv, eps255: float) -> None:
     for j, title in enumerate(("x", "depth(x)", "x_adv", "depth(x_adv)", "Δ depth")):
         axes[0, j].set_xlabel(title, fontsize=7)
         axes[0, j].xaxis.set_label_position("top")
-    fig.suptitle(f"Depth of x and x_adv (PGD at ε={eps255:g}/255): relative inverse depth; "
+    fig.suptitle(f"Depth of x and x_adv (PGD at ε={eps_label(eps)}): relative inverse depth; "
                  f"Δ depth = depth(x_adv) − depth(x)", fontsize=8)
     _save(fig, path)

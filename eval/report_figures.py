@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from daat.artifacts import atomic_path
+from daat.config import fraction_text, fraction_value
 
 CAPTIONS = {
     "3a": "Fig. 3a: clean validation accuracy per epoch (training-time val subset)",
@@ -60,9 +61,9 @@ def _series(metrics: list[dict], which: str) -> tuple[list[int], list[float]]:
 
 def _pgd_label(metrics: list[dict]) -> str:
     steps = {r.get("val_pgd_steps") for r in metrics} - {None}
-    eps = {round(255 * r["val_eps"], 3) for r in metrics if r.get("val_eps") is not None}
+    eps = {float(r["val_eps"]) for r in metrics if r.get("val_eps") is not None}
     return (f"PGD-{'/'.join(map(str, sorted(steps)))}" if steps else "PGD") + (
-        f" at ε={'/'.join(f'{e:g}' for e in sorted(eps))}/255" if eps else "")
+        f" at ε={', '.join(fraction_text(e) for e in sorted(eps))}" if eps else "")
 
 
 def _save(fig, path: Path) -> None:
@@ -110,8 +111,8 @@ def _vs_eps(rows, out: Path) -> str | None:
                          if isinstance(v, dict)), None)
         if long_key is None:
             continue
-        points = sorted((float(e), 100 * a) for e, a in r.summary["accuracy"][long_key].items()
-                        if a is not None)
+        points = sorted((255 * fraction_value(e), 100 * a)
+                        for e, a in r.summary["accuracy"][long_key].items() if a is not None)
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3,
                 label=f"{r.label} ({long_key})", color=COLORS[method(r.config)])
     if not ax.lines:
@@ -143,8 +144,13 @@ def _vs_lam(rows, out: Path) -> str | None:
     groups = lam_groups(rows)
     if not groups:
         return None
-    fig, ax = _axes(CAPTIONS["3d"].split(": ", 1)[1], "λ")
-    styles = {"clean": "tab:blue", "pgd-10": "tab:red", "autoattack": "tab:purple"}
+    radii = sorted({r.summary["attacks"]["autoattack"]["eps"] for g in groups for r in g
+                    if r.summary.get("attacks", {}).get("autoattack", {}).get("eps") is not None})
+    title = CAPTIONS["3d"].split(": ", 1)[1] + (
+        f" (attacks at ε={', '.join(map(fraction_text, radii))})" if radii else "")
+    fig, ax = _axes(title, "λ")
+    table = sorted({r.summary.get("table_attack", "pgd-10") for g in groups for r in g})
+    styles = {"clean": "tab:blue", **{t: "tab:red" for t in table}, "autoattack": "tab:purple"}
     for gi, group in enumerate(groups):
         group = sorted(group, key=lambda r: lam(r.config))
         for metric, color in styles.items():
@@ -154,10 +160,10 @@ def _vs_lam(rows, out: Path) -> str | None:
                     label=f"{metric}" + (f" (group {gi + 1})" if len(groups) > 1 else ""))
     for r in rows:
         if r.summary and method(r.config) == "pgd-at":
-            for metric in ("pgd-10", "autoattack"):
+            for metric in (r.summary.get("table_attack", "pgd-10"), "autoattack"):
                 value = r.summary["accuracy"].get(metric)
                 if value is not None:
-                    ax.axhline(100 * value, ls="--", lw=0.8, color=styles[metric],
+                    ax.axhline(100 * value, ls="--", lw=0.8, color=styles.get(metric, "tab:red"),
                                label=f"PGD-AT {metric}")
     ax.legend(fontsize=6)
     _save(fig, out / "fig3d.png")

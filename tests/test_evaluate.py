@@ -28,7 +28,7 @@ from daat.train import checkpoint as ckpt
 TINY_MODEL = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
               "model.num_heads=2"]
 FAST_EVAL = ["data.num_workers=0", "device=cpu", "eval.n_figures=0", "eval.pgd_long_steps=3",
-             "eval.eps_grid=[4]", "eval.autoattack=false", "eval.n_autoattack=0"]
+             "eval.eps_grid=[4/255]", "eval.autoattack=false", "eval.n_autoattack=0"]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def test_pgd10_accuracy_equals_an_independent_minimal_pgd(memorised, tiny_shards
     run_dir, model, _ = memorised
     # eps 3/255 leaves part of the memorised model's val set correct, so the comparison bites
     art = evaluate.run(str(run_dir), None, [], FAST_EVAL + [
-        "eval.eps=3", "eval.alpha=0.75", "eval.chunk_size=20", "eval.batch_size=20"], str(tmp_path))
+        "eval.eps=3/255", "eval.alpha=0.75/255", "eval.chunk_size=20", "eval.batch_size=20"], str(tmp_path))
     x, y, _ = val_batch(tiny_shards)
     seed = attacks_eval.task_seed(0, "pgd-10_eps3", 0)  # the documented per-chunk seed
     expected = independent_pgd10(model, x, y, 3 / 255, 0.75 / 255, 10, seed)
@@ -180,9 +180,9 @@ def test_long_pgd_is_within_a_few_samples_of_apgd_ce():
 
 # -- resume ----------------------------------------------------------------------------------
 RESUME_EVAL = ["data.num_workers=0", "device=cpu", "eval.chunk_size=5", "eval.batch_size=20",
-               "eval.eps=16", "eval.alpha=4", "eval.eps_grid=[4,16]", "eval.pgd_long_steps=3",
+               "eval.eps=16/255", "eval.alpha=4/255", "eval.eps_grid=[4/255,16/255]", "eval.pgd_long_steps=3",
                "eval.n_autoattack=0", "eval.n_pgd_long=10", "eval.n_figures=2",
-               "eval.figure_eps=[4]"]
+               "eval.figure_eps=[4/255]"]
 
 
 def test_killed_evaluation_recomputes_only_unfinished_chunks(memorised, tmp_path, monkeypatch):
@@ -264,7 +264,7 @@ def test_clean_model_raises_no_zero_gradient_flag(memorised, tmp_path):
 def test_figures_with_a_depth_model(memorised, tiny_dpt_dir, tmp_path):
     run_dir, _, _ = memorised
     art = evaluate.run(str(run_dir), None, [], FAST_EVAL + [
-        "eval.chunk_size=20", "eval.n_figures=3", "eval.figure_eps=[2,8]",
+        "eval.chunk_size=20", "eval.n_figures=3", "eval.figure_eps=[2/255,8/255]",
         f"eval.depth_model={tiny_dpt_dir}"], str(tmp_path))
     files = summary_of(art)["figures"]
     assert files == ["figures/attention_eps2.png", "figures/attention_eps8.png",
@@ -281,7 +281,7 @@ def test_evaluation_on_cuda(memorised, tmp_path):
     run_dir, model, _ = memorised
     art = evaluate.run(str(run_dir), None, [], FAST_EVAL + [
         "device=cuda", "eval.chunk_size=20", "eval.autoattack=true", "eval.n_autoattack=5",
-        "eval.eps=8", "eval.alpha=2", "eval.n_figures=2", "eval.figure_eps=[8]"], str(tmp_path))
+        "eval.eps=8/255", "eval.alpha=2/255", "eval.n_figures=2", "eval.figure_eps=[8/255]"], str(tmp_path))
     summary = summary_of(art)
     assert summary["accuracy"]["clean"] == 1.0 and summary["accuracy"]["autoattack"] is not None
     x, y = (t.cuda() for t in val_batch(open_artifact(
@@ -329,7 +329,7 @@ def _cli(*args):
 @pytest.mark.slow
 def test_kill_minus_nine_mid_autoattack_then_resume(memorised, tmp_path):
     run_dir, _, _ = memorised
-    sets = [a for s in RESUME_EVAL + ["eval.eps=4", "eval.alpha=1"] for a in ("--set", s)]
+    sets = [a for s in RESUME_EVAL + ["eval.eps=4/255", "eval.alpha=1/255"] for a in ("--set", s)]
     proc = subprocess.Popen(_cli("evaluate", "--run", str(run_dir), "--out", str(tmp_path), *sets),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 600

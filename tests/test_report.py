@@ -18,8 +18,8 @@ from daat.eval import evaluate, report
 from test_evaluate import TINY_MODEL, fabricate_run, memorised  # noqa: F401 (fixture)
 
 EVAL = ["data.num_workers=0", "device=cpu", "eval.chunk_size=20", "eval.batch_size=20",
-        "eval.eps=8", "eval.alpha=2", "eval.eps_grid=[2,8]", "eval.pgd_long_steps=5",
-        "eval.n_autoattack=4", "eval.n_figures=1", "eval.figure_eps=[8]"]
+        "eval.eps=8/255", "eval.alpha=2/255", "eval.eps_grid=[2/255,8/255]", "eval.pgd_long_steps=5",
+        "eval.n_autoattack=4", "eval.n_figures=1", "eval.figure_eps=[8/255]"]
 
 
 def metrics_lines(seed: int) -> str:
@@ -108,7 +108,7 @@ def handmade(root: Path, card: str, preset: list[str], seed: int, acc: dict) -> 
     run.mark_complete()
     ev = create_or_open(root, "eval", {"r": run.id}, config=cfg, lineage=[run.id, "shards-x"])
     ev.write_json("summary.json", {
-        "accuracy": {**acc, "pgd-100": {"4": acc["pgd-10"]}}, "lam": cfg["loss"]["lam"],
+        "accuracy": {**acc, "pgd-100": {"4/255": acc["pgd-10"]}}, "lam": cfg["loss"]["lam"],
         "counts": {"val": 5000, "evaluated": 5000, "autoattack": 1000},
         "sanity": {"flags": [], "checks": [{"name": "zero_input_gradients", "passed": True}]},
         "attention": None, "figures": []})
