@@ -256,7 +256,7 @@ def test_teacher_errors_name_the_model(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="not_a_model"):
         build_teacher("not_a_model", 64, (8, 8))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DaatError, match=r"vit_small_patch14_dinov2\.lvd142m.*offline"):
+    with pytest.raises(DaatError, match=r"vit_small_patch14_dinov2\.lvd142m.*HF_HUB_OFFLINE"):
         build_teacher("vit_small_patch14_dinov2.lvd142m", 56, (4, 4),  # shrunk: only the download matters
                       arch_overrides={"embed_dim": 32, "depth": 1, "num_heads": 2})
 

@@ -119,7 +119,8 @@ def test_train_step_is_eq5_then_clip_then_adamw():
 
 
 def test_optimizer_groups_skip_decay_on_norms_biases_tokens():
-    cfg = tiny_cfg("pgd-at", "synthetic", overrides=["model.name=vit_base_patch14_dinov2"])
+    cfg = tiny_cfg("pgd-at", "synthetic", overrides=["model.name=vit_base_patch14_dinov2",
+                                                     "model.init_values=1e-5"])
     state = build_state(cfg, CLASSES, None, torch.device("cpu"))
     names = {id(p): n for n, p in state.model.named_parameters()}
     decay, no_decay = ({names[id(p)] for p in g["params"]} for g in state.optimizer.param_groups)

@@ -30,7 +30,7 @@ from daat.pipeline.loaders import batches_per_epoch, eval_pipeline, train_pipeli
 from daat.pipeline.shards import ShardArtifact, open_shards
 from daat.train import checkpoint as ckpt
 from daat.train import teacher as teacher_mod
-from daat.train.online_depth import DepthTarget, check_policy
+from daat.train.online_depth import DepthTarget, check_policy, resolve_model
 from daat.train.schedules import gamma_at, lr_at, s_at
 from daat.train.step import NonFiniteGuard, StepSchedule, TrainForward, TrainState
 from daat.train.step import build_optimizer, train_step, val_sums
@@ -43,7 +43,7 @@ LOSS_KEYS = ("loss", "ce", "align", "feat", "zero_grad")
 OPERATIONAL = {"": ["preset", "device", "data", "eval"],
                "train": ["log_every_steps", "ckpt_every_steps", "keep_step_checkpoints",
                          "keep_epoch_checkpoints", "compile"],
-               "depth": ["batch_size", "channels_last", "compile"]}
+               "depth": ["batch_size", "channels_last", "compile", "allow_other_model"]}
 
 
 def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
@@ -52,15 +52,17 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
     joined_here = not torch.distributed.is_initialized()
     info = dist.init(device)
     try:
-        check_policy(cfg)
         shards = open_checked(cfg, shards_dir)
+        cfg = resolve_model(cfg, shards)
+        check_policy(cfg)
         source = teacher_mod.locate(cfg, shards_dir, out)
         art = _open_run(cfg, shards, source, out, info)
+        if info.is_main:
+            config_mod.print_resolved(cfg, art.id)
         if art.complete:
             return art
         teacher = teacher_mod.load(source, cfg, device) if source else None
         if info.is_main:
-            sys.stderr.write(f"# resolved config ({art.id})\n{config_mod.dump(cfg)}")
             art.write_bytes(CONFIG_FILE, config_mod.dump(cfg).encode())
             art.save()
         loop = _Loop(cfg, art, shards, teacher, device, info)
@@ -268,8 +270,12 @@ class _Loop:
 
     def _append(self, record: dict) -> None:
         if self.info.is_main:
-            with open(self.art.path / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            path = self.art.path / METRICS
+            try:
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:  # a failed write names no file; say which one
+                raise OSError(e.errno, e.strerror, str(path)) from e
 
     def _save(self, name: str, epoch_end: bool) -> None:
         self.guard.check()
@@ -307,6 +313,7 @@ class _Loop:
             "shards_dir": str(self.shards.path.resolve()), "steps": self.pos.step,
             "depth_target": self.cfg.depth.target,
             "depth_model": target.model_id or self.shards.depth_model,
+            "shards_depth_model": self.shards.depth_model,
             "online_depth_steps": target.online_calls, "teacher": self.teacher_id,
             "final_metrics": self.last_val, "wall_s": self._wall()})
         art.mark_complete()
@@ -359,7 +366,7 @@ def determining(cfg: Config) -> dict:
     elif cfg.depth.target == "cached":
         drop["depth"].extend(["model", "amp", "online_every", "online_epochs"])
     if cfg.loss.gamma0 == 0:
-        drop.setdefault("loss", []).extend(["teacher", "gamma_frac"])
+        drop.setdefault("loss", []).extend(["teacher", "teacher_arch", "gamma_frac"])
     for key in drop.pop(""):
         d.pop(key, None)
     for section, keys in drop.items():
