@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from daat import synthetic
+from daat.config import load_yaml, yaml_problem
 from daat.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,9 @@ def load_card(card: str | os.PathLike, root: str | os.PathLike | None = None) ->
 
 def _from_yaml(text: str, where: str, card_dir: Path | None, root) -> Card:
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as e:
-        raise DataError(f"{where}: invalid YAML: {e}") from e
+        raise DataError(f"{where}: invalid YAML: {yaml_problem(e)}") from e
     if not isinstance(raw, dict):
         raise DataError(f"{where}: a data card must be a YAML mapping of keys ({', '.join(KEYS)})")
     root_path = _check_root(root)
@@ -341,9 +342,11 @@ class Card:
         if self.kind == "synthetic":
             return [SourceItem(it.index, it.label, f"synthetic/{split}/{it.index:06d}", None, it)
                     for it in synthetic.items(self.synthetic, split)]
-        files = self._scan(split).files
+        listing = self._scan(split)
+        for message in listing.warnings:
+            _warn(message)
         out = [SourceItem(i, label, rel, self.root / rel, None)
-               for i, (label, rel) in enumerate(files)]
+               for i, (label, rel) in enumerate(listing.files)]
         expected = self.expected_counts.get(split)
         if expected is not None and expected != len(out):
             _warn(f"data card '{self.name}': split '{split}' under {self.root} has {len(out)} "
@@ -395,6 +398,7 @@ class Card:
                    for e in _entries(split_dir) if e.name not in classes]
         exts = set(self.extensions)
         files: list[tuple[int, str]] = []
+        warnings_: list[str] = []
         for label, cls in enumerate(self.classes):
             class_dir = split_dir / cls
             if not class_dir.is_dir():
@@ -408,17 +412,18 @@ class Card:
                 found, left_out = _walk(class_dir, self.root, exts)
                 skipped += left_out
             if not found:
-                _warn(f"data card '{self.name}': class folder {class_dir} has no images "
-                      f"({', '.join(self.extensions)})" +
-                      (" (a symlink outside --root, skipped)" if outside else ""))
+                warnings_.append(f"data card '{self.name}': class folder {class_dir} has no "
+                                 f"images ({', '.join(self.extensions)})" +
+                                 (" (a symlink outside --root, skipped)" if outside else ""))
             files.extend((label, rel) for rel in found)
-        return _Listing(files, sorted(skipped, key=lambda x: x["relpath"]))
+        return _Listing(files, sorted(skipped, key=lambda x: x["relpath"]), warnings_)
 
 
 @dataclass(frozen=True)
 class _Listing:
     files: list[tuple[int, str]]  # (label, relpath under --root), by class then path
     skipped: list[dict]  # {"relpath", "reason"} of every entry not read
+    warnings: list[str]  # empty class folders
 
 
 def _rel(path: Path, root: Path) -> str:

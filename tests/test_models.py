@@ -268,3 +268,17 @@ def test_projection_only_when_widths_differ():
     assert proj(torch.rand(2, 65, 64)).shape == (2, 65, 48)
     student = tiny_vit(seed=7)
     assert not any(k.startswith("proj") for k in student.state_dict())
+
+
+def test_the_student_is_a_plain_vit_unless_init_values_asks_for_layerscale():
+    from daat import config as config_mod
+
+    tiny = ["model.img_size=28", "model.embed_dim=32", "model.depth=2", "model.num_heads=2"]
+    cfg = config_mod.load(["imagenet100"], tiny)
+    assert cfg.model.name == "vit_base_patch14_dinov2" and cfg.model.init_values is None
+    plain = build_student(cfg.model, 10)
+    assert not [n for n, _ in plain.named_parameters() if ".ls" in n]  # timm's DINOv2 has 1e-5
+    scaled = build_student(config_mod.load(["imagenet100"], tiny + ["model.init_values=1e-5"])
+                           .model, 10)
+    gammas = [p for n, p in scaled.named_parameters() if n.endswith(("ls1.gamma", "ls2.gamma"))]
+    assert len(gammas) == 4 and all(torch.all(g == 1e-5) for g in gammas)

@@ -84,6 +84,7 @@ def test_report_on_two_runs_renders_their_summaries(two_evaluated_runs, tmp_path
     for link in re.findall(r"\]\(([^)]+\.png)\)", markdown):
         assert (tmp_path / link).is_file(), link
     assert "attention_eps8.png" in markdown  # the evals' Grad-CAM figures are copied in
+    assert "L∞, ε = 8/255" in markdown and "4/255" not in markdown  # the radius actually used
     assert "paper" not in table_rows(markdown)[pairs[0][1].name][-1]
 
 
