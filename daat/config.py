@@ -289,8 +289,49 @@ def to_dict(cfg: Any) -> dict:
 
 
 def from_dict(data: dict, cls: type = Config, where: str = "") -> Any:
-    """Build a dataclass from a (partial) dict, rejecting unknown keys and bad types by name."""
+    """Build a dataclass from a (partial) dict, rejecting unknown keys and bad types by name. A
+    whole config saved by an older daat (in a run, checkpoint or eval artifact) is upgraded
+    first (``upgrade_saved``)."""
+    if cls is Config and isinstance(data, dict):
+        data = upgrade_saved(data)
     return _merge(cls(), data, where)
+
+
+_EVAL_RADII = ("eps", "alpha", "eps_grid", "figure_eps")
+
+
+def upgrade_saved(data: dict) -> dict:
+    """A saved config as this version reads it. Older versions counted eval radii in 1/255 (any
+    radius above 1 gives them away: a fraction never is) and had no model.init_values (the
+    architecture's own LayerScale then applied)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    ev = data.get("eval")
+    if isinstance(ev, dict):
+        radii = [r for key in _EVAL_RADII if key in ev
+                 for r in (ev[key] if isinstance(ev[key], list) else [ev[key]])]
+        if any(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 1 for r in radii):
+            for key in (k for k in _EVAL_RADII if k in ev):
+                value = ev[key]
+                ev[key] = [r / 255 for r in value] if isinstance(value, list) else value / 255
+    model = data.get("model")
+    if isinstance(model, dict) and "init_values" not in model and "name" in model:
+        model["init_values"] = _architecture_layerscale(str(model["name"]))
+    return data
+
+
+def _architecture_layerscale(name: str) -> float | None:
+    """1e-5 (DINOv2's init; the weights come from the checkpoint anyway) when timm's ``name``
+    has LayerScale by default, else None."""
+    import timm
+    import torch
+
+    if not timm.is_model(name):
+        return None
+    with torch.device("meta"):
+        vit = timm.create_model(name, pretrained=False)
+    blocks = getattr(vit, "blocks", [])
+    has = bool(len(blocks)) and type(getattr(blocks[0], "ls1", None)).__name__ == "LayerScale"
+    return 1e-5 if has else None
 
 
 def _merge(obj: Any, data: dict, where: str) -> Any:

@@ -164,3 +164,19 @@ def test_a_repeated_yaml_key_is_an_error_naming_file_and_key(tmp_path):
     g.write_text("train:\n  epochs: 7\nloss:\n  lam: 0.1\ntrain:\n  batch_size: 8\n")
     with pytest.raises(C.ConfigError, match=r"sections.yaml.*'train' appears twice"):
         C.load([str(g)])
+
+
+def test_configs_saved_by_older_versions_are_upgraded_when_read():
+    """Runs and checkpoints made before eval radii were fractions (and before model.init_values
+    existed) still load: 1/255 units are converted, the architecture's own LayerScale kept."""
+    saved = C.to_dict(C.Config())
+    saved["eval"].update(eps=4, alpha=1, eps_grid=[1, 2, 4, 6, 8, 10], figure_eps=[2, 4])
+    del saved["model"]["init_values"]
+    cfg = C.from_dict(saved)
+    assert cfg.eval.eps == pytest.approx(4 / 255) and cfg.eval.alpha == pytest.approx(1 / 255)
+    assert cfg.eval.eps_grid == pytest.approx(C.EvalConfig().eps_grid)
+    assert cfg.eval.figure_eps == pytest.approx([2 / 255, 4 / 255])
+    assert cfg.model.init_values == 1e-5  # timm's vit_base_patch14_dinov2 had LayerScale
+    saved["model"]["name"] = "vit_small_patch16_224"
+    assert C.from_dict(saved).model.init_values is None
+    assert C.from_dict(C.to_dict(cfg)) == cfg  # a current config is read as it is
