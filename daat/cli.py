@@ -25,11 +25,9 @@ def _print_result(path) -> None:
 
 
 def _load_config(configs, overrides, base=None):
+    """The resolved config; a ConfigError reaches ``_fail_cleanly``, which prints it as one line."""
     from daat import config as config_mod
-    try:
-        return config_mod.load(configs, overrides, base=base)
-    except config_mod.ConfigError as e:
-        raise click.UsageError(str(e)) from e
+    return config_mod.load(configs, overrides, base=base)
 
 
 def _fail_cleanly(fn):
@@ -310,6 +308,7 @@ def config_presets():
 @config_group.command("show")
 @CONFIG_OPTION
 @SET_OPTION
+@_fail_cleanly
 def config_show(configs, overrides):
     """Print the resolved config as YAML (ε and α as '0.0157 (4/255)', which loads back).
 
