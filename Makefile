@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all quickstart bench clean
+.PHONY: install test test-slow test-all quickstart bench gpu-check gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,tensorboard,mlflow]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,5 +31,21 @@ quickstart: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# The first GPU session's one command (docs/GPU.md): CUDA tests, `make bench` on the GPU, 200 steps
+# of ImageNet-100-shaped training; everything into $(GPU_CHECK_OUT)/. No install step: it runs with
+# the Python that already has torch (.venv if there is one), plus the wheels in WHEELS=DIR if given.
+# DRY_RUN=1 runs the same steps on CPU at toy size (the test suite does too).
+GPU_CHECK_OUT ?= gpu_check
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check: $(if $(DRY_RUN),$(STAMP))
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(if $(WHEELS),--wheels $(WHEELS)) $(if $(DRY_RUN),--dry-run)
+
+# Wheels a GPU machine without internet lacks (webdataset, zarr, pyautoattack and their needs),
+# for Python $(WHEELS_PYTHON) on x86-64 Linux, into $(WHEELS_DIR)/.
+WHEELS_DIR ?= .whl
+WHEELS_PYTHON ?= 3.12
+gpu-wheels:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --download-wheels $(WHEELS_DIR) --python-version $(WHEELS_PYTHON)
+
 clean:
-	rm -rf artifacts quickstart_out report .pytest_cache
+	rm -rf artifacts quickstart_out report gpu_check .pytest_cache

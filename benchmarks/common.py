@@ -159,17 +159,48 @@ def natural_image(rng: np.random.Generator, height: int, width: int) -> np.ndarr
 
 
 def write_imagefolder(root: Path, n_images: int, height: int, width: int, classes: int = 4,
-                      seed: int = 0, quality: int = 90) -> Path:
-    """``root/train/c{k}/{i}.jpg``: an ImageFolder (train split only) of natural-ish JPEGs."""
+                      seed: int = 0, quality: int = 90, processes: int = 1) -> Path:
+    """``root/train/c{k}/{i}.jpg``: an ImageFolder (train split only) of natural-ish JPEGs, image
+    i in class i % classes."""
+    names = [f"c{k}" for k in range(classes)]
+    jobs = [(root / "train" / names[i % classes] / f"{i:06d}.jpg", (seed, i)) for i in range(n_images)]
+    _write_jpegs(jobs, height, width, quality, processes)
+    return root
+
+
+def write_imagefolder_classes(root: Path, classes: list[str], per_class: int, height: int,
+                              width: int, seed: int = 0, quality: int = 90, suffix: str = ".jpg",
+                              processes: int = 1) -> Path:
+    """``root/<class>/{i}{suffix}``, ``per_class`` natural-ish JPEGs in each named class folder."""
+    jobs = [(root / name / f"{i:06d}{suffix}", (seed, k, i))
+            for k, name in enumerate(classes) for i in range(per_class)]
+    _write_jpegs(jobs, height, width, quality, processes)
+    return root
+
+
+def _write_jpegs(jobs: list[tuple[Path, tuple[int, ...]]], height: int, width: int, quality: int,
+                 processes: int) -> None:
+    """Each (path, seed) becomes one JPEG drawn from ``default_rng(seed)``: the same files
+    whatever ``processes`` is (a GPU machine's many cores write thousands in seconds)."""
+    for folder in {path.parent for path, _ in jobs}:
+        folder.mkdir(parents=True, exist_ok=True)
+    work = [(path, seed, height, width, quality) for path, seed in jobs]
+    if processes > 1 and len(work) > 64:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            pool.map(_write_one_jpeg, work, chunksize=32)
+    else:
+        for item in work:
+            _write_one_jpeg(item)
+
+
+def _write_one_jpeg(item: tuple[Path, tuple[int, ...], int, int, int]) -> None:
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
-    for i in range(n_images):
-        folder = root / "train" / f"c{i % classes}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(natural_image(rng, height, width)).save(folder / f"{i:06d}.jpg",
-                                                               quality=quality)
-    return root
+    path, seed, height, width, quality = item
+    Image.fromarray(natural_image(np.random.default_rng(seed), height, width)).save(
+        path, quality=quality)
 
 
 def write_synthetic_card(path: Path, n_train_per_class: int, size: int, seed: int = 0) -> Path:

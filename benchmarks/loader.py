@@ -108,7 +108,9 @@ def measure(workdir: Path, device: torch.device, workers: tuple[int, ...] = (0, 
     p = {**DEFAULTS, **overrides}
     workdir.mkdir(parents=True, exist_ok=True)
     art, card, build_s = build_shards(workdir, p, device)
-    pin = device.type == "cuda"  # as training reads (pin_memory on CUDA)
+    from daat.dist import cuda_paths
+
+    pin = cuda_paths(device)  # as training reads (pin_memory on CUDA)
     runs = [read_rate(art, p, w, pin) for w in workers]
     single = next((r for r in runs if r["workers"] == 0), runs[0])
     result = {"loader_img_per_s_per_core": single["img_per_s_per_core"],

@@ -181,9 +181,11 @@ def measure(workdir: Path, device: torch.device, depth_dir: Path | None = None,
     if depth_dir is None:
         depth_dir = common.save_depth_model(workdir / "depth-model", device.type == "cuda",
                                             image_size=p["depth_image_size"])
-    inputs = common.write_imagefolder(workdir / "images", p["n_images"], p["height"], p["width"])
+    writers = (os.cpu_count() or 1) if device.type == "cuda" else 1  # CPU: the timed core only
+    inputs = common.write_imagefolder(workdir / "images", p["n_images"], p["height"], p["width"],
+                                      processes=writers)
     warm = common.write_imagefolder(workdir / "warm-images", p["warmup_images"], p["height"],
-                                    p["width"], seed=1)
+                                    p["width"], seed=1, processes=writers)
     warm_p = {**p, "n_images": p["warmup_images"]}
     warm_art, warm_s, _ = run_e2e(warm, workdir / "out-warm", depth_dir, device, warm_p, compile)
     cfg = _config(inputs, depth_dir, device, p, compile)

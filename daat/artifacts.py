@@ -120,6 +120,11 @@ class Artifact:
         return self.manifest["status"] == "complete"
 
     @property
+    def finished(self) -> str | None:
+        """When it was marked complete (ISO 8601, UTC); None while incomplete."""
+        return self.manifest.get("updated") if self.complete else None
+
+    @property
     def config(self) -> dict:
         return self.manifest.get("config", {})
 

@@ -52,7 +52,9 @@ def _fail_cleanly(fn):
                 raise
             message = (f"{type(e).__name__}: {one_line(e)}; rerun with --set data.num_workers=0 "
                        f"for the full traceback")
-        click.echo(f"error: {message}", err=True)
+        # A progress bar a failed stage left open ends without a newline on a terminal.
+        lead = "\n" if sys.stderr.isatty() else ""
+        click.echo(f"{lead}error: {message}", err=True)
         sys.exit(2)
     return wrapper
 
@@ -182,6 +184,31 @@ def evaluate(run_dir, checkpoint, out, configs, overrides):
 
 
 @main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write (replaced if it holds a previous export).")
+@click.option("--format", "fmt", type=click.Choice(["timm", "robust"]), default="timm",
+              show_default=True,
+              help="timm: hub folder (model.safetensors + config.json + model card); robust: "
+                   "torch.export file taking [0,1] images, normalisation included.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
+              help="Checkpoint file inside the run (default: checkpoints/final.pt).")
+@_fail_cleanly
+def export(run_dir, out, fmt, checkpoint):
+    """Export a trained run's model for timm / the Hugging Face hub, or for attack libraries.
+
+    \b
+    Example:
+      daat export $R --out my-model
+      python -c 'import timm; timm.create_model("local-dir:my-model", pretrained=True)'
+      daat export $R --out my-model-robust --format robust
+    The same run exported twice gives the same bytes. The folder is printed as the last line.
+    """
+    from daat.export import export as run
+    _print_result(run(run_dir, out, fmt, checkpoint))
+
+
+@main.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False))
 @_fail_cleanly
@@ -217,29 +244,97 @@ def quickstart(out):
 
 @main.group()
 def artifacts():
-    """List, show and verify artifacts.
+    """List, show, verify and remove artifacts.
 
     \b
     Example:
       daat artifacts list
       daat artifacts verify artifacts/shards-0123456789abcdef
+      daat artifacts gc artifacts/            # dry run: what would go, and why
+      daat artifacts gc artifacts/ --yes      # remove it
     """
 
 
 @artifacts.command("list")
 @click.argument("directory", default="artifacts", type=click.Path(file_okay=False))
 def artifacts_list(directory):
-    """One line per artifact under DIRECTORY: id, kind, status, samples, lineage.
+    """One line per artifact under DIRECTORY: id, status, date, what it holds, lineage.
 
     \b
+    Shards: samples per split, depth model, card. Runs: preset, seed, epochs done / total,
+    the last training-time clean and PGD accuracy. Evals: attacks done, accuracies.
     Example:
       daat artifacts list artifacts/
     """
+    from daat.artifact_admin import describe
     from daat.artifacts import list_artifacts
     for art in list_artifacts(directory):
-        samples = sum(f.get("samples", 0) for f in art.manifest["files"].values())
-        lineage = ",".join(art.manifest.get("lineage", [])) or "-"
-        click.echo(f"{art.id}\t{art.kind}\t{art.manifest['status']}\t{samples}\t{lineage}")
+        click.echo(describe(art))
+
+
+def _carry_out(plans, yes: bool, all_or_nothing: bool) -> None:
+    """Print each removal plan; remove only with --yes (and, for rm, only if nothing was refused).
+    Exit 1 when rm refused a target."""
+    from daat.artifact_admin import human_bytes, remove
+    blocked = all_or_nothing and any(p.refused for p in plans)
+    act = yes and not blocked
+    for plan in plans:
+        for path, why in plan.refused:
+            click.echo(f"keeping {path}: {why}", err=True)
+        if not act:
+            for item in plan.remove:
+                click.echo(f"would remove {item.path} ({human_bytes(item.bytes)}): {item.reason}")
+            continue
+        before = len(plan.refused)
+        for path in remove(plan):
+            click.echo(f"removed {path}")
+        for path, why in plan.refused[before:]:
+            click.echo(f"keeping {path}: {why}", err=True)
+    if blocked:
+        click.echo("error: nothing removed (see the lines above)", err=True)
+        sys.exit(1)
+    if not act:
+        count, total = sum(len(p.remove) for p in plans), sum(p.total_bytes for p in plans)
+        click.echo(f"dry run: nothing removed; add --yes to remove {count} item(s), "
+                   f"{human_bytes(total)}")
+
+
+@artifacts.command("rm")
+@click.argument("targets", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--yes", is_flag=True, help="Really remove (default: dry run, print only).")
+@_fail_cleanly
+def artifacts_rm(targets, yes):
+    """Remove the named artifact directories (dry run unless --yes).
+
+    \b
+    Refused, and nothing removed: a path that is not an artifact directory, an artifact that
+    another one (which stays) names in its lineage, one in use.
+    Example:
+      daat artifacts rm artifacts/eval-0123456789abcdef --yes
+    """
+    from daat.artifact_admin import plan_rm
+    _carry_out(plan_rm(list(targets)), yes, all_or_nothing=True)
+
+
+@artifacts.command("gc")
+@click.argument("directory", default="artifacts", type=click.Path(file_okay=False))
+@click.option("--keep", multiple=True, metavar="ARTIFACT",
+              help="Keep only these (and what their lineage names); repeatable.")
+@click.option("--yes", is_flag=True, help="Really remove (default: dry run, print only).")
+@_fail_cleanly
+def artifacts_gc(directory, keep, yes):
+    """Remove unfinished or unwanted artifacts under DIRECTORY (dry run unless --yes).
+
+    \b
+    Without --keep: incomplete artifacts that no complete one names in its lineage.
+    With --keep: every artifact neither kept nor named (directly or not) by a kept one.
+    Never removes an artifact in use, or one a kept artifact's lineage names.
+    Example:
+      daat artifacts gc artifacts/
+      daat artifacts gc artifacts/ --keep eval-0123456789abcdef --yes
+    """
+    from daat.artifact_admin import plan_gc
+    _carry_out([plan_gc(directory, list(keep))], yes, all_or_nothing=False)
 
 
 @artifacts.command("show")

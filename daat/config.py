@@ -206,6 +206,13 @@ class TrainConfig:
     log_every_steps: int = 50
     hflip: bool = True
     rrc_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop
+    # Metrics sinks: jsonl (metrics.jsonl, required) plus tensorboard | mlflow | wandb trackers,
+    # each from its extra (pip install 'daat[tensorboard]'); only rank 0 logs.
+    loggers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = field(
+        default_factory=lambda: ["jsonl"])
+    tracker_project: str = "daat"  # MLflow experiment and W&B project name
+    mlflow_uri: str | None = None  # MLflow tracking URI (None = a file store in <run>/mlruns)
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline: upload later (wandb sync)
 
     def check(self, where: str = "train") -> None:
         _positive(self, where, "epochs", "batch_size", "samples_per_epoch", "ckpt_every_steps",
@@ -215,6 +222,10 @@ class TrainConfig:
         scale = self.rrc_scale
         _rule(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, f"{where}.rrc_scale",
               "[low, high] with 0 < low <= high <= 1", scale)
+        _rule("jsonl" in self.loggers, f"{where}.loggers", "a list that includes 'jsonl' "
+              "(daat report and resume read metrics.jsonl; add trackers beside it)", self.loggers)
+        _rule(len(set(self.loggers)) == len(self.loggers), f"{where}.loggers",
+              "a list without repeats", self.loggers)
 
 
 @dataclass

@@ -34,6 +34,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from daat.dist import cuda_paths
+
 from daat.depth_ref import (ORACLE, DepthModelError, dir_hash, is_oracle,  # noqa: F401
                             resolve)
 
@@ -44,6 +46,11 @@ _RESAMPLE_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
 _TORCH_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic")
 HUB_TIMEOUT_S = 10.0  # the one reachability check before downloading from the hub
 _RANGE_SLACK = 1e-3  # tolerated rounding outside [0, 1] in input images
+# Some CUDA kernels index with 32-bit integers: the channels_last bilinear upsample in the DPT head
+# refused [128, 128, 384, 384] (2.4e9 elements) on an H200. The supported heads' widest map at the
+# input resolution has 128 channels; budgeting 256 per pixel keeps every chunk below INT_MAX.
+_MAX_ELEMENTS = 2**31 - 1
+_FULL_RES_CHANNELS = 256
 
 
 class OracleDepthError(DepthModelError):
@@ -221,8 +228,8 @@ class DepthModel:
         self.device = torch.device(device)
         self.input_size = spec.resize  # nominal (h, w) of the processor; None = native size
         self.output_kind = _output_kind(model.config)
-        self.amp = amp and self.device.type == "cuda"
-        self.channels_last = channels_last and self.device.type == "cuda"
+        self.amp = amp and cuda_paths(self.device)
+        self.channels_last = channels_last and cuda_paths(self.device)
         model.eval().requires_grad_(False).to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -241,13 +248,22 @@ class DepthModel:
         return preprocess(batch.to(self.device, non_blocking=True), self.spec)
 
     def forward_raw(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The network on prepared pixel_values -> predicted_depth [B,h,w] float32."""
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp
+        """The network on prepared pixel_values -> predicted_depth [B,h,w] float32, in chunks
+        small enough for 32-bit-indexed kernels (``max_batch``)."""
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp
                     else contextlib.nullcontext())
         if self.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        step = self.max_batch(*pixel_values.shape[-2:])
         with torch.no_grad(), autocast:
-            return self._net(pixel_values=pixel_values).predicted_depth.float()
+            parts = [self._net(pixel_values=pixel_values[i:i + step]).predicted_depth.float()
+                     for i in range(0, pixel_values.shape[0], step)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    @staticmethod
+    def max_batch(height: int, width: int) -> int:
+        """Most images of this input size one network call may take (56 at 384x384)."""
+        return max(1, _MAX_ELEMENTS // (_FULL_RES_CHANNELS * height * width))
 
     def __call__(self, images: torch.Tensor | Sequence[torch.Tensor]):
         if isinstance(images, torch.Tensor):

@@ -60,6 +60,20 @@ def cleanup() -> None:
         torch_dist.destroy_process_group()
 
 
+CUDA_PATHS_ON_CPU = "DAAT_CUDA_PATHS_ON_CPU"
+
+
+def cuda_paths(device: torch.device | str) -> bool:
+    """Whether the CUDA code paths apply on ``device``: bf16 autocast (PGD, the update, the depth
+    model), fused AdamW, channels_last depth models, pinned-memory loading, E computed next to the
+    depth model and several writer processes in preprocess. Always on CUDA; on CPU only when the
+    environment variable ``DAAT_CUDA_PATHS_ON_CPU=1`` is set, so tests run the logic of those
+    branches without a GPU (torch runs all of them on CPU). What needs the CUDA runtime itself
+    (NCCL, ``set_device``, CUDA RNG state, DDP ``device_ids``) keeps testing ``device.type``."""
+    kind = torch.device(device).type
+    return kind == "cuda" or (kind == "cpu" and os.environ.get(CUDA_PATHS_ON_CPU) == "1")
+
+
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")

@@ -128,6 +128,11 @@ class DaatViT(nn.Module):
         return tuple(self.vit.patch_embed.grid_size)
 
     @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(3, H, W): the shape of one [0,1] image this model takes (timm's ``input_size``)."""
+        return (3, *self.vit.patch_embed.img_size)
+
+    @property
     def num_prefix_tokens(self) -> int:
         return self.vit.num_prefix_tokens
 

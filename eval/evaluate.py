@@ -26,11 +26,13 @@ from tqdm import tqdm
 
 from daat import config as config_mod
 from daat import dist
+from daat.artifact_admin import resume_line, reuse_line
 from daat.artifacts import Artifact, create_or_open, open_artifact, sha256_file
 from daat.config import Config
 from daat.errors import DaatError
 from daat.eval import attacks_eval, attention, results, summary
 from daat.eval.results import GROUPS, Store, Task
+from daat.eval.style import format_eps
 
 ATTENTION_TOP_FRAC = 0.2  # "top-20 % patches of G" (issue 5)
 _OPERATIONAL_EVAL_KEYS = ("batch_size",)  # change speed, not results
@@ -54,7 +56,7 @@ class Chunk:
 
 
 def log(message: str) -> None:
-    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
+    tqdm.write(f"[evaluate] {message}", file=sys.stderr)  # keeps the progress bars intact
 
 
 # -- set-up ------------------------------------------------------------------------------------
@@ -183,13 +185,37 @@ def stream_chunks(batches, val_positions: np.ndarray, store: Store, wanted, figu
 
 
 # -- per-chunk work ----------------------------------------------------------------------------
+def task_title(task: Task) -> str:
+    """'PGD-10 ε=4/255', 'AutoAttack ε=4/255', 'clean': what a progress bar calls a task."""
+    if task.kind == "clean":
+        return "clean"
+    name = f"PGD-{task.steps}" if task.kind == "pgd" else "AutoAttack"
+    return f"{name} ε={format_eps(task.eps)}"
+
+
+def progress_bars(store: Store, mine: list[tuple[str, int]], info: dist.DistInfo
+                  ) -> dict[str, tqdm]:
+    """One bar per task on rank 0 (samples of this rank's chunks, done / total, ETA), unless the
+    environment sets TQDM_DISABLE; other ranks get disabled bars."""
+    off = not info.is_main or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    bars = {}
+    for i, task in enumerate(store.tasks):
+        units = [k for g, k in mine if g == task.group]
+        sizes = [store.bounds(task.group, k)[1] - store.bounds(task.group, k)[0] for k in units]
+        done = sum(n for k, n in zip(units, sizes) if store.is_done(task, k))
+        bars[task.name] = tqdm(total=sum(sizes), initial=done, desc=f"{task_title(task):<20}",
+                               unit="img", position=i, leave=True, file=sys.stderr,
+                               dynamic_ncols=True, disable=off)
+    return bars
+
+
 class ChunkRunner:
     """Runs one chunk's pending tasks and writes them to the store; counts what it computed."""
 
     def __init__(self, model, store: Store, cfg: Config, device: torch.device, num_classes: int,
-                 progress: tqdm):
+                 bars: dict[str, tqdm]):
         self.model, self.store, self.ev = model, store, cfg.eval
-        self.device, self.num_classes, self.progress = device, num_classes, progress
+        self.device, self.num_classes, self.bars = device, num_classes, bars
         self.computed: dict[str, int] = {t.name: 0 for t in store.tasks}
         self.seconds: dict[str, float] = {t.name: 0.0 for t in store.tasks}
 
@@ -197,7 +223,6 @@ class ChunkRunner:
         x, y, g = chunk.tensors(self.device)
         clean = self.batched(lambda sl: attacks_eval.clean(self.model, x[sl], y[sl]), len(y))
         for task in self.store.pending(chunk.group, chunk.index):
-            self.progress.set_postfix_str(f"{task.name} chunk {chunk.index}")
             start = time.perf_counter()
             if task.kind == "clean":
                 self.store.write_samples(chunk.index, np.asarray(chunk.val_index),
@@ -209,7 +234,7 @@ class ChunkRunner:
             self.store.mark_done(task, chunk.index)
             self.computed[task.name] += 1
             self.seconds[task.name] += time.perf_counter() - start
-            self.progress.update(1)
+            self.bars[task.name].update(len(chunk.labels))
 
     def batched(self, fn, n: int) -> dict[str, np.ndarray]:
         """Run ``fn(slice)`` over batches of eval.batch_size; concatenate the per-sample fields
@@ -279,7 +304,8 @@ def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: lis
         if info.is_main:
             config_mod.print_resolved(cfg, art.id)
         if art.complete:
-            log(f"{art.path} is complete; reusing it (delete it to evaluate again)")
+            if info.is_main:
+                log(reuse_line(art))
             return art
         _evaluate(art, model, cfg, shard_art, eval_pipeline, info, device,
                   {"run": run_art.id, "checkpoint": str(ckpt_path), "checkpoint_sha256": sha,
@@ -322,9 +348,11 @@ def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info,
         f"{len(subsets['autoattack']) if ev.autoattack else 'none (eval.autoattack=false)'}; "
         f"rank {info.rank}: "
         f"{sum(pending.values())} chunk-tasks to compute, {reused} already done")
-    progress = tqdm(total=sum(pending.values()), desc=f"evaluate rank {info.rank}", unit="task",
-                    disable=None, position=info.rank, file=sys.stderr)
-    runner = ChunkRunner(model, store, cfg, device, shard_art.num_classes, progress)
+    if reused and info.is_main:
+        log(resume_line(art.path, f"{reused} of {reused + sum(pending.values())} chunk-tasks "
+                                  f"already done{' by this rank' if info.world_size > 1 else ''}"))
+    bars = progress_bars(store, list(pending), info)
+    runner = ChunkRunner(model, store, cfg, device, shard_art.num_classes, bars)
     figure_samples: dict[int, tuple] = {}
     batches = eval_pipeline(shard_art, split="val", image_size=cfg.model.img_size,
                             grid=model.grid, batch_size=ev.batch_size, rank=0, world_size=1,
@@ -332,7 +360,8 @@ def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info,
     for chunk in stream_chunks(batches, val_positions, store, wanted, figure_pos, figure_samples):
         if wanted(chunk.group, chunk.index):
             runner.run(chunk)
-    progress.close()
+    for bar in bars.values():
+        bar.close()
     log(f"rank {info.rank}: computed {sum(runner.computed.values())} chunk-tasks this time "
         f"({reused} reused from an earlier run); seconds per task: " + ", ".join(
             f"{k} {v:.0f}" for k, v in runner.seconds.items() if v))
@@ -352,7 +381,7 @@ def _finish(art: Artifact, model, cfg: Config, shard_art, store: Store, figure_s
         raise DaatError(f"{art.path}: some chunks are still not done after every rank finished: "
                         f"{store.done_counts()}")
     fig_files = figures_mod.make_all(art.path, model, cfg.eval, figure_samples,
-                                     shard_art.classes, device)
+                                     figures_mod.display_names(shard_art), device)
     data = summary.build(store, cfg, facts, counts, fig_files, shard_art.num_classes)
     summary.shout(data["sanity"]["flags"])
     for path in sorted((art.path / "results.zarr").rglob("*")):

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daat.artifacts import Artifact, ArtifactError, atomic_write_text, list_artifacts, open_artifact
-from daat.config import fraction_text, fraction_value
+from daat.config import fraction_text
 from daat.errors import DaatError
-from daat.eval import report_figures
-from daat.eval.report_figures import lam, method
+from daat.eval import report_figures, style
+from daat.eval.report_figures import lam, method, radius_of_key
 
 PAPER_TABLE1 = {  # ImageNet-100, clean / PGD-10 / AutoAttack, % (paper Table 1)
     "standard": (81.84, 10.24, 8.60), "pgd-at": (78.30, 52.32, 46.74),
@@ -43,16 +43,21 @@ class Row:
     eval: Artifact | None
     summary: dict = field(default_factory=dict)
     metrics: list[dict] = field(default_factory=list)
+    name: str = ""  # the unique label gather() gives it (base_label, plus an id if shared)
 
     @property
     def config(self) -> dict:
         return (self.run or self.eval).config
 
     @property
-    def label(self) -> str:
+    def base_label(self) -> str:
         cfg = self.config
         return (f"{METHOD_NAMES[method(cfg)]} · {cfg.get('preset') or '-'} "
                 f"(seed {cfg.get('seed')}, λ={lam(cfg):g})")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.base_label
 
 
 def is_imagenet100(cfg: dict) -> bool:
@@ -131,6 +136,10 @@ def gather(paths: list[str]) -> list[Row]:
             rows.append(Row(run, None, {}, read_metrics(run)))
     rows.sort(key=lambda r: (METHOD_ORDER.index(method(r.config)), lam(r.config),
                              r.config.get("seed", 0), (r.run or r.eval).id))
+    names = style.unique_labels({i: r.base_label for i, r in enumerate(rows)},
+                                {i: (r.eval or r.run).id[:12] for i, r in enumerate(rows)})
+    for i, r in enumerate(rows):
+        r.name = names[i]
     return rows
 
 
@@ -193,11 +202,13 @@ def robust_vs_eps_table(rows: list[Row]) -> list[str]:
              if isinstance(v, dict)]
     if not grids:
         return []
-    eps = sorted({e for _, _, v in grids for e in v}, key=fraction_value)
-    lines = ["| run | attack | " + " | ".join(f"ε={e}" for e in eps) + " | n |",
+    radii = [{radius_of_key(e, r.summary): a for e, a in values.items()}
+             for r, _, values in grids]
+    eps = sorted({e for by_radius in radii for e in by_radius})
+    lines = ["| run | attack | " + " | ".join(f"ε={fraction_text(e)}" for e in eps) + " | n |",
              "|---|---|" + "---|" * (len(eps) + 1)]
-    for r, key, values in grids:
-        lines.append(f"| {r.label} | {key} | " + " | ".join(_pct(values.get(e)) for e in eps)
+    for (r, key, _), by_radius in zip(grids, radii):
+        lines.append(f"| {r.label} | {key} | " + " | ".join(_pct(by_radius.get(e)) for e in eps)
                      + f" | {r.summary.get('counts', {}).get('pgd_long', '—')} |")
     return lines
 
@@ -233,6 +244,8 @@ def sanity_lines(rows: list[Row]) -> list[str]:
 
 
 def copy_eval_figures(rows: list[Row], out: Path) -> list[str]:
+    """Copy each eval's figure files (PNG and PDF) under ``out/figures/<eval id>/``; markdown
+    showing each PNG with a link to its PDF."""
     lines = []
     for r in rows:
         for rel in r.summary.get("figures", []):
@@ -242,7 +255,12 @@ def copy_eval_figures(rows: list[Row], out: Path) -> list[str]:
             dst = out / "figures" / r.eval.id / Path(rel).name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
-            lines += [f"**{r.label}** — `{Path(rel).name}`", "",
+            if dst.suffix != ".png":
+                continue
+            pdf = dst.with_suffix(".pdf")
+            link = f" ([PDF]({pdf.relative_to(out).as_posix()}))" if (
+                src.with_suffix(".pdf").is_file()) else ""
+            lines += [f"**{r.label}** — `{Path(rel).name}`{link}", "",
                       f"![{r.label} {Path(rel).stem}]({dst.relative_to(out).as_posix()})", ""]
     return lines
 
@@ -294,7 +312,8 @@ def figure3_section(rows: list[Row], out: Path) -> list[str]:
     md = ["## Figure 3", ""]
     for key, caption in report_figures.CAPTIONS.items():
         if key in figs:
-            md += [f"**{caption}**", "", f"![{caption}]({figs[key]})", ""]
+            pdf = Path(figs[key]).with_suffix(".pdf").as_posix()
+            md += [f"**{caption}** ([PDF]({pdf}))", "", f"![{caption}]({figs[key]})", ""]
         else:
             md += [f"*{caption}: not drawn ({report_figures.MISSING[key]}).*", ""]
     return md + ["Fig. 3c in numbers (PGD-100 accuracy, %):", ""] + robust_vs_eps_table(rows)

@@ -223,3 +223,27 @@ class Store:
 
     def done_counts(self) -> dict[str, int]:
         return {t.name: int(np.sum(self.read(f"{t.name}/done"))) for t in self.tasks}
+
+
+def progress(path: Path) -> dict[str, tuple[int, int]]:
+    """{task name: (chunks done, chunks)} of the store at ``path``, in run order; {} before the
+    store exists. Reads only the layout this module wrote (for ``daat artifacts list``)."""
+    if not (path / "zarr.json").is_file():
+        return {}
+    group = zarr.open_group(str(path), mode="r")
+    tasks = [_task_from_attrs(t) for t in group.attrs.get("tasks", [])]
+    if not tasks:
+        return {}
+    store = Store(group, tasks)
+    done = store.done_counts()
+    return {t.name: (min(done[t.name], store.n_chunks(t.group)), store.n_chunks(t.group))
+            for t in tasks}
+
+
+def _task_from_attrs(saved: dict) -> Task:
+    """A task as a store's attrs list it; layout 2 stored radii in 1/255 units."""
+    saved = dict(saved)
+    for old, new in (("eps255", "eps"), ("alpha255", "alpha")):
+        if old in saved:
+            saved[new] = saved.pop(old) / 255
+    return Task(**saved)

@@ -23,6 +23,7 @@ import numpy as np
 from daat import artifacts
 from daat import config as config_mod
 from daat import depth_ref
+from daat.artifact_admin import resume_line, reuse_line
 from daat.depth_ref import ORACLE, is_oracle
 from daat.errors import DataError
 from daat.pipeline import shards as fmt
@@ -82,6 +83,7 @@ def run(cfg: config_mod.Config, out: str) -> artifacts.Artifact:
         art = artifacts.create_or_open(out, "shards", determining,
                                        config=config_mod.to_dict(cfg))
         if art.complete:
+            _say(reuse_line(art))
             return art
     import torch
 
@@ -114,6 +116,8 @@ def _run(cfg, out: str, card, determining: dict, oracle: bool, device: torch.dev
     from daat import dist
     art = _open(cfg, out, determining, info)
     if art.complete:
+        if info.is_main:
+            _say(reuse_line(art))
         return art
     items = {split: card.items(split) for split in cfg.data.splits}
     model = None if oracle else _LazyDepthModel(cfg.depth, device)
@@ -135,7 +139,9 @@ def _writer_processes(device: torch.device) -> int:
     """One writer process does ~1,200 256-px samples/s (0.6 ms PNG + 0.2 ms tar each, measured on
     the 2-core CPU), too close to a GPU's >= 1000 img/s: on a GPU use one per 8 cores this rank
     can count on, 1 to 4. On CPU the depth model is far slower than one writer."""
-    if device.type == "cpu":
+    from daat.dist import cuda_paths
+
+    if not cuda_paths(device):
         return 1
     cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return min(4, max(1, cores // 8))
@@ -207,6 +213,9 @@ def _process_split(cfg, art, split: str, items: list, settings: _Settings, model
     pending = [s for s in mine
                if fmt.finished_sidecar(art.path, split, s, [j.key for j in plan[s]]) is None]
     total = sum(len(plan[s]) for s in mine)
+    if info.is_main and 0 < len(mine) - len(pending) < len(mine):
+        _say(resume_line(art.path, f"{split}: {len(mine) - len(pending)} of {len(mine)} shards "
+                                   f"already written{' by this rank' if info.enabled else ''}"))
     bar = tqdm(total=total, initial=total - sum(len(plan[s]) for s in pending), unit="img",
                desc=f"{split}" + (f" [rank {info.rank}]" if info.enabled else ""),
                position=info.rank, leave=True, dynamic_ncols=True)
@@ -382,6 +391,8 @@ class _DepthBatches:
         depth map, or on a GPU the 8-bit E already computed next to the model (E on the CPU is
         the writer's job: it has a core of its own, this process is busy with the model)."""
         import torch
+
+        from daat.dist import cuda_paths
         good = [i for i, r in enumerate(batch) if "reason" not in r]
         if self.model is None:
             depths = [torch.from_numpy(batch[i]["depth"]) for i in good]
@@ -391,7 +402,7 @@ class _DepthBatches:
             depths = self.model(images) if images else []
         depth_id = ORACLE if self.model is None else self.model.model_id
         out = [_sink_record(r, depth_id) for r in batch]
-        if self.device.type == "cpu":
+        if not cuda_paths(self.device):
             for i, depth in zip(good, depths):
                 out[i]["depth"] = depth.float().numpy()
         else:
@@ -428,6 +439,10 @@ def _finalise(cfg, art: artifacts.Artifact, card, items: dict, depth_id: str) ->
                  image={"resize_short": cfg.data.resize_short, "center_crop": cfg.data.center_crop,
                         "jpeg_quality": cfg.data.jpeg_quality, "resample": RESAMPLE_NAME})
     art.mark_complete()
+
+
+def _say(message: str) -> None:
+    print(f"[preprocess] {message}", file=sys.stderr, flush=True)
 
 
 def _warn_skipped(split: str, total: int, skipped: list[dict], path: Path) -> None:

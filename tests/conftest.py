@@ -64,3 +64,28 @@ def tiny_dpt_dir(tmp_path_factory) -> Path:
 def tiny_depth_anything_dir(tmp_path_factory) -> Path:
     from daat.tiny_models import save_tiny_depth_anything
     return Path(save_tiny_depth_anything(tmp_path_factory.mktemp("models") / "tiny-da"))
+
+
+# 2 steps of PGD-1 training on 16 of the tiny shards' images, 32 px, validation on 8.
+TINY_RUN = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
+            "model.num_heads=2", "train.batch_size=8", "train.samples_per_epoch=16",
+            "train.epochs=1", "train.val_samples=8", "train.val_pgd_steps=1", "attack.steps=1",
+            "data.num_workers=0", "train.log_every_steps=1", "train.ckpt_every_steps=100",
+            "optim.warmup_epochs=0.5", "depth.target=cached", "device=cpu", "seed=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_shards, tmp_path_factory) -> Path:
+    """A complete ``daat train`` run (pgd-at, 10 classes, 32 px ViT) on ``tiny_shards``; the
+    directory of the run artifact. Read-only, like ``tiny_shards``."""
+    import torch
+
+    from daat import config
+    from daat.train import loop
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = config.load(["pgd-at", "synthetic"], TINY_RUN)
+        return loop.run(cfg, str(tiny_shards.path), str(tmp_path_factory.mktemp("runs"))).path
+    finally:
+        torch.set_num_threads(threads)

@@ -218,6 +218,7 @@ def test_pgd_on_the_student_vit():
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16_attack_on_student():
     from daat.config import ModelConfig

@@ -58,7 +58,7 @@ def _randomise(vit: torch.nn.Module, seed: int) -> None:
             if name.endswith(".gamma"):
                 p.fill_(1.0)
             else:
-                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+                p.add_(0.2 * torch.randn(p.shape, generator=gen).to(p.device))
 
 
 def _teacher(device) -> Teacher:
@@ -183,6 +183,7 @@ def test_optimised_step_matches_plain_fp32_reference_on_cpu():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bf16 autocast path)")
 def test_bf16_step_matches_fp32_reference_within_bf16_tolerance():
     out, expected, _, _ = _parity(torch.device("cuda"), amp=True)

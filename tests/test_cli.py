@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from daat.cli import main
 
-COMMANDS = [["preprocess"], ["train"], ["evaluate"], ["report"], ["quickstart"], ["artifacts"],
+COMMANDS = [["preprocess"], ["train"], ["evaluate"], ["export"], ["report"], ["quickstart"],
+            ["artifacts"],
             ["artifacts", "list"], ["artifacts", "show"], ["artifacts", "verify"], ["config"],
             ["config", "presets"], ["config", "show"]]
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import daat.depth as depth_mod
 from daat.depth import (ORACLE, DepthModelError, OracleDepthError, Preprocessing, is_oracle,
                         load_depth_model, restore_size)
 from daat.errors import DaatError
@@ -369,3 +370,21 @@ def test_compiled_model_matches_eager(model_dirs, models):
     compiled = load_depth_model(str(model_dirs["dpt"]), "cpu", compile=True)
     images = smooth_images(2, 48, 80, seed=8)
     torch.testing.assert_close(compiled(images), models["dpt"](images), rtol=1e-3, atol=1e-3)
+
+
+def test_large_batches_run_in_chunks_below_the_32_bit_index_limit(models, monkeypatch):
+    """An H200 refused DPT-Hybrid at batch 128 x 384 px (channels_last upsample output of 2.4e9
+    elements > INT_MAX): the network now runs in chunks of ``max_batch`` images, same result."""
+    assert depth_mod.DepthModel.max_batch(384, 384) == 56  # 56 * 256 * 384**2 < 2**31 <= 57 * ...
+    assert depth_mod.DepthModel.max_batch(16384, 16384) == 1
+    model = models["dpt"]
+    images = smooth_images(5, 48, 80, seed=2)
+    whole = model(images)
+    calls = []
+    real = model._net
+    monkeypatch.setattr(model, "_net", lambda **kw: calls.append(kw["pixel_values"].shape[0])
+                        or real(**kw))
+    monkeypatch.setattr(depth_mod, "_MAX_ELEMENTS", 2 * 256 * 64 * 64)  # 2 images per call
+    chunked = model(images)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)

@@ -33,7 +33,9 @@ def sets(*assignments: str) -> list[str]:
 def single_error_line(result) -> str:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    # the line may follow a progress bar's last redraw ('...\r'): the error is what follows it
+    lines = [line[line.index("error: "):] for line in result.stderr.splitlines()
+             if "error: " in line]
     assert len(lines) == 1, result.stderr[-2000:]
     return lines[0]
 

@@ -272,7 +272,8 @@ RESUME_EVAL = ["data.num_workers=0", "device=cpu", "eval.chunk_size=5", "eval.ba
                "eval.figure_eps=[4/255]"]
 
 
-def test_killed_evaluation_recomputes_only_unfinished_chunks(memorised, tmp_path, monkeypatch):
+def test_killed_evaluation_recomputes_only_unfinished_chunks(memorised, tmp_path, monkeypatch,
+                                                             capsys):
     run_dir, _, _ = memorised
     real = attacks_eval.autoattack_eval
     calls = {"n": 0}
@@ -296,8 +297,11 @@ def test_killed_evaluation_recomputes_only_unfinished_chunks(memorised, tmp_path
     assert not open_artifact(eval_dir).complete
 
     monkeypatch.setattr(attacks_eval, "autoattack_eval", real)
+    capsys.readouterr()
     art = evaluate.run(str(run_dir), None, [], RESUME_EVAL, str(tmp_path))
     assert art.path == eval_dir and art.complete
+    assert (f"[evaluate] resuming from {eval_dir} ({sum(before.values())} of "
+            f"{sum(total.values())} chunk-tasks already done)" in capsys.readouterr().err)
     resume = summary_of(art)["resume"]
     assert resume["chunks_computed"] == {t: total[t] - before[t] for t in total}
     assert resume["chunks_computed"]["autoattack_eps16"] == 2
@@ -309,8 +313,24 @@ def test_killed_evaluation_recomputes_only_unfinished_chunks(memorised, tmp_path
         assert (art.path / rel).is_file() and rel in art.manifest["files"]
     assert verify(art.path) == []
     # a complete evaluation is reused as is
+    capsys.readouterr()
     again = evaluate.run(str(run_dir), None, [], RESUME_EVAL, str(tmp_path))
     assert again.path == art.path and summary_of(again) == summary_of(art)
+    assert f"[evaluate] reusing {art.path} (finished 20" in capsys.readouterr().err
+
+
+def test_a_progress_bar_per_attack_on_stderr_unless_tqdm_disable(memorised, tmp_path,
+                                                                 monkeypatch, capsys):
+    run_dir, _, _ = memorised
+    evaluate.run(str(run_dir), None, [], FAST_EVAL + ["eval.chunk_size=10"], str(tmp_path / "a"))
+    err = capsys.readouterr().err
+    for title in ("clean", "PGD-10 ε=4/255", "PGD-3 ε=4/255"):  # FAST_EVAL: PGD-100 is PGD-3
+        bar = [line for line in err.replace("\r", "\n").splitlines() if line.startswith(title)]
+        assert bar and "20/20" in bar[-1] and "img" in bar[-1], (title, err[-2000:])
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    evaluate.run(str(run_dir), None, [], FAST_EVAL + ["eval.chunk_size=10"], str(tmp_path / "b"))
+    err = capsys.readouterr().err
+    assert "20/20" not in err and "PGD-10 ε=4/255" not in err
 
 
 # -- gradient masking is flagged -------------------------------------------------------------
@@ -354,15 +374,17 @@ def test_figures_with_a_depth_model(memorised, tiny_dpt_dir, tmp_path):
         "eval.chunk_size=20", "eval.n_figures=3", "eval.figure_eps=[2/255,8/255]",
         f"eval.depth_model={tiny_dpt_dir}"], str(tmp_path))
     files = summary_of(art)["figures"]
-    assert files == ["figures/attention_eps2.png", "figures/attention_eps8.png",
-                     "figures/depth_eps2.png", "figures/depth_eps8.png"]
+    stems = ["figures/attention_eps2", "figures/attention_eps8", "figures/depth_eps2",
+             "figures/depth_eps8"]
+    assert files == [f"{s}.{ext}" for s in stems for ext in ("png", "pdf")]
     from PIL import Image
-    for rel in files:
+    for rel in (f for f in files if f.endswith(".png")):
         with Image.open(art.path / rel) as im:
             assert im.size[0] > 300 and im.size[1] > 200
     assert verify(art.path) == []
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_evaluation_on_cuda(memorised, tmp_path):
     run_dir, model, _ = memorised

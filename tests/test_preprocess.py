@@ -97,12 +97,13 @@ def test_saliency_costs_at_most_half_the_image_bytes(tiny_shards):
     assert sizes["sal.png"] <= 0.5 * sizes["jpg"], sizes
 
 
-def test_rerun_reuses_quickly_and_rewrites_nothing(tiny_shards, tiny_card):
+def test_rerun_reuses_quickly_and_rewrites_nothing(tiny_shards, tiny_card, capsys):
     before = {p: p.stat().st_mtime_ns for p in tiny_shards.path.rglob("*")}
     start = time.perf_counter()
     again = preprocess.run(tiny_config(tiny_card), str(tiny_shards.path.parent))
     assert time.perf_counter() - start < 5
     assert again.path == tiny_shards.path
+    assert f"[preprocess] reusing {tiny_shards.path} (finished 20" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in tiny_shards.path.rglob("*")} == before
 
 
@@ -164,7 +165,7 @@ def test_other_settings_make_other_artifacts(tiny_shards, tiny_card):
 
 
 def test_an_error_mid_run_leaves_finished_shards_only_and_the_rerun_completes(
-        tiny_card, tmp_path, monkeypatch):
+        tiny_card, tmp_path, monkeypatch, capsys):
     cfg = tiny_config(tiny_card, "data.num_workers=1", "depth.batch_size=10")
     real, calls = preprocess._DepthBatches._with_saliency, []
 
@@ -184,8 +185,11 @@ def test_an_error_mid_run_leaves_finished_shards_only_and_the_rerun_completes(
                                                                     "train-00001.json"]
     assert not list(art_dir.rglob("*.tmp"))
     monkeypatch.setattr(preprocess._DepthBatches, "_with_saliency", real)
+    capsys.readouterr()
     art = fmt.open_shards(preprocess.run(cfg, str(tmp_path / "out")).path)
     assert art.path == art_dir and art.split_size("train") == 30
+    assert (f"[preprocess] resuming from {art_dir} (train: 2 of 4 shards already written)"
+            in capsys.readouterr().err)
     assert artifacts.verify(art_dir) == []
 
 
@@ -239,6 +243,7 @@ def test_oracle_depth_follows_the_image_resize_and_crop():
     assert np.abs(depth - image).max() < 0.75
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_preprocess_with_a_depth_network(tiny_dpt_dir, mini_card, tmp_path):
     cpu = preprocess.run(tiny_config(mini_card, depth=str(tiny_dpt_dir)), str(tmp_path / "c"))

@@ -110,6 +110,7 @@ def handmade(root: Path, card: str, preset: list[str], seed: int, acc: dict) -> 
     ev = create_or_open(root, "eval", {"r": run.id}, config=cfg, lineage=[run.id, "shards-x"])
     ev.write_json("summary.json", {
         "accuracy": {**acc, "pgd-100": {"4/255": acc["pgd-10"]}}, "lam": cfg["loss"]["lam"],
+        "table_attack": "pgd-10",
         "counts": {"val": 5000, "evaluated": 5000, "autoattack": 1000},
         "sanity": {"flags": [], "checks": [{"name": "zero_input_gradients", "passed": True}]},
         "attention": None, "figures": []})
@@ -139,3 +140,9 @@ def test_method_is_read_from_what_the_config_does():
     assert report.method(load("pgd-at")) == "pgd-at"
     assert report.method(load("daat-no-align")) == "daat-no-align"
     assert report.method(load("daat", "synthetic")) == "daat"
+
+
+def test_summaries_written_before_radii_were_fractions_still_read():
+    from daat.eval.report_figures import radius_of_key
+    assert radius_of_key("4/255", {"table_attack": "pgd-10"}) == pytest.approx(4 / 255)
+    assert radius_of_key("4", {"accuracy": {}}) == pytest.approx(4 / 255)  # 1/255 units then

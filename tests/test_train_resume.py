@@ -190,7 +190,8 @@ def test_run_standard_teacher_is_trained_once_and_reused(shards, tmp_path):
 # -- resume ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("crash_at, workers", [("epoch-0001.pt", 0), ("step-00000003.pt", 0),
                                                ("step-00000003.pt", 2)])
-def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path, monkeypatch, crash_at, workers):
+def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path, monkeypatch, crash_at, workers,
+                                                 capsys):
     """Crash right after a checkpoint (epoch boundary, or mid-epoch after batch 3 of 4), rerun:
     only the remaining steps run, and the final weights equal the uninterrupted run's within
     1e-5, with the same step count and metrics (data loader workers too)."""
@@ -208,8 +209,11 @@ def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path, monkeypatch, 
     real_step = loop.train_step
     monkeypatch.setattr(loop, "train_step", lambda st, b, sched: steps_run.append(sched.step)
                         or real_step(st, b, sched))
+    capsys.readouterr()
     resumed = train(shards, tmp_path / "split", *presets, overrides=overrides)
     assert steps_run == list(range(done_before, 8))  # continued, did not start over
+    assert (f"[train] resuming from {run_dir / 'checkpoints' / crash_at} (step {done_before} of 8"
+            in capsys.readouterr().err)
     assert resumed.path.name == whole.path.name and resumed.complete
     assert resumed.manifest["extra"]["steps"] == whole.manifest["extra"]["steps"] == 8
     a, b = final_weights(whole.path), final_weights(resumed.path)
@@ -218,6 +222,9 @@ def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path, monkeypatch, 
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("img_per_s", "wall_s")}
                           for r in rows]
     assert strip(metrics(resumed.path)) == strip(metrics(whole.path))
+    again = train(shards, tmp_path / "split", *presets, overrides=overrides)
+    assert again.path == resumed.path
+    assert f"[train] reusing {resumed.path} (finished 20" in capsys.readouterr().err
 
 
 def test_a_crash_before_the_first_latest_starts_over_without_duplicate_metrics(

@@ -23,26 +23,29 @@ from tqdm import tqdm
 
 from daat import config as config_mod
 from daat import dist
+from daat.artifact_admin import resume_line, reuse_line
 from daat.artifacts import Artifact, atomic_write_text, create_or_open
 from daat.config import Config
 from daat.errors import ShardFormatError, TrainingError
 from daat.pipeline.loaders import batches_per_epoch, eval_pipeline, train_pipeline
 from daat.pipeline.shards import ShardArtifact, open_shards
 from daat.train import checkpoint as ckpt
+from daat.train import loggers
 from daat.train import teacher as teacher_mod
 from daat.train.online_depth import DepthTarget, check_policy, resolve_model
 from daat.train.schedules import gamma_at, lr_at, s_at
 from daat.train.step import NonFiniteGuard, StepSchedule, TrainForward, TrainState
 from daat.train.step import build_optimizer, train_step, val_sums
 
-METRICS = "metrics.jsonl"
+METRICS = loggers.METRICS
 CONFIG_FILE = "config.yaml"
 LOSS_KEYS = ("loss", "ce", "align", "feat", "zero_grad")
 # Keys that change how a run executes or reports, not what it learns: left out of its content key
 # (the data section is represented by the shard artifact id in the lineage).
 OPERATIONAL = {"": ["preset", "device", "data", "eval"],
                "train": ["log_every_steps", "ckpt_every_steps", "keep_step_checkpoints",
-                         "keep_epoch_checkpoints", "compile"],
+                         "keep_epoch_checkpoints", "compile", "loggers", "tracker_project",
+                         "mlflow_uri", "wandb_mode"],
                "depth": ["batch_size", "channels_last", "compile", "allow_other_model"]}
 
 
@@ -52,6 +55,7 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
     joined_here = not torch.distributed.is_initialized()
     info = dist.init(device)
     try:
+        loggers.check(cfg)
         shards = open_checked(cfg, shards_dir)
         cfg = resolve_model(cfg, shards)
         check_policy(cfg)
@@ -60,6 +64,8 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
         if info.is_main:
             config_mod.print_resolved(cfg, art.id)
         if art.complete:
+            if info.is_main:
+                print(f"[train] {reuse_line(art)}", file=sys.stderr, flush=True)
             return art
         teacher = teacher_mod.load(source, cfg, device) if source else None
         if info.is_main:
@@ -67,8 +73,10 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
             art.save()
         loop = _Loop(cfg, art, shards, teacher, device, info)
         loop.restore()
-        loop.train()
-        loop.finish()
+        with loggers.open_loggers(cfg, art.path, art.id, loop.pos.step, info.is_main) as sink:
+            loop.sink = sink
+            loop.train()
+            loop.finish()
         dist.barrier()
         return art
     finally:
@@ -118,6 +126,7 @@ class _Loop:
         self.guard = NonFiniteGuard(device, self.steps_per_epoch)
         self.session_start = time.perf_counter()
         self.last_val: dict = {}
+        self.sink: loggers.Loggers = loggers.Loggers([])  # replaced by run() for the session
 
     def restore(self) -> None:
         """Continue from ``checkpoints/latest`` if there is one."""
@@ -140,8 +149,9 @@ class _Loop:
         self.last_val = dict(state["last_val"])
         if self.info.is_main:
             _truncate_metrics(self.art.path / METRICS, self.pos.step)
-            tqdm.write(f"resuming {self.art.id} from {path.name} (step {self.pos.step})",
-                       file=sys.stderr)
+            tqdm.write("[train] " + resume_line(path, f"step {self.pos.step} of {self.total_steps}"
+                                                      f", epoch {self.pos.epoch + 1} of "
+                                                      f"{self.cfg.train.epochs}"), file=sys.stderr)
 
     def _check_resumable(self, state: dict, path: Path) -> None:
         if state["shards_id"] != self.shards.id:
@@ -197,7 +207,7 @@ class _Loop:
             rank=self.info.rank, world_size=self.info.world_size, seed=cfg.seed, epoch=epoch,
             num_workers=cfg.data.num_workers, rrc_scale=tuple(cfg.train.rrc_scale),
             hflip=cfg.train.hflip, skip_batches=self.pos.batch,
-            pin_memory=self.device.type == "cuda")
+            pin_memory=dist.cuda_paths(self.device))
         expected, seen = len(batches), 0
         for batch in batches:
             seen += 1
@@ -269,13 +279,7 @@ class _Loop:
         return self.pos.wall_s + time.perf_counter() - self.session_start
 
     def _append(self, record: dict) -> None:
-        if self.info.is_main:
-            path = self.art.path / METRICS
-            try:
-                with open(path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            except OSError as e:  # a failed write names no file; say which one
-                raise OSError(e.errno, e.strerror, str(path)) from e
+        self.sink.log(record)  # metrics.jsonl and the trackers; no-op off rank 0
 
     def _save(self, name: str, epoch_end: bool) -> None:
         self.guard.check()

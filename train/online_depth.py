@@ -91,9 +91,8 @@ class DepthTarget:
             if loader is None:
                 from daat.depth import load_depth_model as loader
             d = self.cfg.depth
-            cuda = self.device.type == "cuda"
-            self._model = loader(d.model, self.device, amp=d.amp and cuda,
-                                 channels_last=d.channels_last and cuda, compile=d.compile)
+            self._model = loader(d.model, self.device, amp=d.amp, channels_last=d.channels_last,
+                                 compile=d.compile)
         return self._model
 
     def __call__(self, step: int, epoch: int, x_adv: torch.Tensor,

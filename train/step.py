@@ -20,6 +20,7 @@ from torch import nn
 
 from daat.attacks import pgd
 from daat.config import Config
+from daat.dist import cuda_paths
 from daat.errors import TrainingError
 from daat.train.losses import align_loss, cosine_distance, feat_loss
 from daat.train.online_depth import DepthTarget
@@ -77,10 +78,15 @@ class StepSchedule:
     s: float = 1.0  # s(t)
 
 
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the CUDA paths apply (``dist.cuda_paths``) and ``enabled``; else None (fp32)."""
+    return torch.bfloat16 if enabled and cuda_paths(device) else None
+
+
 def amp_context(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA (fp32 master weights); nothing on CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if amp_dtype(device, enabled) is not None:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -89,13 +95,13 @@ def adversarial(state: TrainState, x: torch.Tensor, y: torch.Tensor):
     a = state.cfg.attack
     if a.steps == 0:
         return x, torch.zeros((), device=x.device)
-    amp_dtype = torch.bfloat16 if a.amp and state.device.type == "cuda" else None
     was_training = state.model.training
     state.model.eval()  # the attack sees the deterministic model
     try:
         attacked = state.model if state.attack_model is None else state.attack_model
         result = pgd(attacked, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps,
-                     random_start=a.random_start, generator=state.generator, amp_dtype=amp_dtype)
+                     random_start=a.random_start, generator=state.generator,
+                     amp_dtype=amp_dtype(state.device, a.amp))
     finally:
         state.model.train(was_training)
     return result.x_adv.detach(), result.zero_grad.sum().float()
@@ -179,7 +185,7 @@ def build_optimizer(cfg: Config, model: nn.Module,
             (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    fused = True if next(model.parameters()).is_cuda else None
+    fused = True if cuda_paths(next(model.parameters()).device) else None
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=fused)
 
 
@@ -196,7 +202,7 @@ def val_sums(state: TrainState, batches, pgd_steps: int, seed: int) -> torch.Ten
     eps = cfg.attack.eps
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    amp_dtype = torch.bfloat16 if cfg.attack.amp and device.type == "cuda" else None
+    attack_dtype = amp_dtype(device, cfg.attack.amp)
     sums = torch.zeros(len(VAL_FIELDS), dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
@@ -210,7 +216,7 @@ def val_sums(state: TrainState, batches, pgd_steps: int, seed: int) -> torch.Ten
             robust = clean
             if pgd_steps > 0:
                 result = pgd(model, x, y, eps=eps, alpha=2.5 * eps / pgd_steps, steps=pgd_steps,
-                             random_start=True, generator=generator, amp_dtype=amp_dtype,
+                             random_start=True, generator=generator, amp_dtype=attack_dtype,
                              check_final=True)
                 robust = clean & ~result.fooled_any
             sums += torch.stack([torch.tensor(float(len(y)), device=device, dtype=torch.float64),
