@@ -58,4 +58,5 @@ def storage_problem(error: OSError, where: str | None = None) -> str | None:
     if fix is None:
         return None
     path = error.filename or where or "the output directory"
-    return f"cannot write {path}: {error.strerror} ({errno.errorcode[error.errno]}); {fix}"
+    verb = "access" if error.errno in (errno.EACCES, errno.EPERM) else "write"
+    return f"cannot {verb} {path}: {error.strerror} ({errno.errorcode[error.errno]}); {fix}"

@@ -181,3 +181,12 @@ def test_preprocess_and_evaluate_print_their_resolved_config(tiny_card, memorise
                               *sets(*TINY_EVAL)])
     assert ev.exit_code == 0, ev.output
     assert "# resolved config (eval-" in ev.stderr and "  eps: 0.0157 (4/255)\n" in ev.stderr
+
+
+def test_storage_problems_name_path_cause_and_fix():
+    denied = storage_problem(PermissionError(errno.EACCES, "Permission denied", "/data/x.tar"))
+    assert denied == ("cannot access /data/x.tar: Permission denied (EACCES); fix that path's "
+                      "permissions or choose a writable --out")
+    full = storage_problem(OSError(errno.ENOSPC, "No space left on device"), "artifacts")
+    assert full.startswith("cannot write artifacts: No space left on device (ENOSPC); free space")
+    assert storage_problem(FileNotFoundError(errno.ENOENT, "No such file", "/x")) is None
