@@ -180,8 +180,11 @@ def test_train_step_with_pgd_and_online_g_is_eq5(tiny_dpt_dir):
     params = list(ref_model.parameters()) + list(ref_proj.parameters())
     assert torch.nn.utils.clip_grad_norm_(params, 0.05) > 0.05  # the clip acts
     ref_opt.step()
+    # As in the PGD-off test, Adam's first step is lr * g / (|g| + 1e-8): a near-zero gradient
+    # computed in another summation order moves its element by a few 1e-3 of lr (3.2e-6 seen
+    # after other tests ran first); 1e-5 is still 300 times below one step (lr = 3e-3).
     for (name, p), q in zip(ref_model.named_parameters(), state.model.parameters()):
-        torch.testing.assert_close(q, p, rtol=0, atol=3e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 def test_optimizer_groups_skip_decay_on_norms_biases_tokens():
