@@ -8,8 +8,8 @@ Removal contract:
   symlink) is ever removed; any other path is refused, so nothing outside the root goes;
 - an artifact named, directly or through other artifacts, in the lineage of an artifact that
   stays is never removed;
-- a busy artifact (``in_use``: a lock file, or an incomplete one written to recently) is never
-  removed;
+- a busy artifact (``in_use``: another process holds its writer lock; or an incomplete one
+  written to recently) is never removed;
 - planning never deletes anything (the CLI's dry run); ``remove`` first renames the directory to a
   hidden ``.removing-<id>`` and drops its manifest, so an interrupted removal never leaves
   something that looks like an artifact (``gc`` finishes such leftovers).
@@ -29,7 +29,6 @@ from daat.artifacts import MANIFEST, Artifact, ArtifactError, list_artifacts, op
 from daat.errors import DaatError
 
 REMOVING_PREFIX = ".removing-"
-LOCK_SUFFIX = ".lock"  # a file named like this in an artifact's top directory marks it in use
 ACTIVE_S = 30 * 60  # an incomplete artifact written to this recently may still be being made
 _METRICS = "metrics.jsonl"  # the run's per-step / per-epoch log (train/loop.py)
 
@@ -129,12 +128,12 @@ def describe(art: Artifact) -> str:
 
 
 # -- busy ------------------------------------------------------------------------------------
-def in_use(path: str | os.PathLike) -> bool:
-    """True if another process may hold the artifact: a ``*.lock`` file in its top directory.
+def in_use(path: str | os.PathLike) -> str | None:
+    """Who holds the artifact's writer lock (``daat.locks``), or None: the one lock check of rm
+    and gc."""
+    from daat.locks import holder
 
-    A stage's per-artifact lock, once it exists, is this one check: rm and gc ask nothing else
-    about locks."""
-    return any(p.name.endswith(LOCK_SUFFIX) for p in Path(path).iterdir())
+    return holder(path)
 
 
 def _last_write(path: Path) -> float:
@@ -147,8 +146,9 @@ def _last_write(path: Path) -> float:
 
 def busy_reason(art: Artifact) -> str | None:
     """Why ``art`` must not be removed now, or None."""
-    if in_use(art.path):
-        return "in use (it has a lock file)"
+    holder = in_use(art.path)
+    if holder:
+        return f"in use by {holder} (it holds the writer lock)"
     if not art.complete:
         age = time.time() - _last_write(art.path)
         if age < ACTIVE_S:

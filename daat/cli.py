@@ -163,11 +163,14 @@ def train(shards, use_cached_depth, depth_model, out, configs, overrides):
                    "takes --run as its --run-path).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
               help="Checkpoint file inside the run (default: the final/latest one).")
+@click.option("--shards", type=click.Path(exists=True, file_okay=False),
+              help="Evaluate on this shard artifact's val split instead of the run's own "
+                   "(same classes; recorded in the evaluation's manifest).")
 @OUT_OPTION
 @CONFIG_OPTION
 @SET_OPTION
 @_fail_cleanly
-def evaluate(run_dir, checkpoint, out, configs, overrides):
+def evaluate(run_dir, checkpoint, shards, out, configs, overrides):
     """Stage 3: clean, PGD-10, PGD-100 over ε, AutoAttack; attention and Grad-CAM under attack.
 
     \b
@@ -176,11 +179,12 @@ def evaluate(run_dir, checkpoint, out, configs, overrides):
       daat evaluate --run $R --set eval.n_autoattack=5000 --set eval.depth_model=Intel/dpt-hybrid-midas
       torchrun --nproc_per_node 8 -m daat.cli evaluate --run-dir $R
     The run's own config is the base; --config/--set change eval settings on top.
-    The evaluation directory is printed as the last line.
+    The run's own shards are used (refused if they are not the ones it was trained on) unless
+    --shards names others on purpose. The evaluation directory is printed as the last line.
     """
     _writable(out)
     from daat.eval.evaluate import run
-    _print_result(run(run_dir, checkpoint, list(configs), list(overrides), out).path)
+    _print_result(run(run_dir, checkpoint, list(configs), list(overrides), out, shards).path)
 
 
 @main.command()
@@ -358,17 +362,25 @@ def artifacts_show(artifact):
 @artifacts.command("verify")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 def artifacts_verify(artifact):
-    """Re-hash every file; exit 1 naming each file that differs from the manifest.
+    """Check the manifest (its digest, file entries inside the artifact; for shards, that its
+    facts agree) and re-hash every file; exit 1 naming each problem.
 
     \b
     Example:
       daat artifacts verify artifacts/shards-0123456789abcdef
     """
-    from daat.artifacts import ArtifactError, verify
+    from daat.artifacts import ArtifactError, open_artifact, verify
+    from daat.errors import DaatError
     try:
         problems = verify(artifact)
     except ArtifactError as e:
         raise click.ClickException(str(e)) from e
+    if not problems and open_artifact(artifact).kind == "shards":
+        from daat.pipeline.shards import open_shards
+        try:
+            open_shards(artifact)
+        except DaatError as e:
+            problems.append(str(e))
     for line in problems:
         click.echo(f"FAIL {line}", err=True)
     if problems:

@@ -1,7 +1,8 @@
 """The one config system: nested dataclasses, YAML presets, typed ``--set a.b=v`` overrides.
 
-Every stage reads the same ``Config``; each artifact's content key hashes only the sections that
-determine it (see ``determining``), so e.g. changing ``train.epochs`` never invalidates shards.
+Every stage reads the same ``Config``; each artifact's content key hashes only the keys that
+determine it (the tables in ``daat/keys.py``), so e.g. changing ``train.epochs`` never invalidates
+shards.
 
 Each section checks its own fields (``check``): choices are ``Literal`` types the loader enforces,
 every number must be finite, ranges are stated beside the field they bound. ε and α fields are
@@ -287,14 +288,6 @@ class Config:
                 section.check(f.name)
 
 
-# Which sections determine each artifact kind; everything else may change without a new artifact.
-DETERMINING = {
-    "shards": {"data": ["card", "splits", "resize_short", "center_crop", "jpeg_quality",
-                        "shard_size", "max_image_pixels", "min_image_side"],
-               "depth": ["model"]},
-}
-
-
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -564,15 +557,6 @@ def validate(cfg: Config) -> None:
     """Every section's own checks (ranges, cross-field rules); choices, types and finiteness are
     checked while values are read."""
     cfg.check()
-
-
-def determining(cfg: Config, kind: str) -> dict:
-    """The part of the config that determines an artifact of ``kind`` (hashed into its key)."""
-    full = to_dict(cfg)
-    if kind not in DETERMINING:
-        return full
-    return {section: {k: full[section][k] for k in keys}
-            for section, keys in DETERMINING[kind].items()}
 
 
 def dump(cfg: Config) -> str:

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as torch_dist
+
+from daat.errors import DaatError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,31 @@ def all_gather_objects(obj):
     out = [None] * torch_dist.get_world_size()
     torch_dist.all_gather_object(out, obj)
     return out
+
+
+def main_first(fn: Callable[[], T]) -> T | None:
+    """``fn()`` on rank 0 only, then every rank learns how it went: rank 0 gets fn's value, the
+    others None; if fn raised, every rank raises (the others a ``DaatError`` quoting it) instead
+    of waiting at the next collective for a rank that has gone."""
+    if not torch_dist.is_initialized():
+        return fn()
+    value, failure = None, None
+    if torch_dist.get_rank() == 0:
+        try:
+            value = fn()
+        except Exception as e:  # shared with the other ranks below, then re-raised
+            failure = e
+    message = all_gather_objects(None if failure is None else str(failure))[0]
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise DaatError(f"rank 0 failed: {message}")
+    return value
+
+
+def problems_everywhere(local: list[str]) -> list[str]:
+    """Every rank's problem lines, in rank order (each rank checked its own share)."""
+    return [line for part in all_gather_objects(list(local)) for line in part]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,17 @@
 """``daat evaluate``: clean, PGD-10, PGD-100 over ε, AutoAttack, attention under attack, figures.
 
 Flow: the run's saved config is the base (``--config``/``--set`` may change eval.*, device and
-data.num_workers only) → eval artifact (kind "eval", lineage [run id, shard id], content key =
-eval section + run id + checkpoint sha256) → stream the val split in order, cut each sample group
+data.num_workers only) → the checkpoint, checked against the sha256 the run recorded → the shards:
+the run's own (their id and content digest must be the run's lineage, so an edited ``shards_dir``
+is refused) or ``--shards`` given on purpose (same classes; recorded as such) → their val tars
+hashed (the ranks split the work) → eval artifact (kind "eval", lineage [run id, shard id], content
+key = eval section + run id + checkpoint sha256 + shards content digest; its writer lock held by
+rank 0) → stream the val split in order, cut each sample group
 (all / PGD-100 subset / AutoAttack subset) into chunks of ``eval.chunk_size`` samples, and for
-every chunk run each task whose ``done`` flag is still False (see ``results.py``) → rank 0 writes
-``summary.json`` and the figures and marks the artifact complete. A killed evaluation rerun with
-the same command redoes only unfinished chunks.
+every chunk run each task whose ``done`` flag is still False (see ``results.py``) → the val tars
+hashed again (chunks of earlier sessions included, nothing is summarised from shards that
+changed) → rank 0 writes ``summary.json`` and the figures and marks the artifact complete. A
+killed evaluation rerun with the same command redoes only unfinished chunks.
 
 Multi-GPU (torchrun): the (group, chunk) units of results.py are dealt round-robin, unit u to rank
 u % world_size; every rank reads the whole (cheap to decode) val stream but attacks only its own
@@ -25,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from daat import config as config_mod
-from daat import dist
+from daat import dist, keys
 from daat.artifact_admin import resume_line, reuse_line
 from daat.artifacts import Artifact, create_or_open, open_artifact, sha256_file
 from daat.config import Config
@@ -35,7 +40,6 @@ from daat.eval.results import GROUPS, Store, Task
 from daat.eval.style import format_eps
 
 ATTENTION_TOP_FRAC = 0.2  # "top-20 % patches of G" (issue 5)
-_OPERATIONAL_EVAL_KEYS = ("batch_size",)  # change speed, not results
 
 
 @dataclass
@@ -88,20 +92,17 @@ def checkpoint_sha(run_art: Artifact, path: Path) -> str:
     return entry["sha256"] if entry else sha256_file(path)
 
 
-_FREE_KEYS = {"preset", "device", "eval", "data.num_workers"}  # may differ from the run's
-
-
 def _differences(ours: dict, theirs: dict, prefix: str = "") -> list[str]:
-    keys = []
+    changed = []
     for key, value in ours.items():
         path = f"{prefix}{key}"
-        if path in _FREE_KEYS:
+        if path in keys.RULES["eval"].free:
             continue
         if isinstance(value, dict) and isinstance(theirs.get(key), dict):
-            keys += _differences(value, theirs[key], f"{path}.")
+            changed += _differences(value, theirs[key], f"{path}.")
         elif theirs.get(key) != value:
-            keys.append(path)
-    return keys
+            changed.append(path)
+    return changed
 
 
 def eval_config(run_art: Artifact, configs: list[str], overrides: list[str]) -> Config:
@@ -122,21 +123,43 @@ def eval_config(run_art: Artifact, configs: list[str], overrides: list[str]) -> 
     return cfg
 
 
-def determining(cfg: Config, run_id: str, ckpt_sha: str) -> dict:
-    ev = {k: v for k, v in config_mod.to_dict(cfg.eval).items() if k not in _OPERATIONAL_EVAL_KEYS}
-    return {"eval": ev, "run": run_id, "checkpoint_sha256": ckpt_sha}
+def determining(cfg: Config, run_id: str, ckpt_sha: str, shard_art) -> dict:
+    return {**keys.determining("eval", cfg), "run": run_id, "checkpoint_sha256": ckpt_sha,
+            "shards_content": shard_art.content_digest}
 
 
-def open_eval_artifact(out: str, cfg: Config, run_art: Artifact, shard_id: str, ckpt_sha: str,
+def eval_shards(run_art: Artifact, shards_dir: Path, given: str | None, num_classes: int):
+    """(shard artifact, facts to record): the shards the run was trained on, found at its
+    recorded ``shards_dir`` or at ``given``, and only if their id and content digest are the ones
+    in the run's lineage; or, ``given`` on purpose, other shards with the same classes."""
+    from daat.pipeline.shards import open_shards
+
+    lineage_id, content = run_art.manifest["lineage"][0], run_art.extra.get("shards_content")
+    shard_art = open_shards(given or shards_dir)
+    ours = shard_art.id == lineage_id and shard_art.content_digest == content
+    if not ours and given is None:
+        raise DaatError(
+            f"{shards_dir} holds {shard_art.id} (content {shard_art.content_digest[:12]}), but "
+            f"{run_art.id} was trained on {lineage_id} (content {str(content)[:12]}); its manifest "
+            f"points at other shards. Pass --shards DIR to evaluate on other shards on purpose")
+    classes = run_art.extra.get("classes")
+    if not ours and (shard_art.num_classes != num_classes or shard_art.classes != classes):
+        raise DaatError(f"--shards {given}: classes {shard_art.classes}, but the model was "
+                        f"trained on {num_classes} classes {classes}; evaluation needs the same "
+                        f"classes in the same order")
+    return shard_art, {"id": shard_art.id, "path": str(shard_art.path.resolve()),
+                       "content_digest": shard_art.content_digest,
+                       "source": "run lineage" if ours else "--shards (not the run's own)"}
+
+
+def open_eval_artifact(out: str, cfg: Config, run_art: Artifact, shard_art, ckpt_sha: str,
                        info: dist.DistInfo) -> Artifact:
-    args = (out, "eval", determining(cfg, run_art.id, ckpt_sha))
-    kwargs = {"config": config_mod.to_dict(cfg), "lineage": [run_art.id, shard_id]}
-    if info.is_main:
-        art = create_or_open(*args, **kwargs)
-    dist.barrier()
-    if not info.is_main:
-        art = create_or_open(*args, **kwargs)
-    return art
+    """Rank 0 creates, resumes or reuses the evaluation (holding its writer lock); the others
+    open the same one."""
+    args = (out, "eval", determining(cfg, run_art.id, ckpt_sha, shard_art))
+    kwargs = {"config": config_mod.to_dict(cfg), "lineage": [run_art.id, shard_art.id]}
+    art = dist.main_first(lambda: create_or_open(*args, **kwargs))  # returns once rank 0 has
+    return art or create_or_open(*args, **kwargs, lock=False)
 
 
 # -- streaming the val split into chunks -------------------------------------------------------
@@ -285,9 +308,9 @@ class ChunkRunner:
 
 # -- the stage -------------------------------------------------------------------------------
 def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: list[str],
-        out: str) -> Artifact:
-    from daat.pipeline.loaders import eval_pipeline
-    from daat.pipeline.shards import open_shards
+        out: str, shards: str | None = None) -> Artifact:
+    """Evaluate a run's checkpoint on its own shards' val split (or ``shards``, on purpose)."""
+    from daat.pipeline.loaders import eval_pipeline, require_intact
     from daat.train.checkpoint import load_model_for_eval
 
     run_art = open_artifact(run_dir, kind="run")
@@ -296,28 +319,35 @@ def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: lis
     device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
     info = dist.init(device)
+    art = None
     try:
         model, _run_cfg, shards_dir = load_model_for_eval(run_art.path, ckpt_path, device)
-        shard_art = open_shards(shards_dir)
+        shard_art, shard_facts = eval_shards(run_art, shards_dir, shards, model.vit.num_classes)
         sha = checkpoint_sha(run_art, ckpt_path)
-        art = open_eval_artifact(out, cfg, run_art, shard_art.id, sha, info)
+        art = open_eval_artifact(out, cfg, run_art, shard_art, sha, info)
         if info.is_main:
             config_mod.print_resolved(cfg, art.id)
         if art.complete:
             if info.is_main:
                 log(reuse_line(art))
             return art
+        files = shard_art.guard(["val"])
+        require_intact(shard_art, files.verify(info.rank, info.world_size), "before evaluating")
         _evaluate(art, model, cfg, shard_art, eval_pipeline, info, device,
                   {"run": run_art.id, "checkpoint": str(ckpt_path), "checkpoint_sha256": sha,
-                   "grid": list(model.grid)})
+                   "shards": shard_facts, "grid": list(model.grid)},
+                  lambda: require_intact(shard_art, files.verify(info.rank, info.world_size),
+                                         "before writing summary.json"))
         return art
     finally:
+        if art is not None:
+            art.unlock()
         if not was_initialised:
             dist.cleanup()
 
 
 def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info, device,
-              facts: dict) -> None:
+              facts: dict, check_shards) -> None:
     from daat.eval import figures as figures_mod
 
     ev = cfg.eval
@@ -367,6 +397,7 @@ def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info,
             f"{k} {v:.0f}" for k, v in runner.seconds.items() if v))
     counts = dist.all_gather_objects({"computed": runner.computed, "reused": reused,
                                       "seconds": runner.seconds})
+    check_shards()  # every rank, its share of the val tars: before anything is summarised
     dist.barrier()
     if info.is_main:
         _finish(art, model, cfg, shard_art, store, figure_samples, counts, facts, device)

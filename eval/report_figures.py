@@ -17,6 +17,7 @@ import json
 import textwrap
 from pathlib import Path
 
+from daat import keys
 from daat.config import fraction_value
 from daat.eval import style
 
@@ -36,13 +37,6 @@ COLORS = style.METHOD_COLORS
 _KEYS = {"clean": "val_clean_acc", "pgd": "val_pgd_acc"}  # train/loop.py's epoch records
 _PANEL = (4.2, 3.2)  # inches per axes
 _ID_CHARS = 12  # 'run-01234567': enough of an artifact id to tell two runs apart
-# Config keys that do not change what a run learns (or label it): ignored when grouping for 3d.
-_IGNORED = {"": ("preset", "device", "eval"),
-            "data": ("num_workers",),
-            "train": ("log_every_steps", "ckpt_every_steps", "keep_step_checkpoints",
-                      "keep_epoch_checkpoints", "compile"),
-            "depth": ("batch_size", "channels_last", "compile"),
-            "loss": ("lam",)}
 
 
 def lam(cfg: dict) -> float:
@@ -201,12 +195,11 @@ def _vs_eps(rows, out: Path) -> str | None:
 
 
 def lam_group_key(cfg: dict) -> str:
-    reduced = json.loads(json.dumps(cfg))
-    for section, keys in _IGNORED.items():
-        target = reduced if section == "" else reduced.get(section, {})
-        for k in keys:
-            target.pop(k, None)
-    return json.dumps(reduced, sort_keys=True)
+    """Equal for runs that would be one run (same shards key, same run key) but for loss.lam."""
+    any_lam = json.loads(json.dumps(cfg))
+    any_lam["loss"]["lam"] = 1.0  # nonzero, so the settings λ = 0 switches off stay in the key
+    return json.dumps({"shards": keys.determining("shards", cfg),
+                       "run": keys.determining("run", any_lam)}, sort_keys=True)
 
 
 def lam_groups(rows) -> list[list]:

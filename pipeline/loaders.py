@@ -1,7 +1,9 @@
 """Batch readers over shard artifacts: the training stream (resampled, joint random resized crop
 + flip of image and saliency, G pooled on the patch grid) and the evaluation stream (ordered,
 complete, centre view). Samples come from ``pipeline/shards.py``, the one module that knows the
-format; everything here is augmentation, batching and the order samples are read in.
+format; everything here is augmentation, batching and the order samples are read in. The readers
+do not hash what they read: the stages verify the tars before and after (``require_intact``; the
+loader benchmark measured hashing while streaming as well, see benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -19,6 +21,18 @@ from daat.pipeline.shards import (Sample, decode, decode_members, dequantise_sal
 
 if TYPE_CHECKING:
     import torch
+
+
+def require_intact(shard_art, problems: list[str], when: str) -> None:
+    """Raise on every rank if any rank's ``FileGuard`` check of ``shard_art`` found a problem
+    (each rank checked its own share of the tars), naming the first bad file."""
+    from daat import dist
+    problems = dist.problems_everywhere(problems)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ShardFormatError(f"{shard_art.path}/{problems[0]}{more}, found {when}: the shards "
+                               f"no longer hold what preprocessing wrote; restore them from a "
+                               f"good copy or preprocess again")
 
 
 def batches_per_epoch(samples_per_epoch: int, batch_size: int, world_size: int) -> int:

@@ -6,7 +6,9 @@ stored images through the frozen depth model; a writer process (``pipeline/sink.
 Sobel magnitude at the stored resolution (on a GPU the main process does that next to the model),
 encodes the saliency PNGs and appends to the shards. Shards are the unit of resume: one that has
 its tar and a matching sidecar is kept, any other is redone. Under torchrun, shard i of a split
-belongs to rank i % world; rank 0 alone writes the manifest after every rank is done.
+belongs to rank i % world; rank 0 alone writes the manifest after every rank is done. The
+artifact's writer lock (``daat/locks.py``, held by rank 0) keeps a second preprocess of the same
+artifact out: it fails at once naming the holder instead of deleting the first one's temp files.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from daat import artifacts
 from daat import config as config_mod
-from daat import depth_ref
+from daat import depth_ref, keys
 from daat.artifact_admin import resume_line, reuse_line
 from daat.depth_ref import ORACLE, is_oracle
 from daat.errors import DataError
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
 # torch (and daat.dist, daat.depth) are imported only once there is work to do: a rerun that
 # finds its artifact complete answers from the manifest without paying torch's import.
 
-_CARD_PROSE = ("description", "licence", "class_names")  # edits to these keep the shards
 _CHUNK = 32  # inputs per DataLoader item: one message and one shared-memory buffer per chunk
 
 
@@ -79,23 +80,28 @@ def run(cfg: config_mod.Config, out: str) -> artifacts.Artifact:
     for split in cfg.data.splits:
         fmt.check_split(split)
     determining = _determining(cfg, card, oracle)
+    art = None  # single process: opened (and locked) before torch is imported
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         art = artifacts.create_or_open(out, "shards", determining,
                                        config=config_mod.to_dict(cfg))
         if art.complete:
             _say(reuse_line(art))
             return art
-    import torch
-
-    from daat import dist
-    device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    joined_here = not torch.distributed.is_initialized()
-    info = dist.init(device)
     try:
-        return _run(cfg, out, card, determining, oracle, device, info)
+        import torch
+
+        from daat import dist
+        device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        joined_here = not torch.distributed.is_initialized()
+        info = dist.init(device)
+        try:
+            return _run(cfg, out, card, determining, oracle, device, info, art)
+        finally:
+            if joined_here and info.enabled:
+                dist.cleanup()
     finally:
-        if joined_here and info.enabled:
-            dist.cleanup()
+        if art is not None:
+            art.unlock()
 
 
 def _with_depth_model(cfg: config_mod.Config, card) -> config_mod.Config:
@@ -112,27 +118,30 @@ def _with_depth_model(cfg: config_mod.Config, card) -> config_mod.Config:
 
 
 def _run(cfg, out: str, card, determining: dict, oracle: bool, device: torch.device,
-         info: DistInfo) -> artifacts.Artifact:
+         info: DistInfo, art: artifacts.Artifact | None) -> artifacts.Artifact:
     from daat import dist
-    art = _open(cfg, out, determining, info)
-    if art.complete:
+    art = art or _open(cfg, out, determining, info)
+    try:
+        if art.complete:
+            if info.is_main:
+                _say(reuse_line(art))
+            return art
+        items = {split: card.items(split) for split in cfg.data.splits}
+        model = None if oracle else _LazyDepthModel(cfg.depth, device)
+        settings = _Settings(cfg.data.resize_short, cfg.data.center_crop, cfg.data.jpeg_quality,
+                             cfg.data.max_image_pixels, cfg.data.min_image_side,
+                             _render_size(card), oracle)
+        with ShardSink(art.path, _writer_processes(device)) as sink:
+            for split, split_items in items.items():
+                _process_split(cfg, art, split, split_items, settings, model, info, device, sink)
+            sink.finish()
+        dist.barrier()
         if info.is_main:
-            _say(reuse_line(art))
-        return art
-    items = {split: card.items(split) for split in cfg.data.splits}
-    model = None if oracle else _LazyDepthModel(cfg.depth, device)
-    settings = _Settings(cfg.data.resize_short, cfg.data.center_crop, cfg.data.jpeg_quality,
-                         cfg.data.max_image_pixels, cfg.data.min_image_side,
-                         _render_size(card), oracle)
-    with ShardSink(art.path, _writer_processes(device)) as sink:
-        for split, split_items in items.items():
-            _process_split(cfg, art, split, split_items, settings, model, info, device, sink)
-        sink.finish()
-    dist.barrier()
-    if info.is_main:
-        _finalise(cfg, art, card, items, ORACLE if oracle else model.model_id)
-    dist.barrier()
-    return artifacts.open_artifact(art.path, kind="shards", require_complete=True)
+            _finalise(cfg, art, card, items, ORACLE if oracle else model.model_id)
+        dist.barrier()
+        return artifacts.open_artifact(art.path, kind="shards", require_complete=True)
+    finally:
+        art.unlock()
 
 
 def _writer_processes(device: torch.device) -> int:
@@ -180,8 +189,9 @@ def _render_size(card) -> int | None:
 def _determining(cfg, card, oracle: bool) -> dict:
     """Everything the shards depend on: the data/depth config, the resolved card, the depth
     model's identity, the inputs' fingerprints, and the format/encoding versions."""
-    card_facts = {k: v for k, v in card.to_dict().items() if k not in _CARD_PROSE}
-    return {**config_mod.determining(cfg, "shards"), "card": card_facts,
+    ignore = keys.RULES["shards"].card_ignore
+    card_facts = {k: v for k, v in card.to_dict().items() if k not in ignore}
+    return {**keys.determining("shards", cfg), "card": card_facts,
             "depth_identity": ORACLE if oracle else depth_ref.identity(cfg.depth.model),
             "inputs": {s: card.input_fingerprint(s) for s in cfg.data.splits},
             "format": fmt.FORMAT_VERSION, "saliency": fmt.SAL_ENCODING,
@@ -189,11 +199,11 @@ def _determining(cfg, card, oracle: bool) -> dict:
 
 
 def _open(cfg, out: str, determining: dict, info: DistInfo) -> artifacts.Artifact:
-    """Rank 0 creates (or finds) the artifact; the others open it once it exists."""
+    """Rank 0 creates (or finds) the artifact and holds its writer lock; the others open it once
+    it exists (every rank raises if rank 0 could not, e.g. another job holds the lock)."""
     from daat import dist
-    art = None
-    if info.is_main:
-        art = artifacts.create_or_open(out, "shards", determining, config=config_mod.to_dict(cfg))
+    art = dist.main_first(lambda: artifacts.create_or_open(out, "shards", determining,
+                                                           config=config_mod.to_dict(cfg)))
     path = dist.all_gather_objects(str(art.path) if art is not None else None)[0]
     return art if art is not None else artifacts.open_artifact(path, kind="shards")
 

@@ -15,8 +15,7 @@ stable across runs and ranks):
 
 Nothing here unpickles: members are decoded by PIL, ``int`` and ``json.loads``; any other member
 raises ``ShardFormatError``. ``iter_raw`` / ``decode`` read samples; ``open_shards`` checks an
-artifact and answers questions about it. The batch readers built on them (training and evaluation)
-are in ``pipeline/loaders.py``.
+artifact and answers questions about it; the batch readers on top are in ``pipeline/loaders.py``.
 """
 from __future__ import annotations
 
@@ -32,8 +31,8 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 from PIL import Image
 
-from daat.artifacts import Artifact, ArtifactError, atomic_path, atomic_write_json, open_artifact
-from daat.artifacts import sha256_file
+from daat.artifacts import (Artifact, FileGuard, atomic_path, atomic_write_json, open_artifact,
+                            sha256_file)
 from daat.errors import ShardFormatError
 
 if TYPE_CHECKING:
@@ -138,10 +137,8 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 class ShardWriter:
     """Writes one shard to a temp file; ``close`` renames it into place, then the sidecar.
-
     ``planned`` is every (key, relpath) the shard should account for; each must be either added
-    or skipped before ``close``, so a finished shard never silently loses an input.
-    """
+    or skipped before ``close``, so a finished shard never silently loses an input."""
 
     def __init__(self, root: str | os.PathLike, split: str, shard: int,
                  planned: list[tuple[str, str]]):
@@ -256,11 +253,10 @@ _REGULAR = (b"0", b"\0")
 
 
 def _tar_entries(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of each entry of a plain ustar archive (what ``ShardWriter`` writes).
-
-    A small reader instead of ``tarfile``: Python's header parsing is ~4x the cost of the rest
-    of a raw sample read, and a shard needs none of its generality. Anything it does not know
-    (pax/GNU extension headers, links, directories, bad checksums, truncation) is refused."""
+    """(name, data) of each entry of a plain ustar archive (what ``ShardWriter`` writes): a small
+    reader instead of ``tarfile``, whose header parsing is ~4x the cost of the rest of a raw sample
+    read. Anything it does not know (pax/GNU extension headers, links, directories, bad
+    checksums, truncation) is refused."""
     where = str(path)
     with open(path, "rb") as f:
         while True:
@@ -385,6 +381,11 @@ class ShardArtifact(Artifact):
     def split_size(self, split: str) -> int:
         return int(self._split(split)["samples"])
 
+    def guard(self, splits: list[str] | None = None) -> FileGuard:
+        """A ``FileGuard`` over the tars of ``splits`` (default: all), for the stages that read."""
+        return FileGuard(self, [rel for split in (splits or self.splits)
+                                for rel in self._split(split)["shards"]])
+
     def shards(self, split: str) -> list[tuple[Path, int]]:
         """(tar path, samples) in shard order."""
         return [(self.path / rel, self.manifest["files"][rel]["samples"])
@@ -409,7 +410,8 @@ class ShardArtifact(Artifact):
 
 
 def open_shards(path: str | os.PathLike | Artifact) -> ShardArtifact:
-    """Open and check a shard artifact: kind, completeness, format version, file listing."""
+    """Open and check a shard artifact: kind, completeness, format version, that its facts agree
+    (classes, each split's shard list and counts) and every tar's size is the manifest's."""
     if isinstance(path, ShardArtifact):
         return path
     art = open_artifact(path.path if isinstance(path, Artifact) else path, kind="shards",
@@ -423,15 +425,21 @@ def open_shards(path: str | os.PathLike | Artifact) -> ShardArtifact:
                                f"{extra['saliency'].get('encoding')} is not what this daat reads "
                                f"({FORMAT_VERSION} / {SAL_ENCODING})")
     shards = ShardArtifact(art.path, art.manifest)
+    if len(extra["classes"]) != extra["num_classes"]:
+        raise ShardFormatError(f"{art.path}: num_classes is {extra['num_classes']} but "
+                               f"{len(extra['classes'])} classes are named")
     for split, info in extra["splits"].items():
-        counted = 0
-        for rel in info["shards"]:
-            if rel not in art.manifest["files"]:
-                raise ArtifactError(f"{art.path}: {rel} of split {split} is not in the manifest")
-            counted += art.manifest["files"][rel].get("samples", 0)
+        made = [r for r in art.files_matching(f"{split}/") if r.endswith(".tar")]
+        if info["shards"] != [shard_relpath(split, s) for s in range(len(made))]:
+            raise ShardFormatError(f"{art.path}: split {split} lists {len(info['shards'])} "
+                                   f"shards, its manifest records {len(made)} tars")
+        counted = sum(art.manifest["files"][rel].get("samples", 0) for rel in info["shards"])
         if counted != info["samples"]:
             raise ShardFormatError(f"{art.path}: split {split} says {info['samples']} samples, "
                                    f"its shards hold {counted}")
+    problems = shards.guard().sizes()  # a stat per tar: truncation is caught here, not mid-run
+    if problems:
+        raise ShardFormatError(f"{art.path}: {problems[0]}; restore the shard or preprocess again")
     return shards
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,12 +18,16 @@ from daat import config as config_mod
 from daat.artifacts import ArtifactError, create_or_open, list_artifacts
 from daat.cli import main
 
+HOLD_LOCK = ("import sys, time\nfrom daat.locks import WriterLock\n"
+             "WriterLock.acquire(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(600)")
+
 
 def make(root: Path, kind: str, name: str, lineage=(), complete=True, config=None):
     art = create_or_open(root, kind, {"name": name}, config=config or {}, lineage=list(lineage))
     art.write_bytes("payload.bin", name.encode() * 100)
     if complete:
         art.mark_complete()
+    art.unlock()  # the stage that made it has finished (or died)
     return art
 
 
@@ -115,14 +121,19 @@ def test_rm_refuses_paths_that_are_not_artifacts(root, tmp_path):
 
 def test_busy_artifacts_are_never_removed(root):
     root, ids = root
-    (root / ids["r2"] / "writer.lock").write_text("")
-    assert admin.in_use(root / ids["r2"]) and not admin.in_use(root / ids["s2"])
+    held = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root / ids["r2"])],
+                            stdout=subprocess.PIPE, text=True)
+    assert held.stdout.readline().strip() == "locked"  # another process holds r2's writer lock
+    assert "pid" in admin.in_use(root / ids["r2"]) and admin.in_use(root / ids["s2"]) is None
     (root / ids["s2"] / "payload.bin").write_bytes(b"just written")  # a stage is making it
     plan = admin.plan_gc(root)
     assert not plan.remove
     reasons = dict((p.name, why) for p, why in plan.refused)
     assert "lock" in reasons[ids["r2"]] and "written to" in reasons[ids["s2"]]
     assert admin.remove(plan) == [] and len(list_artifacts(root)) == 7
+    held.kill()
+    held.wait()
+    assert admin.in_use(root / ids["r2"]) is None  # a killed holder's lock is gone
 
 
 def test_an_artifact_that_changed_after_planning_is_kept(root):

@@ -95,3 +95,52 @@ def test_atomic_files_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
+
+
+def _as_schema_one(art_dir):
+    """What an older daat wrote: schema 1, no digest."""
+    m = json.loads((art_dir / "manifest.json").read_text())
+    m["schema"] = 1
+    del m["digest"]
+    (art_dir / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_manifest_without_digest_is_refused_until_its_command_upgrades_it(tmp_path):
+    art = _make(tmp_path)
+    art.write_bytes("data/x.bin", b"hello")
+    art.mark_complete()
+    art.unlock()
+    _as_schema_one(art.path)
+    with pytest.raises(A.ArtifactError, match="no digest .*run the command that made it again"):
+        A.open_artifact(art.path)
+    assert any("no digest" in p for p in A.verify(art.path))
+    again = _make(tmp_path)  # the same command: every file re-hashed, then the digest added
+    assert again.path == art.path and again.complete
+    again.unlock()
+    assert A.open_artifact(art.path).manifest["schema"] == A.SCHEMA_VERSION
+    assert A.verify(art.path) == []
+
+
+def test_an_old_manifest_whose_files_changed_is_not_upgraded(tmp_path):
+    art = _make(tmp_path)
+    art.write_bytes("data/x.bin", b"hello")
+    art.mark_complete()
+    art.unlock()
+    _as_schema_one(art.path)
+    (art.path / "data/x.bin").write_bytes(b"HELLO")
+    with pytest.raises(A.ArtifactError, match="older daat and cannot be upgraded: data/x.bin: "
+                                              "sha256"):
+        _make(tmp_path)
+
+
+def test_the_digest_covers_every_field(tmp_path):
+    art = _make(tmp_path)
+    art.save()
+    for field, value in (("lineage", ["other"]), ("status", "complete"), ("key", "0" * 64)):
+        m = json.loads((art.path / "manifest.json").read_text())
+        m[field] = value
+        (art.path / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(A.ArtifactError, match="digest does not match"):
+            A.open_artifact(art.path)
+        art.save()  # the writer's own save re-seals it
+    art.unlock()

@@ -11,6 +11,7 @@ import copy
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -42,7 +43,7 @@ def _benchmarks():
 
 
 _benchmarks()
-from benchmarks import common, preprocess, run_all, train_step  # noqa: E402
+from benchmarks import common, integrity, preprocess, run_all, train_step  # noqa: E402
 
 CLASSES = 5
 ARCH = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
@@ -298,3 +299,30 @@ def test_run_all_tiny_prints_one_json_object_last(capsys, monkeypatch):
     assert 0 <= result["preprocess_g_err_stored_vs_float"] < 1e-2
     assert set(result["goals"]) == {f"{k} {op} {g:g}" for k, op, g in run_all.GOALS}
     assert result["mode"] == "tiny"
+
+
+def test_integrity_benchmark_times_the_committed_reader_against_this_tree(tmp_path, monkeypatch):
+    """Smoke run at tiny sizes, today's reader taken from HEAD: every figure is positive, and the
+    streaming candidate really hashes (a flipped byte makes its reader fail)."""
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=common.REPO,
+                      capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: there is no committed reader to compare with")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    tiny = {k: v for k, v in run_all.TINY["loader"].items() if k != "batches"}
+    result = integrity.measure(tmp_path, "HEAD", rounds=1, batches=2, **tiny)
+    for name in ("baseline", "current", "streaming"):
+        assert result[f"integrity_{name}_img_per_s"] > 0, name
+    assert result["integrity_upfront_seconds"] > 0 and result["integrity_stored_samples"] == 10
+    from daat.errors import ShardFormatError
+    from daat.pipeline.loaders import train_pipeline
+    from daat.pipeline.shards import open_shards
+    (art_dir,) = tmp_path.glob("out/shards-*")
+    art = open_shards(art_dir)
+    tar = art.shards("train")[0][0]
+    data = bytearray(tar.read_bytes())
+    data[700] ^= 1  # inside the first member's data: the tar still parses
+    tar.write_bytes(bytes(data))
+    with integrity.streaming_hash(art), pytest.raises(ShardFormatError, match="sha256"):
+        for _ in train_pipeline(art, image_size=32, grid=4, batch_size=4, samples_per_epoch=40,
+                                rank=0, world_size=1, seed=0, epoch=0, num_workers=0):
+            pass

@@ -104,6 +104,8 @@ def test_load_model_for_eval_rebuilds_the_trained_student(tmp_path):
     state = {"model": model.state_dict(), "config": config_mod.to_dict(cfg), "num_classes": 7,
              "projection": {"proj.weight": torch.ones(2, 2)}}
     ckpt.save(art.path / "checkpoints" / ckpt.step_name(3), state)
+    art.record_file("checkpoints/" + ckpt.step_name(3))
+    art.save()
     ckpt.write_latest(art.path / "checkpoints", ckpt.step_name(3))
 
     loaded, loaded_cfg, shards_dir = ckpt.load_model_for_eval(art.path)  # latest: no final yet
@@ -116,6 +118,8 @@ def test_load_model_for_eval_rebuilds_the_trained_student(tmp_path):
     with torch.no_grad():
         model.vit.head.bias.add_(3.0)
     ckpt.save(art.path / "checkpoints" / ckpt.FINAL, {**state, "model": model.state_dict()})
+    art.record_file("checkpoints/" + ckpt.FINAL)
+    art.save()
     final, _, _ = ckpt.load_model_for_eval(art.path)  # final.pt wins over latest
     torch.testing.assert_close(final(x), model(x))
     explicit, _, _ = ckpt.load_model_for_eval(art.path, art.path / "checkpoints" / "step-00000003.pt")

@@ -46,8 +46,10 @@ def fabricate_run(root: Path, shards, model, cfg, name="r") -> Path:
         "model": model.state_dict(), "config": config_mod.to_dict(cfg),
         "num_classes": shards.num_classes, "step": 0, "epoch": 0})
     art.record_file("checkpoints/final.pt")
-    art.extra["shards_dir"] = str(shards.path)
+    art.extra.update(shards_dir=str(shards.path), shards_content=shards.content_digest,
+                     classes=shards.classes)
     art.mark_complete()
+    art.unlock()
     return art.path
 
 

@@ -15,6 +15,7 @@ import torch
 
 from conftest import TINY_RUN
 from daat import config as config_mod
+from daat import keys
 from daat.config import ConfigError
 from daat.train import checkpoint as ckpt
 from daat.train import loggers, loop
@@ -256,8 +257,8 @@ def test_bad_logger_lists_are_refused_when_the_config_is_read(loggers_value, mes
 
 
 def test_tracker_settings_do_not_change_the_run_key():
-    base = loop.determining(cfg_for())
-    other = loop.determining(cfg_for("train.loggers=[jsonl]", "train.wandb_mode=online",
-                                     "train.mlflow_uri=http://localhost:5000",
-                                     "train.tracker_project=x"))
+    base = keys.determining("run", cfg_for())
+    other = keys.determining("run", cfg_for("train.loggers=[jsonl]", "train.wandb_mode=online",
+                                            "train.mlflow_uri=http://localhost:5000",
+                                            "train.tracker_project=x"))
     assert base == other

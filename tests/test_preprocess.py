@@ -159,9 +159,9 @@ def test_verify_cli_names_a_flipped_byte(tiny_shards, tmp_path):
 def test_other_settings_make_other_artifacts(tiny_shards, tiny_card):
     cfg = tiny_config(tiny_card, "data.jpeg_quality=80")
     key_cfg = tiny_config(tiny_card, "data.num_workers=1", "depth.batch_size=3")
-    from daat.config import determining
-    assert determining(cfg, "shards") != determining(tiny_config(tiny_card), "shards")
-    assert determining(key_cfg, "shards") == determining(tiny_config(tiny_card), "shards")
+    from daat.keys import determining
+    assert determining("shards", cfg) != determining("shards", tiny_config(tiny_card))
+    assert determining("shards", key_cfg) == determining("shards", tiny_config(tiny_card))
 
 
 def test_an_error_mid_run_leaves_finished_shards_only_and_the_rerun_completes(

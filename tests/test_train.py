@@ -16,7 +16,8 @@ from daat import config as config_mod
 from daat.errors import TrainingError
 from daat.models import Outputs
 from daat.train import step as step_mod
-from daat.train.loop import build_state, determining
+from daat.keys import determining as keys_determining
+from daat.train.loop import build_state
 from daat.train.online_depth import DepthTarget, check_policy, wants_online
 from daat.train.step import NonFiniteGuard, StepSchedule, train_step
 from daat.train.teacher import ResolvedTeacher, RunTeacher, standard_config
@@ -289,6 +290,10 @@ def test_standard_config_and_content_key_match_a_standard_preset_run():
     noisy = tiny_cfg("daat", "synthetic", overrides=["train.log_every_steps=3", "device=cpu",
                                                      "data.num_workers=0"])
     assert determining(noisy) == determining(tiny_cfg("daat", "synthetic"))
+
+
+def determining(cfg):
+    return keys_determining("run", cfg)
 
 
 # -- the depth-target policy -----------------------------------------------------------------

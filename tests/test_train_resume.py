@@ -110,7 +110,10 @@ def test_pgd_at_run_fills_metrics_manifest_and_checkpoints(shards, tmp_path, mon
     assert steps[0]["loss"] == pytest.approx(steps[0]["ce"])
     m = art.manifest
     assert m["lineage"] == [shards.id]
-    assert set(m["files"]) == {"checkpoints/final.pt", "config.yaml", "metrics.jsonl"}
+    kept = ["epoch-0001.pt", "epoch-0002.pt", "step-00000003.pt", "step-00000006.pt"]
+    assert set(m["files"]) == {"checkpoints/final.pt", "config.yaml", "metrics.jsonl",
+                               *(f"checkpoints/{name}" for name in kept)}
+    assert m["files"]["checkpoints/step-00000006.pt"]["step"] == 6
     assert m["extra"]["steps"] == 8 and m["extra"]["depth_model"] == "oracle"
     assert m["extra"]["final_metrics"]["val_clean_acc"] == epochs[-1]["val_clean_acc"]
     saved = config_mod.from_dict(yaml.safe_load((art.path / "config.yaml").read_text()))

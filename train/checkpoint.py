@@ -9,6 +9,13 @@ Layout inside a run artifact::
 
 Everything inside is a tensor, a number, a string, a list or a dict, so ``torch.load`` with
 ``weights_only=True`` reads it and nothing in a checkpoint is ever unpickled as code.
+
+Every checkpoint is recorded with its sha256 in the run's manifest before ``latest`` names it,
+and is used only if it still matches: a resumed run starts from the checkpoint ``latest`` names
+if it is intact, else from the newest intact earlier one (with a warning naming the damaged one;
+the replay from there is exact, so the result is the same), else it stops with an error. A
+damaged ``final.pt`` is never reused or evaluated: ``daat train`` rewrites it from the last epoch
+checkpoint, ``daat evaluate`` refuses it.
 """
 from __future__ import annotations
 
@@ -17,13 +24,15 @@ import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from daat.artifacts import ArtifactError, atomic_path, atomic_write_text, open_artifact
+from daat.artifacts import (Artifact, ArtifactError, atomic_path, atomic_write_text,
+                            open_artifact, sha256_file)
 from daat.errors import TrainingError
 
 FORMAT = 1
@@ -68,14 +77,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- files -----------------------------------------------------------------------------------
-def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to a temporary file beside ``path`` and rename it into place."""
+def save(path: str | os.PathLike, state: dict[str, Any]) -> str:
+    """Write ``state`` to a temporary file beside ``path`` and rename it into place; returns the
+    file's sha256."""
     state = {"format": FORMAT, **state}
     with atomic_path(path) as tmp:
         try:
             torch.save(state, tmp)
         except RuntimeError as e:  # torch reports a failed write as a C++ iostream error
             raise _write_failure(Path(path), state, e) from e
+        digest = sha256_file(tmp)
+    return digest
 
 
 def _write_failure(path: Path, state: dict[str, Any], error: RuntimeError) -> Exception:
@@ -133,21 +145,88 @@ def latest(ckpt_dir: str | os.PathLike) -> Path | None:
     return path
 
 
-def prune(ckpt_dir: str | os.PathLike, keep_steps: int, keep_epochs: int) -> list[Path]:
+def prune(ckpt_dir: str | os.PathLike, keep_steps: int, keep_epochs: int,
+          before_delete=None) -> list[Path]:
     """Delete all but the newest ``keep_steps`` step-* and ``keep_epochs`` epoch-* files; the one
-    ``latest`` names is always kept. Returns the deleted paths."""
+    ``latest`` names is always kept. ``before_delete(names)`` runs first (the run forgets them in
+    its manifest, so a manifest never lists a deleted checkpoint). Returns the deleted paths."""
     ckpt_dir = Path(ckpt_dir)
     pointer = ckpt_dir / LATEST
     current = pointer.read_text().strip() if pointer.is_file() else None
-    deleted = []
+    stale = []
     for pattern, keep in ((_STEP_RE, keep_steps), (_EPOCH_RE, keep_epochs)):
         names = sorted(p.name for p in ckpt_dir.iterdir() if pattern.match(p.name))
-        stale = names[:-keep] if keep > 0 else names
-        for name in stale:
-            if name != current:
-                (ckpt_dir / name).unlink()
-                deleted.append(ckpt_dir / name)
-    return deleted
+        stale += [name for name in (names[:-keep] if keep > 0 else names) if name != current]
+    if stale and before_delete is not None:
+        before_delete(stale)
+    for name in stale:
+        (ckpt_dir / name).unlink()
+    return [ckpt_dir / name for name in stale]
+
+
+class RunCheckpoints:
+    """The checkpoints of one run artifact, each recorded with its sha256 (and step) in the run's
+    manifest; only rank 0 saves."""
+
+    def __init__(self, art: Artifact):
+        self.art, self.dir = art, art.path / CKPT_DIR
+
+    def save(self, name: str, state: dict[str, Any], keep_steps: int, keep_epochs: int) -> None:
+        """Write, record (manifest saved), point ``latest`` at it, prune the old ones."""
+        rel = f"{CKPT_DIR}/{name}"
+        self.art.record_file(rel, sha256=save(self.dir / name, state))["step"] = state["step"]
+        self.art.save()
+        write_latest(self.dir, name)
+        prune(self.dir, keep_steps, keep_epochs, before_delete=self._forget)
+
+    def save_final(self, state: dict[str, Any]) -> None:
+        self.art.record_file(f"{CKPT_DIR}/{FINAL}", sha256=save(self.dir / FINAL, state))
+
+    def _forget(self, names: list[str]) -> None:
+        for name in names:
+            self.art.manifest["files"].pop(f"{CKPT_DIR}/{name}", None)
+        self.art.save()
+
+    def final_problem(self) -> str | None:
+        return self.art.check_file(f"{CKPT_DIR}/{FINAL}")
+
+    def resume_from(self) -> Path | None:
+        """The checkpoint ``latest`` names if it matches its recorded sha256, else the newest
+        recorded one that does (warning which were damaged); None if there is no ``latest`` (a
+        run starts over); an error if ``latest`` exists but no checkpoint is intact."""
+        pointer = self.dir / LATEST
+        if not pointer.is_file():
+            return None
+        named = pointer.read_text().strip()
+        steps = {rel[len(CKPT_DIR) + 1:]: entry["step"]
+                 for rel, entry in self.art.manifest["files"].items()
+                 if rel.startswith(f"{CKPT_DIR}/") and "step" in entry}
+        earlier = sorted((n for n in steps if n != named), key=lambda n: -steps[n])
+        damaged = []
+        for name in [named] + earlier:
+            problem = self.art.check_file(f"{CKPT_DIR}/{name}")
+            if problem is None:
+                if damaged:
+                    sys.stderr.write(f"warning: {self.dir}: {'; '.join(damaged)}; resuming from "
+                                     f"{name} instead (the replay from there is exact)\n")
+                return self.dir / name
+            damaged.append(problem)
+        raise TrainingError(f"{self.dir}: no intact checkpoint to resume from ({damaged[0]}); "
+                            f"delete {pointer} to restart the run from scratch")
+
+
+def verify_checkpoint(run_art: Artifact, path: Path) -> None:
+    """A checkpoint inside the run must match the sha256 the run's manifest records for it (one
+    named from elsewhere on purpose is taken as it is; evaluation records its sha256)."""
+    try:
+        rel = path.resolve().relative_to(run_art.path.resolve()).as_posix()
+    except ValueError:
+        return
+    problem = run_art.check_file(rel)
+    if problem is not None:
+        raise TrainingError(f"{run_art.path}: {problem}: the checkpoint is damaged or is not the "
+                            f"one the run wrote (run the same `daat train` again to rewrite a "
+                            f"damaged {FINAL})")
 
 
 # -- evaluation entry point ------------------------------------------------------------------
@@ -166,6 +245,7 @@ def load_model_for_eval(run_dir: str | os.PathLike, checkpoint: str | os.PathLik
     except ArtifactError as e:
         raise TrainingError(str(e)) from e
     path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(art.path)
+    verify_checkpoint(art, path)
     state = load(path)
     cfg = config_mod.from_dict(state["config"])
     model = build_student(cfg.model, int(state["num_classes"]))

@@ -4,8 +4,15 @@
                                             #     checkpoints/{step-*,epoch-*,latest,final.pt}}
 
 Running the same command again resumes from ``checkpoints/latest`` (model, optimiser, step, RNG
-streams, data position) or returns the finished run at once. Only rank 0 writes files; every rank
-reads the same shards and checkpoints (multi-node: ``--out`` on a shared file system).
+streams, data position) or returns the finished run at once. Only rank 0 writes files, holding the
+run's writer lock (a second process on the same run fails at once); every rank reads the same
+shards and checkpoints (multi-node: ``--out`` on a shared file system).
+
+Shard integrity: the run's key includes its shards' content digest; ``open_checked`` refuses tars
+whose sizes differ from the manifest; every session hashes the train and val tars before its first
+step (the ranks split the work), re-checks them (a stat each, a re-hash of any that moved) before
+every checkpoint and hashes them all again before ``final.pt``. A changed byte stops the run
+naming the file, and no checkpoint or final model is written from shards that differ.
 """
 from __future__ import annotations
 
@@ -22,12 +29,12 @@ import torch
 from tqdm import tqdm
 
 from daat import config as config_mod
-from daat import dist
+from daat import dist, keys
 from daat.artifact_admin import resume_line, reuse_line
-from daat.artifacts import Artifact, atomic_write_text, create_or_open
+from daat.artifacts import Artifact, FileGuard, atomic_write_text, create_or_open, open_artifact
 from daat.config import Config
 from daat.errors import ShardFormatError, TrainingError
-from daat.pipeline.loaders import batches_per_epoch, eval_pipeline, train_pipeline
+from daat.pipeline.loaders import batches_per_epoch, eval_pipeline, require_intact, train_pipeline
 from daat.pipeline.shards import ShardArtifact, open_shards
 from daat.train import checkpoint as ckpt
 from daat.train import loggers
@@ -40,13 +47,6 @@ from daat.train.step import build_optimizer, train_step, val_sums
 METRICS = loggers.METRICS
 CONFIG_FILE = "config.yaml"
 LOSS_KEYS = ("loss", "ce", "align", "feat", "zero_grad")
-# Keys that change how a run executes or reports, not what it learns: left out of its content key
-# (the data section is represented by the shard artifact id in the lineage).
-OPERATIONAL = {"": ["preset", "device", "data", "eval"],
-               "train": ["log_every_steps", "ckpt_every_steps", "keep_step_checkpoints",
-                         "keep_epoch_checkpoints", "compile", "loggers", "tracker_project",
-                         "mlflow_uri", "wandb_mode"],
-               "depth": ["batch_size", "channels_last", "compile", "allow_other_model"]}
 
 
 def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
@@ -54,6 +54,7 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
     device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     joined_here = not torch.distributed.is_initialized()
     info = dist.init(device)
+    art = None
     try:
         loggers.check(cfg)
         shards = open_checked(cfg, shards_dir)
@@ -67,11 +68,13 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
             if info.is_main:
                 print(f"[train] {reuse_line(art)}", file=sys.stderr, flush=True)
             return art
+        files = shards.guard(["train", "val"])
+        require_intact(shards, files.verify(info.rank, info.world_size), "before training")
         teacher = teacher_mod.load(source, cfg, device) if source else None
         if info.is_main:
             art.write_bytes(CONFIG_FILE, config_mod.dump(cfg).encode())
             art.save()
-        loop = _Loop(cfg, art, shards, teacher, device, info)
+        loop = _Loop(cfg, art, shards, files, teacher, device, info)
         loop.restore()
         with loggers.open_loggers(cfg, art.path, art.id, loop.pos.step, info.is_main) as sink:
             loop.sink = sink
@@ -80,6 +83,8 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
         dist.barrier()
         return art
     finally:
+        if art is not None:
+            art.unlock()
         if joined_here and info.enabled:
             dist.cleanup()
 
@@ -114,10 +119,11 @@ class _Position:
 class _Loop:
     """One training session; ``train`` is the epoch loop."""
 
-    def __init__(self, cfg, art, shards, teacher, device, info):
+    def __init__(self, cfg, art, shards, files: FileGuard, teacher, device, info):
         self.cfg, self.art, self.shards, self.info, self.device = cfg, art, shards, info, device
+        self.files = files  # the train and val tars, hashed once before the first step
         self.teacher_id = teacher.model_id if teacher else None
-        self.ckpt_dir = art.path / ckpt.CKPT_DIR
+        self.ckpts = ckpt.RunCheckpoints(art)
         samples = cfg.train.samples_per_epoch or shards.split_size("train")
         self.steps_per_epoch = batches_per_epoch(samples, cfg.train.batch_size, info.world_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
@@ -129,8 +135,10 @@ class _Loop:
         self.sink: loggers.Loggers = loggers.Loggers([])  # replaced by run() for the session
 
     def restore(self) -> None:
-        """Continue from ``checkpoints/latest`` if there is one."""
-        path = ckpt.latest(self.ckpt_dir)
+        """Continue from ``checkpoints/latest`` if there is one (rank 0 picks an intact one)."""
+        chosen = dist.main_first(self.ckpts.resume_from)
+        shared = dist.all_gather_objects(None if chosen is None else str(chosen))[0]
+        path = None if shared is None else Path(shared)
         if path is None:
             _seed_all(self.cfg.seed + self.info.rank)
             if self.info.is_main:  # a run killed before its first ``latest`` starts over
@@ -283,20 +291,19 @@ class _Loop:
 
     def _save(self, name: str, epoch_end: bool) -> None:
         self.guard.check()
+        require_intact(self.shards, self.files.recheck(), f"before checkpoint {name}")
         s = self.state
         rng = dist.all_gather_objects(ckpt.rng_state())  # every rank's streams, in rank order
         generators = dist.all_gather_objects(s.generator.get_state())
         if not self.info.is_main:
             return
-        ckpt.save(self.ckpt_dir / name, {
+        self.ckpts.save(name, {
             **self._model_state(), "optimizer": s.optimizer.state_dict(),
             "batch_in_epoch": self.pos.batch, "rng": rng, "generator": generators,
             "epoch_sums": dict(self.pos.sums), "wall_s": self._wall(),
             "last_val": self.last_val, "epoch_end": epoch_end,
-            "num_workers": self.cfg.data.num_workers})
-        ckpt.write_latest(self.ckpt_dir, name)
-        ckpt.prune(self.ckpt_dir, self.cfg.train.keep_step_checkpoints,
-                   self.cfg.train.keep_epoch_checkpoints)
+            "num_workers": self.cfg.data.num_workers},
+            self.cfg.train.keep_step_checkpoints, self.cfg.train.keep_epoch_checkpoints)
 
     def _model_state(self) -> dict:
         s = self.state
@@ -307,14 +314,17 @@ class _Loop:
                 "shards_id": self.shards.id, "num_classes": self.shards.num_classes}
 
     def finish(self) -> None:
+        require_intact(self.shards, self.files.verify(self.info.rank, self.info.world_size),
+                       f"before {ckpt.FINAL}")
         if not self.info.is_main:
             return
         art, target = self.art, self.state.depth_target
-        ckpt.save(self.ckpt_dir / ckpt.FINAL, self._model_state())
-        for rel in (f"{ckpt.CKPT_DIR}/{ckpt.FINAL}", CONFIG_FILE, METRICS):
+        self.ckpts.save_final(self._model_state())
+        for rel in (CONFIG_FILE, METRICS):
             art.record_file(rel)
         art.extra.update({
             "shards_dir": str(self.shards.path.resolve()), "steps": self.pos.step,
+            "shards_content": self.shards.content_digest, "classes": self.shards.classes,
             "depth_target": self.cfg.depth.target,
             "depth_model": target.model_id or self.shards.depth_model,
             "shards_depth_model": self.shards.depth_model,
@@ -357,34 +367,27 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def determining(cfg: Config) -> dict:
-    """The resolved config minus operational keys and keys that cannot act in this config, so e.g.
-    the ``run:standard`` teacher and a ``standard`` preset run share one content key."""
-    d = config_mod.to_dict(cfg)
-    drop = {s: list(k) for s, k in OPERATIONAL.items()}
-    if cfg.attack.steps == 0:
-        drop.setdefault("attack", []).extend(["alpha", "random_start", "amp"])
-    if cfg.loss.lam == 0:
-        drop[""].append("depth")
-        drop.setdefault("loss", []).extend(["s_schedule", "s_warmup_frac"])
-    elif cfg.depth.target == "cached":
-        drop["depth"].extend(["model", "amp", "online_every", "online_epochs"])
-    if cfg.loss.gamma0 == 0:
-        drop.setdefault("loss", []).extend(["teacher", "teacher_arch", "gamma_frac"])
-    for key in drop.pop(""):
-        d.pop(key, None)
-    for section, keys in drop.items():
-        for key in keys:
-            d.get(section, {}).pop(key, None)
-    return d
-
-
 def _open_run(cfg, shards, source, out, info) -> Artifact:
+    """Rank 0 creates, resumes or reuses the run (holding its writer lock unless it is complete
+    and intact); the other ranks open the same one. A complete run whose ``final.pt`` no longer
+    matches its sha256 is reopened to write it again from its last checkpoint."""
     lineage = [shards.id] + list(source.lineage if source else ())
-    kwargs = dict(config=config_mod.to_dict(cfg), lineage=lineage)
-    art = create_or_open(out, "run", determining(cfg), **kwargs) if info.is_main else None
-    dist.barrier()  # rank 0 made the directory; the others open the same one
-    return art or create_or_open(out, "run", determining(cfg), **kwargs)
+    determining = {**keys.determining("run", cfg), "shards_content": shards.content_digest}
+
+    def open_on_main() -> Artifact:
+        art = create_or_open(out, "run", determining, config=config_mod.to_dict(cfg),
+                             lineage=lineage)
+        problem = ckpt.RunCheckpoints(art).final_problem() if art.complete else None
+        if problem is not None:
+            art.lock()
+            tqdm.write(f"warning: {art.path}: {problem}; not reusing it: {ckpt.FINAL} is written "
+                       "again from the run's last checkpoint", file=sys.stderr)
+            art.mark_incomplete()
+        return art
+
+    art = dist.main_first(open_on_main)
+    path = dist.all_gather_objects(None if art is None else str(art.path))[0]
+    return art or open_artifact(path, kind="run")
 
 
 def build_state(cfg: Config, num_classes: int, teacher: teacher_mod.ResolvedTeacher | None,
