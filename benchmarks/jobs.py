@@ -38,7 +38,7 @@ def spec(samples: int, seeds: int) -> dict:
             "baseline": "pgd-at",
             "set": {"depth.target": "cached", "train.epochs": 1,
                     "train.samples_per_epoch": samples, "train.val_samples": 100},
-            "evaluate": {"data.num_workers": 0, "eval.n_samples": 200, "eval.eps_grid": [4],
+            "evaluate": {"data.num_workers": 0, "eval.n_samples": 200, "eval.eps_grid": [4 / 255],
                          "eval.autoattack": False, "eval.n_figures": 0}}
 
 

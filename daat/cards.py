@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from daat import synthetic
+from daat.config import load_yaml, yaml_problem
 from daat.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,9 @@ def load_card(card: str | os.PathLike, root: str | os.PathLike | None = None) ->
 
 def _from_yaml(text: str, where: str, card_dir: Path | None, root) -> Card:
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as e:
-        raise DataError(f"{where}: invalid YAML: {e}") from e
+        raise DataError(f"{where}: invalid YAML: {yaml_problem(e)}") from e
     if not isinstance(raw, dict):
         raise DataError(f"{where}: a data card must be a YAML mapping of keys ({', '.join(KEYS)})")
     root_path = _check_root(root)
@@ -353,14 +354,23 @@ class Card:
         if self.kind == "synthetic":
             return [SourceItem(it.index, it.label, f"synthetic/{split}/{it.index:06d}", None, it)
                     for it in synthetic.items(self.synthetic, split)]
-        files = self._list_files(split)
+        listing = self._scan(split)
+        for message in listing.warnings:
+            _warn(message)
         out = [SourceItem(i, label, rel, self.root / rel, None)
-               for i, (label, rel) in enumerate(files)]
+               for i, (label, rel) in enumerate(listing.files)]
         expected = self.expected_counts.get(split)
         if expected is not None and expected != len(out):
             _warn(f"data card '{self.name}': split '{split}' under {self.root} has {len(out)} "
                   f"images but the card expects {expected}")
         return out
+
+    def skipped(self, split: str) -> list[dict]:
+        """Every entry under the split's folder that ``items`` does not read, with the reason:
+        ``{"relpath", "reason"}`` (reason codes: hidden, outside-root, not-a-class,
+        not-an-image-name, symlink-loop). Synthetic cards skip nothing."""
+        self._check_split(split)
+        return [] if self.kind == "synthetic" else list(self._scan(split).skipped)
 
     def input_fingerprint(self, split: str) -> str:
         """sha256 that changes when the split's inputs change: (label, relpath, size) of every
@@ -373,7 +383,7 @@ class Card:
             digest.update(json.dumps(blob, sort_keys=True).encode())
             return digest.hexdigest()
         digest.update(b"daat-imagefolder-v1\n")
-        for label, rel in self._list_files(split):
+        for label, rel in self._scan(split).files:
             try:
                 size = (self.root / rel).stat().st_size
             except OSError:
@@ -386,7 +396,8 @@ class Card:
             raise DataError(f"data card '{self.name}' has no split '{split}' "
                             f"(splits: {', '.join(self.splits)})")
 
-    def _list_files(self, split: str) -> list[tuple[int, str]]:
+    def _scan(self, split: str) -> _Listing:
+        """The split's image files by class and every entry left out, as the disk is now."""
         if self.root is None:
             raise DataError(f"data card '{self.name}' describes images on disk: give --root DIR "
                             f"(the directory holding {', '.join(self.splits.values())}/)")
@@ -394,28 +405,95 @@ class Card:
         if not split_dir.is_dir():
             raise DataError(f"data card '{self.name}': split directory {split_dir} "
                             f"(split '{split}') does not exist")
+        classes = set(self.classes)
+        skipped = [{"relpath": _rel(Path(e.path), self.root), "reason": _not_a_class(e)}
+                   for e in _entries(split_dir) if e.name not in classes]
         exts = set(self.extensions)
         files: list[tuple[int, str]] = []
+        warnings_: list[str] = []
         for label, cls in enumerate(self.classes):
             class_dir = split_dir / cls
             if not class_dir.is_dir():
                 raise DataError(f"data card '{self.name}': class folder {class_dir} (class "
                                 f"'{cls}', split '{split}') is missing")
-            found = sorted(_walk(class_dir, self.root, exts))
+            outside = _outside_root(class_dir, self.root)
+            if outside:
+                skipped.append({"relpath": _rel(class_dir, self.root), "reason": outside})
+                found: list[str] = []
+            else:
+                found, left_out = _walk(class_dir, self.root, exts)
+                skipped += left_out
             if not found:
-                _warn(f"data card '{self.name}': class folder {class_dir} has no images "
-                      f"({', '.join(self.extensions)})")
+                warnings_.append(f"data card '{self.name}': class folder {class_dir} has no "
+                                 f"images ({', '.join(self.extensions)})" +
+                                 (" (a symlink outside --root, skipped)" if outside else ""))
             files.extend((label, rel) for rel in found)
-        return files
+        return _Listing(files, sorted(skipped, key=lambda x: x["relpath"]), warnings_)
 
 
-def _walk(directory: Path, root: Path, exts: set[str]):
-    """Relative posix paths of the files under ``directory`` whose extension is in ``exts``."""
-    def fail(error: OSError):
-        raise DataError(f"cannot list {error.filename}: {error.strerror}") from error
+@dataclass(frozen=True)
+class _Listing:
+    files: list[tuple[int, str]]  # (label, relpath under --root), by class then path
+    skipped: list[dict]  # {"relpath", "reason"} of every entry not read
+    warnings: list[str]  # empty class folders
 
-    for here, _dirs, names in os.walk(directory, onerror=fail):
-        rel_here = Path(here).relative_to(root).as_posix()
-        for name in names:
-            if os.path.splitext(name)[1][1:].lower() in exts:
-                yield f"{rel_here}/{name}"
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _entries(directory: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"cannot list {directory}: {e.strerror}") from e
+
+
+def _outside_root(path: Path, root: Path) -> str | None:
+    """The skip reason for a symlink that leads outside --root, else None."""
+    if not path.is_symlink():
+        return None
+    target = Path(os.path.realpath(path))
+    if target == root or root in target.parents:
+        return None
+    return (f"outside-root: a symlink to {target}, outside --root {root}; move or bind-mount the "
+            f"data under --root, or make --root a folder that holds both")
+
+
+def _not_a_class(entry: os.DirEntry) -> str:
+    if entry.name.startswith("."):
+        return "hidden: the name starts with '.'"
+    if entry.is_dir():
+        return "not-a-class: the folder is not one of the card's classes"
+    return "not-a-class: a file directly in the split folder (images go in class folders)"
+
+
+def _walk(directory: Path, root: Path, exts: set[str]) -> tuple[list[str], list[dict]]:
+    """(relpaths of the image files under ``directory``, skipped entries with reasons). Symlinks
+    are followed when they stay inside ``root``; a folder reached twice is read once."""
+    found, skipped = [], []
+    seen = {os.path.realpath(directory)}
+    stack = [directory]
+    while stack:
+        for entry in _entries(stack.pop()):
+            path = Path(entry.path)
+            reason = ("hidden: the name starts with '.'" if entry.name.startswith(".")
+                      else _outside_root(path, root))
+            if reason is None and entry.is_dir():
+                real = os.path.realpath(path)
+                if real in seen:
+                    reason = "symlink-loop: the folder was already read under another name"
+                else:
+                    seen.add(real)
+                    stack.append(path)
+                    continue
+            if reason is None:
+                ext = os.path.splitext(entry.name)[1][1:].lower()
+                if ext in exts:
+                    found.append(_rel(path, root))
+                    continue
+                reason = (f"not-an-image-name: extension '{ext}' is not one of the card's "
+                          f"extensions")
+            skipped.append({"relpath": _rel(path, root), "reason": reason})
+    return sorted(found), skipped

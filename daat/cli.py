@@ -25,32 +25,53 @@ def _print_result(path) -> None:
 
 
 def _load_config(configs, overrides, base=None):
+    """The resolved config; a ConfigError reaches ``_fail_cleanly``, which prints it as one line."""
     from daat import config as config_mod
-    try:
-        return config_mod.load(configs, overrides, base=base)
-    except config_mod.ConfigError as e:
-        raise click.UsageError(str(e)) from e
-
-
-def _echo_config(cfg) -> None:
-    from daat import config as config_mod
-    click.echo("# resolved config", err=True)
-    click.echo(config_mod.dump(cfg), err=True)
+    return config_mod.load(configs, overrides, base=base)
 
 
 def _fail_cleanly(fn):
-    """Turn the project's own boundary errors into one clear line and exit code 2."""
+    """Print the errors a user can fix as one clear line and exit with code 2: the project's own
+    boundary errors, storage errors (full disk, read-only or forbidden --out) and errors raised in
+    a data-loader worker (whose traceback would otherwise fill the screen)."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from daat.errors import DaatError
+        from daat.errors import DaatError, from_worker, one_line, storage_problem
         try:
             return fn(*args, **kwargs)
         except DaatError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            message = one_line(e)
+        except OSError as e:
+            message = storage_problem(e, kwargs.get("out"))
+            if message is None:
+                raise
+        except Exception as e:
+            if not from_worker(e):
+                raise
+            message = (f"{type(e).__name__}: {one_line(e)}; rerun with --set data.num_workers=0 "
+                       f"for the full traceback")
+        # A progress bar a failed stage left open ends without a newline on a terminal.
+        lead = "\n" if sys.stderr.isatty() else ""
+        click.echo(f"{lead}error: {message}", err=True)
+        sys.exit(2)
     return wrapper
+
+
+def _writable(out: str) -> None:
+    """Fail at once, naming the directory, when ``--out`` cannot be created or written."""
+    import tempfile
+    from pathlib import Path
+
+    from daat.errors import DaatError
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".daat-write-test-"):
+            pass
+    except OSError as e:
+        raise DaatError(f"--out {out} is not writable ({e.strerror}); choose a directory you can "
+                        f"write to") from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -99,6 +120,7 @@ def preprocess(card, root, depth_model, out, configs, overrides):
     if depth_model:
         extra.append(f"depth.model={depth_model}")
     cfg = _load_config(configs, list(overrides) + extra)
+    _writable(out)
     from daat.pipeline.preprocess import run
     _print_result(run(cfg, out).path)
 
@@ -108,11 +130,14 @@ def preprocess(card, root, depth_model, out, configs, overrides):
               help="Shard artifact made by `daat preprocess`.")
 @click.option("--use-cached-depth", is_flag=True,
               help="Force depth.target=cached: G(x) from the shards, the depth model never loads.")
+@click.option("--depth", "depth_model", metavar="MODEL",
+              help="Depth model for online G(x_adv) (default: the one the shards were made with; "
+                   "another needs --set depth.allow_other_model=true).")
 @OUT_OPTION
 @CONFIG_OPTION
 @SET_OPTION
 @_fail_cleanly
-def train(shards, use_cached_depth, out, configs, overrides):
+def train(shards, use_cached_depth, depth_model, out, configs, overrides):
     """Stage 2: PGD adversarial training with depth-attention and DINOv2 feature alignment.
 
     \b
@@ -123,7 +148,10 @@ def train(shards, use_cached_depth, out, configs, overrides):
     The run directory is printed as the last line.
     """
     extra = ["depth.target=cached"] if use_cached_depth else []
+    if depth_model:
+        extra.append(f"depth.model={depth_model}")
     cfg = _load_config(configs, list(overrides) + extra)
+    _writable(out)
     from daat.train.loop import run
     _print_result(run(cfg, shards, out).path)
 
@@ -154,6 +182,7 @@ def evaluate(run_dir, checkpoint, shards, out, configs, overrides):
     The run's own shards are used (refused if they are not the ones it was trained on) unless
     --shards names others on purpose. The evaluation directory is printed as the last line.
     """
+    _writable(out)
     from daat.eval.evaluate import run
     _print_result(run(run_dir, checkpoint, list(configs), list(overrides), out, shards).path)
 
@@ -195,6 +224,7 @@ def report(artifacts, out):
       daat report artifacts/run-* artifacts/eval-* --out report/
     The report's markdown path is printed as the last line.
     """
+    _writable(out)
     from daat.eval.report import run
     _print_result(run(list(artifacts), out))
 
@@ -213,6 +243,7 @@ def quickstart(out, jobs):
       daat quickstart --out /tmp/qs
     The report's markdown path is printed as the last line.
     """
+    _writable(out)
     from daat.eval.quickstart import run
     _print_result(run(out, jobs))
 
@@ -475,15 +506,16 @@ def config_presets():
 @config_group.command("show")
 @CONFIG_OPTION
 @SET_OPTION
+@_fail_cleanly
 def config_show(configs, overrides):
-    """Print the resolved config as YAML.
+    """Print the resolved config as YAML (ε and α as '0.0157 (4/255)', which loads back).
 
     \b
     Example:
       daat config show --config pgd-at --set train.epochs=10
     """
-    from daat.config import dump
-    click.echo(dump(_load_config(configs, overrides)))
+    from daat.config import show
+    click.echo(show(_load_config(configs, overrides)), nl=False)
 
 
 if __name__ == "__main__":

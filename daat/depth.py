@@ -44,7 +44,7 @@ OUTPUT_MODE = "bicubic"
 # transformers' pil_torch_interpolation_mapping + torchvision's resize do it).
 _RESAMPLE_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
 _TORCH_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic")
-_HUB_TIMEOUT_S = 10.0  # the one reachability check before downloading from the hub
+HUB_TIMEOUT_S = 10.0  # the one reachability check before downloading from the hub
 _RANGE_SLACK = 1e-3  # tolerated rounding outside [0, 1] in input images
 # Some CUDA kernels index with 32-bit integers: the channels_last bilinear upsample in the DPT head
 # refused [128, 128, 384, 384] (2.4e9 elements) on an H200. The supported heads' widest map at the
@@ -386,7 +386,7 @@ def _hub_access(name: str) -> tuple[dict[str, Any], str | None]:
             f"depth model '{name}' is not a local directory and not in the Hugging Face cache "
             "(HF_HUB_OFFLINE is set); pass a local directory saved with save_pretrained")
     try:
-        info = HfApi().model_info(name, timeout=_HUB_TIMEOUT_S)
+        info = HfApi().model_info(name, timeout=HUB_TIMEOUT_S)
     except Exception as e:  # noqa: BLE001 -- any failure here is re-raised as a named error
         raise DepthModelError(
             f"depth model '{name}' is not a local directory, not in the Hugging Face cache, and "

@@ -63,3 +63,15 @@ def identity(name: str) -> str:
         return ORACLE
     source, local = resolve(name)
     return f"{name}@{dir_hash(Path(source))}" if local else name
+
+
+def same_model(name: str, recorded_name: str, recorded_id: str) -> bool:
+    """Whether depth model ``name`` is the one an artifact recorded: ``recorded_name`` as it was
+    given then, ``recorded_id`` the loaded model's id (``oracle``, ``hub-id@commit`` or
+    ``dir@hash``). A local directory matches by the hash of its files, wherever it now lies."""
+    if is_oracle(name) or is_oracle(recorded_id):
+        return is_oracle(name) and is_oracle(recorded_id)
+    source, local = resolve(name)
+    if local:
+        return recorded_id.rpartition("@")[2] == dir_hash(Path(source))
+    return name in (recorded_name, recorded_id.partition("@")[0])

@@ -65,11 +65,11 @@ RULES: dict[str, KeyRules] = {
               "train": ("log_every_steps", "ckpt_every_steps", "keep_step_checkpoints",
                         "keep_epoch_checkpoints", "compile", "loggers", "tracker_project",
                         "mlflow_uri", "wandb_mode"),
-              "depth": ("batch_size", "channels_last", "compile")},
+              "depth": ("batch_size", "channels_last", "compile", "allow_other_model")},
         drop_if=((_no_attack, {"attack": ("alpha", "random_start", "amp")}),
                  (_no_align, {"": ("depth",), "loss": ("s_schedule", "s_warmup_frac")}),
                  (_cached_target, {"depth": ("model", "amp", "online_every", "online_epochs")}),
-                 (_no_feat, {"loss": ("teacher", "gamma_frac")})),
+                 (_no_feat, {"loss": ("teacher", "teacher_arch", "gamma_frac")})),
         rewrite=(_run_teacher_by_lineage,)),
     # What an evaluation measures; the rest of its config is its run's (only ``free`` may differ).
     "eval": KeyRules(

@@ -206,6 +206,10 @@ def _check_tappable(vit: nn.Module) -> None:
 
 def _arch_kwargs(cfg: ModelConfig) -> dict:
     kwargs = {"img_size": cfg.img_size, "patch_size": cfg.patch_size}
+    if not cfg.pretrained:
+        # timm drops None arguments (keeping an architecture's own LayerScale, e.g. DINOv2's
+        # 1e-5); 0 is what its blocks read as "no LayerScale".
+        kwargs["init_values"] = cfg.init_values or 0.0
     for key in ("embed_dim", "depth", "num_heads"):
         if getattr(cfg, key) is not None:
             kwargs[key] = getattr(cfg, key)
@@ -317,31 +321,101 @@ def build_teacher(name_or_path: str, img_size: int, patch_grid: tuple[int, int],
                   device: torch.device | str = "cpu", arch_overrides: dict | None = None) -> Teacher:
     """A frozen DINOv2 from a timm hub name (``vit_base_patch14_dinov2.lvd142m``) or local weights
     (a safetensors / torch file, or a timm-style directory). ``arch_overrides`` (``architecture``
-    plus timm kwargs such as ``embed_dim``) beat the spec stored with local weights, which beats the
-    ViT-B/14 default. The positional embedding is resampled to the input size by timm."""
+    plus timm kwargs such as ``embed_dim``; ``loss.teacher_arch`` gives the architecture) beat the
+    spec stored with local weights, which beats the ViT-B/14 default. The positional embedding is
+    resampled to the input size by timm. A hub name that is not in the Hugging Face cache fails at
+    once when HF_HUB_OFFLINE is set or the hub cannot be reached."""
     overrides = dict(arch_overrides or {})
     path = Path(name_or_path).expanduser()
     if path.exists():
         spec = read_teacher_spec(path)
-        arch = overrides.pop("architecture", None) or spec.get("architecture") or DEFAULT_TEACHER_ARCH
-        kwargs = {**spec.get("model_args", {}), **overrides}
+        named = overrides.pop("architecture", None)
+        arch = named or spec.get("architecture") or DEFAULT_TEACHER_ARCH
+        recorded = spec.get("model_args", {}) if arch == spec.get("architecture", arch) else {}
+        kwargs = {**recorded, **overrides}
         overlay = {"file": str(path)} | ({"source": "local-dir"} if path.is_dir() else {})
-        hint = ""
     elif path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
         raise DataError(f"teacher weights not found: {name_or_path} (loss.teacher)")
     else:
         arch, kwargs, overlay = overrides.pop("architecture", None) or name_or_path, overrides, None
-        hint = (" The Hugging Face hub may be unreachable (offline?): point loss.teacher at a local "
-                "weights file or directory.")
     if not (timm.is_model(arch) or arch.startswith("hf-hub:")):
         raise DataError(f"teacher {name_or_path!r} is neither an existing weights file/directory "
-                        f"nor a timm model name ({arch!r}) (loss.teacher)")
+                        f"nor a timm model name ({arch!r}) (loss.teacher, loss.teacher_arch)")
+    if overlay is None:
+        _check_hub_weights(name_or_path, arch)
     try:
         vit = _create_teacher_vit(arch, img_size, overlay, kwargs)
     except Exception as e:  # hub, network and file errors come in many types; all mean "no teacher"
-        raise DaatError(f"could not load teacher {name_or_path!r} ({arch}): "
-                        f"{type(e).__name__}: {str(e).rstrip('.')}.{hint}") from e
+        raise DaatError(_teacher_problem(name_or_path, arch, e)) from e
     return Teacher(vit, vit.patch_embed.img_size[0], patch_grid, model_id=str(name_or_path)).to(device)
+
+
+_OFFLINE_FIX = ("Offline, set loss.teacher to a local weights file or directory (loss.teacher_arch "
+                "names its timm architecture when the file does not), or 'loss.teacher: "
+                "run:standard' (a standard run on the same shards as the teacher), or "
+                "loss.gamma0=0 to train without L_feat")
+
+
+def _hub_offline() -> bool:
+    import os
+
+    from huggingface_hub import constants
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    return flag or bool(constants.HF_HUB_OFFLINE)
+
+
+def _check_hub_weights(name: str, arch: str) -> None:
+    """Refuse at once a hub teacher that is not cached when HF_HUB_OFFLINE is set or the hub
+    cannot be reached (the hub client would otherwise retry for about a minute)."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    from daat.depth import HUB_TIMEOUT_S
+
+    pretrained = get_pretrained_cfg(name) or get_pretrained_cfg(arch)
+    hub_id = getattr(pretrained, "hf_hub_id", None) or (arch[len("hf-hub:"):]
+                                                        if arch.startswith("hf-hub:") else None)
+    if not hub_id:
+        return
+    hub_id = hub_id.split("@")[0]
+    names = [getattr(pretrained, "hf_hub_filename", None), "model.safetensors",
+             "pytorch_model.bin"]
+    if any(isinstance(try_to_load_from_cache(hub_id, n), str) for n in names if n):
+        return
+    if _hub_offline():
+        raise DaatError(f"teacher {name!r} (loss.teacher) is not in the Hugging Face cache and "
+                        f"HF_HUB_OFFLINE is set. {_OFFLINE_FIX}")
+    try:
+        HfApi().model_info(hub_id, timeout=HUB_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 -- any failure here means the weights cannot come
+        raise DaatError(f"teacher {name!r} (loss.teacher) is not in the Hugging Face cache and "
+                        f"the hub is unreachable ({type(e).__name__}: {_first_line(e)}); without "
+                        f"a network set HF_HUB_OFFLINE=1 to fail at once. {_OFFLINE_FIX}") from e
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0].rstrip(".:") if lines else type(error).__name__
+
+
+def _teacher_problem(name: str, arch: str, error: Exception) -> str:
+    """One line for a teacher that would not load; weights of another architecture are named."""
+    import re
+
+    text = str(error)
+    shapes = re.findall(r"size mismatch for ([\w.]+)", text)
+    missing = re.search(r"Missing key\(s\) in state_dict: ([^\n]*)", text)
+    unexpected = re.search(r"Unexpected key\(s\) in state_dict: ([^\n]*)", text)
+    counts = {"of another shape": len(shapes),
+              "missing": len(re.findall(r'"[^"]+"', missing.group(1))) if missing else 0,
+              "unexpected": len(re.findall(r'"[^"]+"', unexpected.group(1))) if unexpected else 0}
+    if any(counts.values()):
+        example = shapes[0] if shapes else re.findall(r'"([^"]+)"', (missing or unexpected)[1])[0]
+        found = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+        return (f"teacher weights {name!r} do not fit the architecture {arch} (tensors: {found}; "
+                f"e.g. {example}); name the weights' timm architecture with loss.teacher_arch "
+                f"(e.g. vit_small_patch14_dinov2)")
+    return f"could not load teacher {name!r} ({arch}): {type(error).__name__}: {_first_line(error)}"
 
 
 def _create_teacher_vit(arch: str, img_size: int, overlay: dict | None, kwargs: dict) -> nn.Module:

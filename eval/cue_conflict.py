@@ -21,7 +21,6 @@ import torch
 from daat.config import Config
 from daat.errors import DaatError, ShardFormatError
 from daat.eval import attacks_eval, style
-from daat.eval.figures import eps_fraction
 from daat.synthetic import CUE_CONFLICT
 
 TASK = "cue_conflict"
@@ -71,9 +70,8 @@ def evaluate(model, cfg: Config, shard_art, device: torch.device) -> tuple[dict,
         clean = attacks_eval.clean(model, x, y)
         generator = torch.Generator(device=device)
         generator.manual_seed(attacks_eval.task_seed(ev.seed, TASK, k))
-        adv = attacks_eval.pgd_eval(model, x, y, clean.correct, eps=eps_fraction(ev.eps),
-                                    alpha=eps_fraction(ev.alpha), steps=ev.pgd_steps,
-                                    generator=generator)
+        adv = attacks_eval.pgd_eval(model, x, y, clean.correct, eps=ev.eps, alpha=ev.alpha,
+                                    steps=ev.pgd_steps, generator=generator)
         keys += list(batch_keys)
         shapes += y.cpu().tolist()
         clean_pred += clean.pred.tolist()
@@ -83,8 +81,8 @@ def evaluate(model, cfg: Config, shard_art, device: torch.device) -> tuple[dict,
     attack = f"pgd-{ev.pgd_steps}"
     summary = {"split": CUE_CONFLICT, "n": len(keys),
                "pairs": len({(int(a), int(b)) for a, b in zip(shape, texture)}),
-               "attack": f"{attack} at eps {style.format_eps(eps_fraction(ev.eps))} against the "
-                         f"shape label, decision at the final iterate",
+               "attack": f"{attack} at eps {style.format_eps(ev.eps)} against the shape label, "
+                         f"decision at the final iterate",
                "clean": decisions(np.asarray(clean_pred), shape, texture),
                attack: decisions(np.asarray(adv_pred), shape, texture)}
     record = {"key": keys, "shape": shape.tolist(), "texture": texture.tolist(),

@@ -34,7 +34,6 @@ from daat import dist, keys
 from daat.artifact_admin import resume_line, reuse_line
 from daat.artifacts import Artifact, create_or_open, open_artifact, sha256_file
 from daat.config import Config
-from daat.depth import is_oracle
 from daat.errors import DaatError
 from daat.eval import attacks_eval, attention, cue_conflict, results, summary
 from daat.eval.results import GROUPS, Store, Task
@@ -121,25 +120,7 @@ def eval_config(run_art: Artifact, configs: list[str], overrides: list[str]) -> 
             f"{run_cfg[section][name] if name else run_cfg[section]!r}; evaluate uses the run's "
             f"model and training settings, so only eval.*, device and data.num_workers may change")
     cfg.preset = run_cfg["preset"]
-    validate_eval(cfg.eval)
     return cfg
-
-
-def validate_eval(ev) -> None:
-    positive = {"eval.batch_size": ev.batch_size, "eval.chunk_size": ev.chunk_size,
-                "eval.pgd_steps": ev.pgd_steps, "eval.pgd_long_steps": ev.pgd_long_steps,
-                "eval.eps": ev.eps, "eval.alpha": ev.alpha,
-                "eval.pgd_long_alpha_frac": ev.pgd_long_alpha_frac}
-    for key, value in positive.items():
-        if value <= 0:
-            raise config_mod.ConfigError(f"config key '{key}' must be positive, got {value}")
-    for key in ("n_samples", "n_autoattack", "n_pgd_long", "n_figures"):
-        if getattr(ev, key) < 0:
-            raise config_mod.ConfigError(f"config key 'eval.{key}' must be >= 0")
-    if ev.depth_model and is_oracle(ev.depth_model):
-        raise config_mod.ConfigError(
-            "config key 'eval.depth_model': 'oracle' depth exists only for the clean synthetic "
-            "renders, not for x_adv; give a depth network (hub id or directory) or leave it empty")
 
 
 def determining(cfg: Config, run_id: str, ckpt_sha: str, shard_art) -> dict:
@@ -346,6 +327,8 @@ def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: lis
         shard_art, shard_facts = eval_shards(run_art, shards_dir, shards, model.vit.num_classes)
         sha = checkpoint_sha(run_art, ckpt_path)
         art = open_eval_artifact(out, cfg, run_art, shard_art, sha, info)
+        if info.is_main:
+            config_mod.print_resolved(cfg, art.id)
         if art.complete:
             if info.is_main:
                 log(reuse_line(art))
@@ -432,7 +415,7 @@ def _finish(art: Artifact, model, cfg: Config, shard_art, store: Store, figure_s
                         f"{store.done_counts()}")
     fig_files = figures_mod.make_all(art.path, model, cfg.eval, figure_samples,
                                      figures_mod.display_names(shard_art), device)
-    data = summary.build(store, cfg, facts, counts, fig_files)
+    data = summary.build(store, cfg, facts, counts, fig_files, shard_art.num_classes)
     summary.shout(data["sanity"]["flags"])
     cue_conflict.add_to(art, data, model, cfg, shard_art, device)
     for path in sorted((art.path / "results.zarr").rglob("*")):

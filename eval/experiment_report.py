@@ -153,8 +153,9 @@ def grouped(rows: list[Result]) -> dict[Group, list[Result]]:
 
 
 def pgd_key(summary: dict) -> str:
-    return next(k for k, v in summary["accuracy"].items()
-                if k.startswith("pgd-") and not isinstance(v, dict))
+    """The summary key of the evaluation's Table 1 PGD."""
+    return summary.get("table_attack") or next(k for k, v in summary["accuracy"].items()
+                                               if k.startswith("pgd-") and not isinstance(v, dict))
 
 
 def table1(groups: dict[Group, list[Result]]) -> list[str]:
@@ -308,18 +309,19 @@ def render(spec: Spec, rows: list[Result], missing: list[str], figures: dict) ->
 def eps_curves(groups: dict[Group, list[Result]]) -> list[tuple[str, str, list, list, list]]:
     """(label, method, ε fractions, mean %, std %) of each group's accuracy under the long PGD
     (the summary's ε grid, eval.pgd_long_steps steps)."""
-    from daat.eval.figures import eps_fraction
+    from daat.eval.report_figures import radius_of_key
     curves = []
     for group, rs in groups.items():
         long = [next((v for v in r.summary["accuracy"].values() if isinstance(v, dict)), {})
                 for r in rs]
-        labels = sorted({e for d in long for e in d}, key=float)
+        labels = sorted({e for d in long for e in d}, key=lambda e: radius_of_key(e, rs[0].summary))
         if not labels:
             continue
         means, stds = zip(*(stats.mean_std([100 * d[e] for d in long if d.get(e) is not None])
                             for e in labels))
         curves.append((group.label, Path(group.method).stem,
-                       [eps_fraction(float(e)) for e in labels], list(means), list(stds)))
+                       [radius_of_key(e, rs[0].summary) for e in labels], list(means),
+                       list(stds)))
     return curves
 
 

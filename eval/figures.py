@@ -1,7 +1,8 @@
 """Fig. 2/4-style panels (Grad-CAM and A(x) under PGD) and Fig. 1a-style depth panels, as PNG +
 vector PDF (the look is ``style.py``'s).
 
-For each ε in ``eval.figure_eps`` one ``figures/attention_eps{ε}.png`` (and ``.pdf``): a row per
+For each ε in ``eval.figure_eps`` one ``figures/attention_eps{ε×255}.png`` (and ``.pdf``; eps4:
+ε = 4/255): a row per
 fixed val image (a fixed random draw from the evaluated samples, the same for every run), columns
 
     clean image (true / predicted class) | Grad-CAM(x) | x_adv (predicted class)
@@ -29,7 +30,7 @@ import torch
 
 from daat.config import EvalConfig
 from daat.eval import attacks_eval, attention, style
-from daat.eval.results import eps_label
+from daat.eval.results import eps_tag
 
 CONTOUR_LEVEL = 0.3  # |Δ Grad-CAM| on the [0, 1] scale drawn as a red contour
 _CELL = 1.25  # inches per image panel
@@ -39,19 +40,13 @@ _ATTENTION_COLUMNS = ("x (clean)", "Grad-CAM(x)", "x_adv", "Grad-CAM(x_adv)", "�
 _DEPTH_COLUMNS = ("x", "depth(x)", "x_adv", "depth(x_adv)", "Δ depth")
 
 
-def eps_fraction(eps_setting: float) -> float:
-    """An ``eval.figure_eps`` / ``eval.eps`` value as a radius in [0, 1] pixel units (the eval
-    settings are in 1/255 units): the one place figures convert them."""
-    return eps_setting / 255
-
-
 def figure_files(ev: EvalConfig) -> list[str]:
     """Every file the figures of ``ev`` make: each PNG followed by its PDF."""
     if ev.n_figures <= 0:
         return []
-    stems = [f"figures/attention_eps{eps_label(e)}" for e in ev.figure_eps]
+    stems = [f"figures/attention_eps{eps_tag(e)}" for e in ev.figure_eps]
     if ev.depth_model:
-        stems += [f"figures/depth_eps{eps_label(e)}" for e in ev.figure_eps]
+        stems += [f"figures/depth_eps{eps_tag(e)}" for e in ev.figure_eps]
     return [f"{stem}.{ext}" for stem in stems for ext in ("png", "pdf")]
 
 
@@ -75,12 +70,10 @@ def _rgb(x: torch.Tensor) -> np.ndarray:
     return x.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
-def _attack(model, x, y, ev: EvalConfig, eps_setting: float, device) -> torch.Tensor:
+def _attack(model, x, y, ev: EvalConfig, eps: float, device) -> torch.Tensor:
     generator = torch.Generator(device=device)
-    generator.manual_seed(attacks_eval.task_seed(ev.seed, f"figure_eps{eps_label(eps_setting)}",
-                                                 0))
+    generator.manual_seed(attacks_eval.task_seed(ev.seed, f"figure_eps{eps_tag(eps)}", 0))
     clean_ok = torch.ones_like(y, dtype=torch.bool)
-    eps = eps_fraction(eps_setting)
     out = attacks_eval.pgd_eval(model, x, y, clean_ok, eps=eps, alpha=eps * ev.alpha / ev.eps,
                                 steps=ev.pgd_steps, generator=generator)
     return out.x_adv
@@ -95,13 +88,12 @@ def make_all(art_path: Path, model, ev: EvalConfig, samples: dict[int, tuple],
         y = torch.tensor([samples[p][1] for p in order], device=device)
         g = torch.stack([samples[p][2] for p in order]).to(device)
         depth_model = _load_depth(ev, device)
-        for eps_setting in ev.figure_eps:
-            x_adv = _attack(model, x, y, ev, eps_setting, device)
-            eps = eps_fraction(eps_setting)
-            attention_figure(art_path / f"figures/attention_eps{eps_label(eps_setting)}.png",
+        for eps in ev.figure_eps:
+            x_adv = _attack(model, x, y, ev, eps, device)
+            attention_figure(art_path / f"figures/attention_eps{eps_tag(eps)}.png",
                              model, x, x_adv, y, g, eps, class_names, ev.pgd_steps)
             if depth_model is not None:
-                depth_figure(art_path / f"figures/depth_eps{eps_label(eps_setting)}.png",
+                depth_figure(art_path / f"figures/depth_eps{eps_tag(eps)}.png",
                              depth_model, x, x_adv, eps, ev.pgd_steps)
     return [rel for rel in figure_files(ev) if (art_path / rel).is_file()]
 

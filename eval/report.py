@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daat.artifacts import Artifact, ArtifactError, atomic_write_text, list_artifacts, open_artifact
+from daat.config import fraction_text
 from daat.errors import DaatError
 from daat.eval import paper, report_figures, style
-from daat.eval.report_figures import lam, method
+from daat.eval.report_figures import lam, method, radius_of_key
 
 METHOD_NAMES = {"standard": "Standard", "pgd-at": "PGD-AT", "daat-no-align": "DAAT w/o L_align",
                 "daat": "DAAT"}
@@ -143,10 +144,16 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
 
 
+def table_attack(r: Row) -> str:
+    """The summary key of the PGD the evaluation put in Table 1 (pgd-10 unless configured)."""
+    return r.summary.get("table_attack", "pgd-10")
+
+
 def table1(rows: list[Row]) -> list[str]:
     show_paper = any(paper.matches_paper(r.config) for r in rows)
-    head = ["method", "preset", "seed", "λ", "clean", "PGD-10", "AutoAttack", "n (clean / AA)",
-            "run", "eval"]
+    attacks = sorted({table_attack(r) for r in rows if r.summary}) or ["pgd-10"]
+    head = ["method", "preset", "seed", "λ", "clean", " / ".join(a.upper() for a in attacks),
+            "AutoAttack", "n (clean / AA)", "run", "eval"]
     if show_paper:
         head.append("paper clean / PGD-10 / AA")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -155,7 +162,7 @@ def table1(rows: list[Row]) -> list[str]:
         counts = r.summary.get("counts", {})
         cells = [METHOD_NAMES[method(r.config)], f"`{r.config.get('preset') or '-'}`",
                  str(r.config.get("seed")), f"{lam(r.config):g}", _pct(acc.get("clean")),
-                 _pct(acc.get("pgd-10")), _pct(acc.get("autoattack")),
+                 _pct(acc.get(table_attack(r))), _pct(acc.get("autoattack")),
                  f"{counts.get('evaluated', '—')} / {counts.get('autoattack', '—')}",
                  f"`{r.run.id}`" if r.run else "—", f"`{r.eval.id}`" if r.eval else "not evaluated"]
         if show_paper:
@@ -191,11 +198,13 @@ def robust_vs_eps_table(rows: list[Row]) -> list[str]:
              if isinstance(v, dict)]
     if not grids:
         return []
-    eps = sorted({e for _, _, v in grids for e in v}, key=float)
-    lines = ["| run | attack | " + " | ".join(f"ε={e}/255" for e in eps) + " | n |",
+    radii = [{radius_of_key(e, r.summary): a for e, a in values.items()}
+             for r, _, values in grids]
+    eps = sorted({e for by_radius in radii for e in by_radius})
+    lines = ["| run | attack | " + " | ".join(f"ε={fraction_text(e)}" for e in eps) + " | n |",
              "|---|---|" + "---|" * (len(eps) + 1)]
-    for r, key, values in grids:
-        lines.append(f"| {r.label} | {key} | " + " | ".join(_pct(values.get(e)) for e in eps)
+    for (r, key, _), by_radius in zip(grids, radii):
+        lines.append(f"| {r.label} | {key} | " + " | ".join(_pct(by_radius.get(e)) for e in eps)
                      + f" | {r.summary.get('counts', {}).get('pgd_long', '—')} |")
     return lines
 
@@ -236,8 +245,8 @@ def sanity_lines(rows: list[Row]) -> list[str]:
             continue
         flags = r.summary.get("sanity", {}).get("flags", [])
         if flags:
-            lines.append(f"- **{r.label}: {len(flags)} flag(s)** — robust numbers may be "
-                         f"overestimated:")
+            lines.append(f"- **{r.label}: {len(flags)} flag(s)** — the model or the attacks look "
+                         f"broken; do not trust its robust numbers until each is explained:")
             lines += [f"  - `{f['name']}`: {f['message']}" for f in flags]
         else:
             lines.append(f"- {r.label}: all sanity checks passed "
@@ -274,20 +283,30 @@ def attack_text(rows: list[Row]) -> str:
         for key, facts in r.summary.get("attacks", {}).items():
             if key.startswith("pgd-") and isinstance(facts, dict):
                 alpha = facts.get("alpha")
-                step = f"α = {255 * alpha:g}/255" if isinstance(alpha, float) else f"α = {alpha}"
-                text = f"{key}: {facts.get('steps')} steps, {step}"
+                step = f"α = {fraction_text(alpha)}" if isinstance(alpha, float) else f"α = {alpha}"
+                eps = facts.get("eps")
+                radius = (f"ε = {fraction_text(eps)}" if isinstance(eps, float) else
+                          "ε = " + ", ".join(map(fraction_text, eps)) if eps else "")
+                text = f"{key}: {facts.get('steps')} steps, {radius}, {step}"
                 if text not in seen:
                     seen.append(text)
     return "; ".join(seen) or "settings not recorded"
 
 
+def autoattack_eps_text(rows: list[Row]) -> str:
+    """The AutoAttack radii the evaluations used, from their summaries."""
+    radii = sorted({r.summary["attacks"]["autoattack"]["eps"] for r in rows
+                    if r.summary.get("attacks", {}).get("autoattack", {}).get("eps") is not None})
+    return "ε = " + " / ".join(map(fraction_text, radii)) if radii else "ε not recorded"
+
+
 def table1_section(rows: list[Row]) -> list[str]:
-    md = ["## Table 1: clean / PGD-10 / AutoAttack accuracy (%)", ""] + table1(rows)
+    md = ["## Table 1: clean / PGD / AutoAttack accuracy (%)", ""] + table1(rows)
     subsets = sorted({(r.summary["counts"]["evaluated"], r.summary["counts"]["autoattack"],
                        r.summary["counts"]["val"]) for r in rows if r.summary})
     md += ["", "Accuracies are on the val split: clean and PGD-10 on the evaluated samples, "
-           "AutoAttack (pyautoattack `standard`: APGD-CE, APGD-T, FAB-T, Square; L∞, ε = 4/255) on "
-           "a fixed random subset of them, the same for every run — " + "; ".join(
+           f"AutoAttack (pyautoattack `standard`: APGD-CE, APGD-T, FAB-T, Square; L∞, "
+           f"{autoattack_eps_text(rows)}) on a fixed random subset of them, the same for every run — " + "; ".join(
                f"{e} evaluated of {v} val samples, AutoAttack on {a}" for e, a, v in subsets) + ".",
            "PGD accuracies are worst case over iterates (random start; " + attack_text(rows) + ")."]
     n_text = "; ".join(f"{e} val images evaluated (AutoAttack on {a})" for e, a, _ in subsets)

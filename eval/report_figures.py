@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 
 from daat import keys
+from daat.config import fraction_value
 from daat.eval import style
 
 CAPTIONS = {
@@ -158,9 +159,12 @@ def _long_key(r) -> str | None:
                 None)
 
 
-def _eps_of(key: str) -> float:
-    """A PGD-100 accuracy key of summary.json (its ε in 1/255 units) as a radius in [0, 1]."""
-    return float(key) / 255
+
+
+def radius_of_key(key: str, data: dict) -> float:
+    """The radius (a fraction) of a Fig. 3c accuracy key of summary ``data``: '4/255' now; a
+    summary without ``table_attack`` was written when the keys counted in 1/255 ('4')."""
+    return fraction_value(key) if "table_attack" in data else float(key) / 255
 
 
 def _vs_eps(rows, out: Path) -> str | None:
@@ -173,7 +177,8 @@ def _vs_eps(rows, out: Path) -> str | None:
         ticks = set()
         for r in group:
             long_key, m = _long_key(r), method(r.config)
-            points = sorted((_eps_of(e), 100 * a) for e, a in r.summary["accuracy"][long_key]
+            points = sorted((radius_of_key(e, r.summary), 100 * a)
+                            for e, a in r.summary["accuracy"][long_key]
                             .items() if a is not None)
             ax.plot([p[0] for p in points], [p[1] for p in points],
                     label=labels[r.eval.id] + (f" ({long_key})" if len(attacks) > 1 else ""),
@@ -211,8 +216,11 @@ def _vs_lam(rows, out: Path) -> str | None:
     if not groups:
         return None
     # (summary key, legend name, colour, marker): markers tell coinciding curves apart
-    metrics = (("clean", "clean", "tab:blue", "o"), ("pgd-10", "PGD-10", "tab:red", "s"),
+    table = sorted({r.summary.get("table_attack", "pgd-10") for g in groups for r in g})[0]
+    metrics = (("clean", "clean", "tab:blue", "o"), (table, table.upper(), "tab:red", "s"),
                ("autoattack", "AutoAttack", "tab:purple", "^"))
+    radii = sorted({r.summary["attacks"]["autoattack"]["eps"] for g in groups for r in g
+                    if r.summary.get("attacks", {}).get("autoattack", {}).get("eps") is not None})
     by_axes = {(*setting(g[0].config), i): g for i, g in enumerate(groups)}
 
     def curves(ax, group):
@@ -235,7 +243,9 @@ def _vs_lam(rows, out: Path) -> str | None:
 
     titled = {key[:2] if len(by_axes) == 1 else (key[0], f"{key[1]} · group {key[2] + 1}"): g
               for key, g in by_axes.items()}
-    return _draw(titled, curves, out, "fig3d", CAPTIONS["3d"].split(": ", 1)[1], "λ (loss.lam)")
+    title = CAPTIONS["3d"].split(": ", 1)[1] + (
+        f" (attacks at ε = {', '.join(map(style.format_eps, radii))})" if radii else "")
+    return _draw(titled, curves, out, "fig3d", title, "λ (loss.lam)")
 
 
 def draw_all(rows, out: Path) -> dict[str, str]:

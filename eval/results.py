@@ -18,8 +18,8 @@ together (not the few a sparse subset has in a block of positions). Layout (zarr
 
 where len is the task's group size. Per-sample arrays are chunked by C, so chunk k of a task is one
 file, and ``done`` has one file per chunk: ranks writing disjoint chunks never share a file.
-Tasks: ``clean``, ``pgd-10_eps4`` (Table 1), ``pgd-100_eps{e}`` for e in eval.eps_grid (Fig. 3c),
-``autoattack_eps4``.
+Tasks: ``clean``, ``pgd-10_eps4`` (Table 1), ``pgd-100_eps{e}_long`` for e in eval.eps_grid
+(Fig. 3c), ``autoattack_eps4``; radii in names are in grey levels (eps4 = ε 4/255).
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from daat.config import EvalConfig
+from daat.config import EvalConfig, fraction_text
 from daat.errors import DaatError
 
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4  # 3: radii as fractions, long tasks named *_long; 4: attention cos(A, G)
 TASK_FIELDS = {"pred": ("int16", -1), "correct": ("bool", False),
                "margin": ("float32", float("nan")), "zero_grad": ("bool", False)}
 ATTENTION_FIELDS = ("cos", "js", "top_clean", "top_adv", "cos_g_clean", "cos_g_adv")
@@ -45,49 +45,48 @@ GROUPS = ("all", "long", "autoattack")
 class Task:
     name: str  # zarr group name
     kind: str  # clean | pgd | autoattack
-    eps255: float = 0.0  # radius in 1/255 units
-    alpha255: float = 0.0  # PGD step in 1/255 units
+    eps: float = 0.0  # L-inf radius, a fraction of the [0, 1] pixel range
+    alpha: float = 0.0  # PGD step, same units
     steps: int = 0
     group: str = "all"  # all | long | autoattack
     early_stop: bool = False  # PGD drops samples once fooled (attacks_eval.pgd_until_fooled)
 
-    @property
-    def eps(self) -> float:
-        return self.eps255 / 255.0
 
-    @property
-    def alpha(self) -> float:
-        return self.alpha255 / 255.0
+def eps_label(eps: float) -> str:
+    """4/255 -> '4/255', 0.01 -> '0.01': summary keys and every printed radius."""
+    return fraction_text(eps)
 
 
-def eps_label(eps255: float) -> str:
-    """4.0 → '4', 0.5 → '0.5' (summary keys and task names)."""
-    return f"{eps255:g}"
+def eps_tag(eps: float) -> str:
+    """The radius in a task (zarr group) name, in grey levels: 4/255 -> '4', 0.01 -> '2.55'."""
+    return f"{eps * 255:.6g}"
 
 
 def table_task_name(ev: EvalConfig) -> str:
-    return f"pgd-{ev.pgd_steps}_eps{eps_label(ev.eps)}"
+    return f"pgd-{ev.pgd_steps}_eps{eps_tag(ev.eps)}"
 
 
-def long_task_name(ev: EvalConfig, eps255: float) -> str:
-    return f"pgd-{ev.pgd_long_steps}_eps{eps_label(eps255)}"
+def long_task_name(ev: EvalConfig, eps: float) -> str:
+    """Fig. 3c's PGD on its subset; the suffix keeps it apart from the Table 1 PGD when both have
+    the same steps and radius."""
+    return f"pgd-{ev.pgd_long_steps}_eps{eps_tag(eps)}_long"
 
 
 def autoattack_task_name(ev: EvalConfig) -> str:
-    return f"autoattack_eps{eps_label(ev.eps)}"
+    return f"autoattack_eps{eps_tag(ev.eps)}"
 
 
 def plan_tasks(ev: EvalConfig) -> list[Task]:
-    """Every task, in the order they run on a chunk of their group."""
-    if sorted(set(ev.eps_grid)) != list(ev.eps_grid) or any(e <= 0 for e in ev.eps_grid):
-        raise DaatError(f"eval.eps_grid must be positive and strictly increasing, got "
-                        f"{ev.eps_grid}")
+    """Every task, in the order they run on a chunk of their group (names are unique)."""
     tasks = [Task("clean", "clean"),
              Task(table_task_name(ev), "pgd", ev.eps, ev.alpha, ev.pgd_steps)]
     tasks += [Task(long_task_name(ev, e), "pgd", e, ev.pgd_long_alpha_frac * e, ev.pgd_long_steps,
                    "long", early_stop=True) for e in ev.eps_grid]
     if ev.autoattack:
         tasks.append(Task(autoattack_task_name(ev), "autoattack", ev.eps, group="autoattack"))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise DaatError(f"evaluation tasks share a name: {names}")
     return tasks
 
 
@@ -233,10 +232,19 @@ def progress(path: Path) -> dict[str, tuple[int, int]]:
     if not (path / "zarr.json").is_file():
         return {}
     group = zarr.open_group(str(path), mode="r")
-    tasks = [Task(**t) for t in group.attrs.get("tasks", [])]
+    tasks = [_task_from_attrs(t) for t in group.attrs.get("tasks", [])]
     if not tasks:
         return {}
     store = Store(group, tasks)
     done = store.done_counts()
     return {t.name: (min(done[t.name], store.n_chunks(t.group)), store.n_chunks(t.group))
             for t in tasks}
+
+
+def _task_from_attrs(saved: dict) -> Task:
+    """A task as a store's attrs list it; layout 2 stored radii in 1/255 units."""
+    saved = dict(saved)
+    for old, new in (("eps255", "eps"), ("alpha255", "alpha")):
+        if old in saved:
+            saved[new] = saved.pop(old) / 255
+    return Task(**saved)

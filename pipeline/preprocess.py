@@ -13,6 +13,7 @@ artifact out: it fails at once naming the holder instead of deleting the first o
 from __future__ import annotations
 
 import collections
+import copy
 import os
 import sys
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ def run(cfg: config_mod.Config, out: str) -> artifacts.Artifact:
     """Make (or reuse, or resume) the shard artifact ``cfg`` determines under ``out``."""
     from daat.cards import load_card
     card = load_card(cfg.data.card, cfg.data.root)
+    cfg = _with_depth_model(cfg, card)
+    if os.environ.get("RANK", "0") == "0":
+        config_mod.print_resolved(cfg, f"preprocess {card.name}")
     oracle = is_oracle(cfg.depth.model)
     if oracle and card.kind != "synthetic":
         raise DataError(f"depth model 'oracle' is the synthetic data's exact depth; card "
@@ -98,6 +102,19 @@ def run(cfg: config_mod.Config, out: str) -> artifacts.Artifact:
     finally:
         if art is not None:
             art.unlock()
+
+
+def _with_depth_model(cfg: config_mod.Config, card) -> config_mod.Config:
+    """``depth.model`` unset: the exact ``oracle`` depth for synthetic cards; real images need a
+    depth network named."""
+    if cfg.depth.model is not None:
+        return cfg
+    if card.kind != "synthetic":
+        raise DataError(f"card '{card.name}' holds real images: name the depth model with --depth "
+                        f"(e.g. Intel/dpt-hybrid-midas) or depth.model")
+    cfg = copy.deepcopy(cfg)
+    cfg.depth.model = ORACLE
+    return cfg
 
 
 def _run(cfg, out: str, card, determining: dict, oracle: bool, device: torch.device,
@@ -426,7 +443,11 @@ def _finalise(cfg, art: artifacts.Artifact, card, items: dict, depth_id: str) ->
     for split, split_items in items.items():
         plan = _shard_plan(split, split_items, cfg.data.shard_size)
         splits[split] = fmt.record_split(art, split, [[j.key for j in jobs] for jobs in plan])
-        _warn_skipped(split, len(split_items), splits[split]["skipped"]["items"], art.path)
+        left_out = card.skipped(split)  # entries the folder scan did not read, with reasons
+        skipped = splits[split]["skipped"]
+        skipped["items"] = sorted(skipped["items"] + left_out, key=lambda x: x["relpath"])
+        skipped["count"] = len(skipped["items"])
+        _warn_skipped(split, len(split_items) + len(left_out), skipped["items"], art.path)
     fmt.describe(art, classes=list(card.classes), splits=splits, depth_model=depth_id,
                  card=card.to_dict(),
                  image={"resize_short": cfg.data.resize_short, "center_crop": cfg.data.center_crop,

@@ -196,7 +196,7 @@ def test_list_says_what_each_kind_holds(tiny_shards, tmp_path):
     run_line = admin.describe(run)
     assert "preset daat+synthetic" in run_line and "seed 3" in run_line
     assert "epochs 2/4" in run_line and "clean 60.0%" in run_line and "PGD-10 25.0%" in run_line
-    ev_cfg = config_mod.load([], ["eval.eps_grid=[2,4]", "eval.chunk_size=5"]).eval
+    ev_cfg = config_mod.load([], ["eval.eps_grid=[2/255,4/255]", "eval.chunk_size=5"]).eval
     ev = create_or_open(tmp_path, "eval", {"e": 1}, config={}, lineage=[run.id, tiny_shards.id])
     tasks = results.plan_tasks(ev_cfg)
     store = results.Store.create_or_open(
@@ -207,7 +207,7 @@ def test_list_says_what_each_kind_holds(tiny_shards, tmp_path):
         store.mark_done(task, 1)
     store.mark_done(tasks[2], 0)
     eval_line = admin.describe(ev)
-    assert f"attacks done 2/{len(tasks)}" in eval_line and "pgd-100_eps2 1/2 chunks" in eval_line
+    assert f"attacks done 2/{len(tasks)}" in eval_line and "pgd-100_eps2_long 1/2 chunks" in eval_line
     listed = CliRunner().invoke(main, ["artifacts", "list", str(tmp_path)])
     assert listed.exit_code == 0 and "epochs 2/4" in listed.output and "attacks done" in listed.output
 

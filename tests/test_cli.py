@@ -36,6 +36,24 @@ def test_config_show_reports_bad_key():
     assert "train.epochz" in result.output
 
 
+@pytest.mark.parametrize("command", [["config", "show"], ["train", "--shards", "."],
+                                     ["preprocess", "--card", "synthetic"]])
+def test_a_bad_value_is_one_error_line_naming_the_key(command):
+    result = CliRunner().invoke(main, command + ["--set", "optim.lr=nan"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr == "error: config key 'optim.lr' must be a finite number, got nan\n"
+
+
+def test_config_show_prints_radii_as_fractions():
+    result = CliRunner().invoke(main, ["config", "show", "--set", "attack.eps=8/255",
+                                       "--set", "eval.eps=2/255"])
+    assert result.exit_code == 0, result.output
+    assert "attack:\n  eps: 0.0314 (8/255)\n  alpha: 0.00392 (1/255)\n" in result.output
+    assert "  eps: 0.00784 (2/255)\n" in result.output
+    refused = CliRunner().invoke(main, ["config", "show", "--set", "attack.eps=4"])
+    assert refused.exit_code == 2 and "write 4/255" in refused.stderr
+
+
 def test_artifacts_verify_cli(tmp_path):
     from daat import artifacts as A
     art = A.create_or_open(tmp_path, "demo", {"k": 1}, config={})

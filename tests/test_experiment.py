@@ -26,7 +26,7 @@ TOY_SET = {"data.shard_size": 8, "data.num_workers": 0, "depth.target": "cached"
            "model.img_size": 32, "model.patch_size": 8, "model.embed_dim": 32, "model.depth": 2,
            "model.num_heads": 2, "train.epochs": 1, "train.batch_size": 8,
            "train.val_samples": 20, "train.val_pgd_steps": 2}
-TOY_EVAL = {"eval.pgd_steps": 2, "eval.pgd_long_steps": 3, "eval.eps_grid": [2, 4],
+TOY_EVAL = {"eval.pgd_steps": 2, "eval.pgd_long_steps": 3, "eval.eps_grid": [2 / 255, 4 / 255],
             "eval.autoattack": False, "eval.n_autoattack": 0, "eval.n_figures": 0,
             "eval.chunk_size": 10}
 

@@ -16,7 +16,7 @@ LAM = "loss.lam"
 def summary(clean: float, pgd: float, shape_bias: float) -> dict:
     decisions = {"shape": 0.4, "texture": 0.2, "shape_bias": shape_bias, "n": 90}
     return {"accuracy": {"clean": clean, "pgd-10": pgd, "autoattack": pgd - 0.01,
-                         "pgd-100": {"2": pgd + 0.05, "4": pgd}},
+                         "pgd-100": {"2/255": pgd + 0.05, "4/255": pgd}}, "table_attack": "pgd-10",
             "counts": {"evaluated": 400, "autoattack": 100},
             "attention": {"attack": "pgd-10 at eps 4/255", "cos_clean_adv": 0.9,
                           "js_clean_adv": 0.01, "top20_mass_clean": 0.3, "top20_mass_adv": 0.28,

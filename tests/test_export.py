@@ -81,7 +81,8 @@ def test_timm_config_carries_the_architecture_and_the_card_the_lineage(tiny_run,
     run_cfg = daat.load_run(tiny_run).config
     assert spec["architecture"] == run_cfg.model.name
     assert spec["model_args"] == {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
-                                  "num_heads": 2, "num_classes": 10}
+                                  "num_heads": 2, "num_classes": 10,
+                                  "init_values": 0.0}  # 0: no LayerScale, whatever timm's default
     card = (folder / "README.md").read_text()
     from huggingface_hub import ModelCard  # the hub reads the front matter like this
     meta = ModelCard.load(folder / "README.md").data

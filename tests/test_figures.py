@@ -25,7 +25,8 @@ def handmade_with(root, card: str, presets: list[str], seed: int, acc: dict, *ov
     run.mark_complete()
     ev = create_or_open(root, "eval", {"r": run.id}, config=cfg, lineage=[run.id, "shards-x"])
     ev.write_json("summary.json", {
-        "accuracy": {**acc, "pgd-100": {"4": acc["pgd-10"]}}, "lam": cfg["loss"]["lam"],
+        "accuracy": {**acc, "pgd-100": {"4/255": acc["pgd-10"]}}, "lam": cfg["loss"]["lam"],
+        "table_attack": "pgd-10",
         "counts": {"val": 5000, "evaluated": 5000, "autoattack": 1000},
         "sanity": {"flags": [], "checks": [{"name": "zero_input_gradients", "passed": True}]},
         "attention": None, "figures": []})

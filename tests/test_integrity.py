@@ -29,7 +29,7 @@ RUN = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.d
        "train.log_every_steps=2", "train.ckpt_every_steps=3", "optim.warmup_epochs=0.5",
        "depth.target=cached", "device=cpu"]
 EVAL = ["data.num_workers=0", "device=cpu", "eval.n_figures=0", "eval.pgd_long_steps=2",
-        "eval.eps_grid=[4]", "eval.autoattack=false", "eval.n_autoattack=0", "eval.n_samples=8",
+        "eval.eps_grid=[4/255]", "eval.autoattack=false", "eval.n_autoattack=0", "eval.n_samples=8",
         "eval.chunk_size=8"]
 
 

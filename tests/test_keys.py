@@ -8,7 +8,7 @@ def test_shards_key_holds_data_and_depth_model_only():
     cfg = C.load(["pgd-at", "synthetic"])
     det = keys.determining("shards", cfg)
     assert set(det) == {"data", "depth"}
-    assert det["depth"] == {"model": "oracle"}
+    assert det["depth"] == {"model": None}  # unset: preprocess fills in oracle for synthetic
     assert "num_workers" not in det["data"]
     changed = C.load(["pgd-at", "synthetic"], ["train.epochs=99", "data.num_workers=7"])
     assert keys.determining("shards", changed) == det

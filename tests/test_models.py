@@ -256,7 +256,7 @@ def test_teacher_errors_name_the_model(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="not_a_model"):
         build_teacher("not_a_model", 64, (8, 8))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DaatError, match=r"vit_small_patch14_dinov2\.lvd142m.*offline"):
+    with pytest.raises(DaatError, match=r"vit_small_patch14_dinov2\.lvd142m.*HF_HUB_OFFLINE"):
         build_teacher("vit_small_patch14_dinov2.lvd142m", 56, (4, 4),  # shrunk: only the download matters
                       arch_overrides={"embed_dim": 32, "depth": 1, "num_heads": 2})
 
@@ -268,3 +268,17 @@ def test_projection_only_when_widths_differ():
     assert proj(torch.rand(2, 65, 64)).shape == (2, 65, 48)
     student = tiny_vit(seed=7)
     assert not any(k.startswith("proj") for k in student.state_dict())
+
+
+def test_the_student_is_a_plain_vit_unless_init_values_asks_for_layerscale():
+    from daat import config as config_mod
+
+    tiny = ["model.img_size=28", "model.embed_dim=32", "model.depth=2", "model.num_heads=2"]
+    cfg = config_mod.load(["imagenet100"], tiny)
+    assert cfg.model.name == "vit_base_patch14_dinov2" and cfg.model.init_values is None
+    plain = build_student(cfg.model, 10)
+    assert not [n for n, _ in plain.named_parameters() if ".ls" in n]  # timm's DINOv2 has 1e-5
+    scaled = build_student(config_mod.load(["imagenet100"], tiny + ["model.init_values=1e-5"])
+                           .model, 10)
+    gammas = [p for n, p in scaled.named_parameters() if n.endswith(("ls1.gamma", "ls2.gamma"))]
+    assert len(gammas) == 4 and all(torch.all(g == 1e-5) for g in gammas)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from conftest import copy_artifact, tiny_config, write_synthetic_card
 from daat import artifacts
+from daat.cards import CardWarning
 from daat.errors import DataError
 from daat.pipeline import loaders, preprocess, shards as fmt
 
@@ -324,25 +325,44 @@ def build_odd_folder(root: Path) -> dict[str, str]:
     Image.new("RGB", (1, 1)).save(dog / "dot.png")
     Image.new("RGB", (300, 200)).save(dog / "bomb.png")  # 60,000 px > the test's limit
     (dog / "dangling.jpg").symlink_to(root / "gone.jpg")
-    for i, d in enumerate((val, root / "val" / "dog")):
+    for i, d in enumerate((val, root / "val" / "dog", root / "val" / "bird")):
+        d.mkdir(exist_ok=True)
         (d / "v.jpg").write_bytes(_jpeg(_picture(40, 40, 20 + i)))
+    # Entries the folder scan leaves out, each listed with its reason: a hidden name that looks
+    # like an image, a dot folder (not a class), a class folder that is a symlink leading outside
+    # --root, a file that is not an image by its name.
+    (cat / "..jpg").write_bytes(_jpeg(_picture(40, 40, 30)))
+    (root / "train" / ".thumbnails").mkdir()
+    ((root / "train" / ".thumbnails") / "t.jpg").write_bytes(_jpeg(_picture(40, 40, 31)))
+    elsewhere = root.parent / "elsewhere" / "bird"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "b.jpg").write_bytes(_jpeg(_picture(40, 40, 32)))
+    (root / "train" / "bird").symlink_to(elsewhere)
+    (dog / "notes.txt").write_text("not an image name")
     return {"train/cat/truncated.jpg": "truncated", "train/cat/empty.jpg": "empty-file",
             "train/dog/notes.jpg": "not-an-image", "train/dog/dot.png": "too-small",
-            "train/dog/bomb.png": "decompression-bomb", "train/dog/dangling.jpg": "unreadable"}
+            "train/dog/bomb.png": "decompression-bomb", "train/dog/dangling.jpg": "unreadable",
+            "train/cat/..jpg": "hidden", "train/.thumbnails": "hidden",
+            "train/bird": "outside-root", "train/dog/notes.txt": "not-an-image-name"}
+
+
+SCANNED_OUT = 4  # entries of build_odd_folder that the folder scan itself leaves out
 
 
 def test_bad_inputs_are_skipped_with_reasons(tmp_path, tiny_dpt_dir, capfd):
     bad = build_odd_folder(tmp_path / "folder")
     cfg = tiny_config(tmp_path / "folder", "data.max_image_pixels=50000", "data.resize_short=32",
                       depth=str(tiny_dpt_dir))
-    art = fmt.open_shards(preprocess.run(cfg, str(tmp_path / "out")).path)
+    with pytest.warns(CardWarning, match=r"train/bird has no images .*symlink outside --root"):
+        art = fmt.open_shards(preprocess.run(cfg, str(tmp_path / "out")).path)
     skipped = art.extra["splits"]["train"]["skipped"]
     assert skipped["count"] == len(bad)
     assert {x["relpath"]: x["reason"].split(":")[0] for x in skipped["items"]} == bad
-    assert "warning: skipped 6 of 16 train inputs" in capfd.readouterr().err
+    assert "warning: skipped 10 of 20 train inputs" in capfd.readouterr().err
     samples = {s.meta["relpath"]: s for s in fmt.iter_samples(art, "train")}
-    assert len(samples) == 16 - len(bad) == art.split_size("train")
-    assert art.split_size("val") == 2 and artifacts.verify(art.path) == []
+    assert len(samples) == 16 - (len(bad) - SCANNED_OUT) == art.split_size("train")
+    assert art.classes == ["bird", "cat", "dog"]  # the symlinked class exists, without images
+    assert art.split_size("val") == 3 and artifacts.verify(art.path) == []
     assert samples["train/dog/rotated.jpg"].meta["orig_hw"] == [64, 32]  # EXIF turned it tall
     assert samples["train/dog/rotated.jpg"].image.shape == (64, 32, 3)
     assert samples["train/cat/good0.jpg"].image.shape == (32, 45, 3)  # 40x56 -> short side 32

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from daat.artifacts import list_artifacts, verify
+from daat.config import fraction_value
 
 
 @pytest.mark.slow
@@ -37,8 +38,8 @@ def test_quickstart_end_to_end_then_reuse(tmp_path):
         acc = summary["accuracy"]
         same = summary["accuracy_on_same_samples"]["autoattack_subset"]
         # AA <= PGD-100 <= PGD-10 <= clean at 4/255 on the same samples
-        assert same["autoattack"] <= same["pgd-100@4"] <= same["pgd-10"] <= same["clean"]
-        long_acc = [acc["pgd-100"][e] for e in sorted(acc["pgd-100"], key=float)]
+        assert same["autoattack"] <= same["pgd-100@4/255"] <= same["pgd-10"] <= same["clean"]
+        long_acc = [acc["pgd-100"][e] for e in sorted(acc["pgd-100"], key=fraction_value)]
         assert all(b <= a for a, b in zip(long_acc, long_acc[1:]))
         assert all((ev.path / rel).is_file() for rel in summary["figures"])
     print(f"quickstart wall time: {wall:.0f} s")  # the budget is 600 s on 2 idle cores

@@ -18,8 +18,8 @@ from daat.eval import evaluate, report
 from test_evaluate import TINY_MODEL, fabricate_run, memorised  # noqa: F401 (fixture)
 
 EVAL = ["data.num_workers=0", "device=cpu", "eval.chunk_size=20", "eval.batch_size=20",
-        "eval.eps=8", "eval.alpha=2", "eval.eps_grid=[2,8]", "eval.pgd_long_steps=5",
-        "eval.n_autoattack=4", "eval.n_figures=1", "eval.figure_eps=[8]"]
+        "eval.eps=8/255", "eval.alpha=2/255", "eval.eps_grid=[2/255,8/255]", "eval.pgd_long_steps=5",
+        "eval.n_autoattack=4", "eval.n_figures=1", "eval.figure_eps=[8/255]"]
 
 
 def metrics_lines(seed: int) -> str:
@@ -84,6 +84,7 @@ def test_report_on_two_runs_renders_their_summaries(two_evaluated_runs, tmp_path
     for link in re.findall(r"\]\(([^)]+\.png)\)", markdown):
         assert (tmp_path / link).is_file(), link
     assert "attention_eps8.png" in markdown  # the evals' Grad-CAM figures are copied in
+    assert "L∞, ε = 8/255" in markdown and "4/255" not in markdown  # the radius actually used
     assert "paper" not in table_rows(markdown)[pairs[0][1].name][-1]
 
 
@@ -110,7 +111,8 @@ def handmade(root: Path, card: str, preset: list[str], seed: int, acc: dict,
     run.mark_complete()
     ev = create_or_open(root, "eval", {"r": run.id}, config=cfg, lineage=[run.id, "shards-x"])
     ev.write_json("summary.json", {
-        "accuracy": {**acc, "pgd-100": {"4": acc["pgd-10"]}}, "lam": cfg["loss"]["lam"],
+        "accuracy": {**acc, "pgd-100": {"4/255": acc["pgd-10"]}}, "lam": cfg["loss"]["lam"],
+        "table_attack": "pgd-10",
         "counts": {"val": 5000, "evaluated": 5000, "autoattack": 1000},
         "sanity": {"flags": [], "checks": [{"name": "zero_input_gradients", "passed": True}]},
         "attention": None, "figures": []})
@@ -156,3 +158,9 @@ def test_method_is_read_from_what_the_config_does():
     assert report.method(load("pgd-at")) == "pgd-at"
     assert report.method(load("daat-no-align")) == "daat-no-align"
     assert report.method(load("daat", "synthetic")) == "daat"
+
+
+def test_summaries_written_before_radii_were_fractions_still_read():
+    from daat.eval.report_figures import radius_of_key
+    assert radius_of_key("4/255", {"table_attack": "pgd-10"}) == pytest.approx(4 / 255)
+    assert radius_of_key("4", {"accuracy": {}}) == pytest.approx(4 / 255)  # 1/255 units then

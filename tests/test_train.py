@@ -5,6 +5,7 @@ written Eq. 5 + clip + AdamW step on a copy of the model, the depth model's inpu
 PGD output, the teacher and depth-model call counts against the configured schedule.
 """
 import copy
+import shutil
 
 import pytest
 import torch
@@ -119,8 +120,77 @@ def test_train_step_is_eq5_then_clip_then_adamw():
     assert out["nonfinite"].item() == 0.0
 
 
+def independent_g(depth: torch.Tensor, grid: int) -> torch.Tensor:
+    """Eq. 1 written out: Sobel magnitude (replicate border) by conv2d, block mean onto the patch
+    grid, divided by the sum."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    padded = F.pad(depth.unsqueeze(1), (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(padded, kx.view(1, 1, 3, 3))
+    gy = F.conv2d(padded, kx.t().contiguous().view(1, 1, 3, 3))
+    e = torch.sqrt(gx ** 2 + gy ** 2)
+    pooled = F.avg_pool2d(e, depth.shape[-1] // grid).flatten(1)
+    return pooled / pooled.sum(1, keepdim=True)
+
+
+def test_train_step_with_pgd_and_online_g_is_eq5(tiny_dpt_dir):
+    """PGD on and G(x_adv) from a real (tiny) DPT every step: the step equals an independent
+    Eq. 5 -- PGD written out with the same random start, the depth model on its output, Eq. 1 by
+    conv2d, Eq. 2 and 3, clip, one AdamW step -- on a copy of the model."""
+    from daat.depth import load_depth_model
+
+    cfg = tiny_cfg(overrides=["attack.steps=3", "loss.lam=0.7", "loss.gamma0=0.5",
+                              "optim.grad_clip=0.05", "depth.target=online",
+                              f"depth.model={tiny_dpt_dir}"])
+    teacher = CountingTeacher()
+    state = build_state(cfg, CLASSES, resolved(teacher), torch.device("cpu"))
+    ref_model, ref_proj = copy.deepcopy(state.model), copy.deepcopy(state.projection)
+    start = torch.Generator().set_state(state.generator.get_state())
+    x, y, g_cached = batch()
+    sched = StepSchedule(step=0, epoch=0, lr=3e-3, gamma=0.5, s=0.8)
+
+    out = train_step(state, (x, y, g_cached), sched)
+
+    eps, alpha = cfg.attack.eps, cfg.attack.alpha
+    ref_model.eval()
+    x_adv = (x + (torch.rand(x.shape, generator=start) * 2 - 1) * eps).clamp(0, 1)
+    for _ in range(3):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(ref_model(x_adv), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - eps), x + eps)
+        x_adv = x_adv.clamp(0, 1)
+    ref_model.zero_grad(set_to_none=True)
+    ref_model.train()
+    with torch.no_grad():
+        g_adv = independent_g(load_depth_model(str(tiny_dpt_dir), "cpu")(x_adv).float(), 4)
+    adv = ref_model.forward_train(x_adv, need_attention=True)
+    clean = ref_model.forward_train(x, need_tokens=True)
+    ce = F.cross_entropy(adv.logits, y)
+    align = (1 - F.cosine_similarity(adv.attention, g_adv, dim=1)).mean()
+    feat = (1 - F.cosine_similarity(ref_proj(clean.tokens).flatten(1), teacher(x).flatten(1),
+                                    dim=1)).mean()
+    loss = ce + 0.7 * 0.8 * align + 0.5 * feat
+    assert state.depth_target.online_calls == 1
+    assert not torch.allclose(g_adv, g_cached)  # the cached G would give another loss
+    for name, value in (("ce", ce), ("align", align), ("feat", feat), ("loss", loss)):
+        assert out[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+    ref_opt = step_mod.build_optimizer(cfg, ref_model, ref_proj)
+    for group in ref_opt.param_groups:
+        group["lr"] = 3e-3
+    loss.backward()
+    params = list(ref_model.parameters()) + list(ref_proj.parameters())
+    assert torch.nn.utils.clip_grad_norm_(params, 0.05) > 0.05  # the clip acts
+    ref_opt.step()
+    # As in the PGD-off test, Adam's first step is lr * g / (|g| + 1e-8): a near-zero gradient
+    # computed in another summation order moves its element by a few 1e-3 of lr (3.2e-6 seen
+    # after other tests ran first); 1e-5 is still 300 times below one step (lr = 3e-3).
+    for (name, p), q in zip(ref_model.named_parameters(), state.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
 def test_optimizer_groups_skip_decay_on_norms_biases_tokens():
-    cfg = tiny_cfg("pgd-at", "synthetic", overrides=["model.name=vit_base_patch14_dinov2"])
+    cfg = tiny_cfg("pgd-at", "synthetic", overrides=["model.name=vit_base_patch14_dinov2",
+                                                     "model.init_values=1e-5"])
     state = build_state(cfg, CLASSES, None, torch.device("cpu"))
     names = {id(p): n for n, p in state.model.named_parameters()}
     decay, no_decay = ({names[id(p)] for p in g["params"]} for g in state.optimizer.param_groups)
@@ -283,7 +353,7 @@ def test_policy_checks():
     with pytest.raises(config_mod.ConfigError, match="oracle"):
         check_policy(tiny_cfg(overrides=["depth.target=online", "depth.model=oracle"]))
     with pytest.raises(config_mod.ConfigError, match="online_every"):
-        check_policy(tiny_cfg(overrides=["depth.target=mixed", "depth.model=x"]))
+        tiny_cfg(overrides=["depth.target=mixed", "depth.model=x"])
     check_policy(tiny_cfg(overrides=["depth.target=online", "depth.model=oracle",
                                      "loss.lam=0"]))  # no L_align: the target is never needed
 
@@ -299,3 +369,43 @@ def test_train_forward_batches_adv_and_clean_like_two_forwards():
     torch.testing.assert_close(logits, adv.logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(attention, adv.attention, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(tokens, clean.tokens, rtol=1e-5, atol=1e-6)
+
+
+# -- which depth model computes G(x_adv) ------------------------------------------------------
+def test_depth_model_is_the_shards_own_unless_allowed_otherwise(tiny_dpt_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from daat.depth_ref import dir_hash
+    from daat.tiny_models import save_tiny_dpt
+    from daat.train.online_depth import resolve_model
+
+    shards = SimpleNamespace(config={"depth": {"model": str(tiny_dpt_dir)}},
+                             depth_model=f"{tiny_dpt_dir}@{dir_hash(tiny_dpt_dir)}",
+                             path=tmp_path / "shards-x")
+    online = ["depth.target=online"]
+    unset = tiny_cfg(overrides=online)
+    assert unset.depth.model is None
+    assert resolve_model(unset, shards).depth.model == str(tiny_dpt_dir)  # read from the shards
+    assert unset.depth.model is None  # the caller's config is left alone
+    moved = shutil.copytree(tiny_dpt_dir, tmp_path / "moved")  # the same files elsewhere
+    assert resolve_model(tiny_cfg(overrides=online + [f"depth.model={moved}"]), shards)
+    other = save_tiny_dpt(tmp_path / "other", image_size=32)
+    mismatch = tiny_cfg(overrides=online + [f"depth.model={other}"])
+    with pytest.raises(config_mod.ConfigError, match=r"not the depth model the shards were made "
+                                                     r"with.*depth.allow_other_model=true"):
+        resolve_model(mismatch, shards)
+    allowed = tiny_cfg(overrides=online + [f"depth.model={other}", "depth.allow_other_model=true"])
+    assert resolve_model(allowed, shards).depth.model == str(other)
+    cached = tiny_cfg(overrides=[f"depth.model={other}"])  # G(x) from the shards: no conflict
+    assert resolve_model(cached, shards).depth.model == str(other)
+
+
+def test_train_depth_option_sets_the_depth_model(tiny_shards, tiny_dpt_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from daat.cli import main
+    result = CliRunner().invoke(main, [
+        "train", "--config", "daat", "--config", "synthetic", "--shards", str(tiny_shards.path),
+        "--depth", str(tiny_dpt_dir), "--out", str(tmp_path), "--set", "depth.target=online"])
+    assert result.exit_code == 2, result.output
+    assert f"config key 'depth.model' = '{tiny_dpt_dir}' is not the depth model" in result.stderr

@@ -117,7 +117,10 @@ def test_pgd_at_run_fills_metrics_manifest_and_checkpoints(shards, tmp_path, mon
     assert m["extra"]["steps"] == 8 and m["extra"]["depth_model"] == "oracle"
     assert m["extra"]["final_metrics"]["val_clean_acc"] == epochs[-1]["val_clean_acc"]
     saved = config_mod.from_dict(yaml.safe_load((art.path / "config.yaml").read_text()))
-    assert saved == cfg_for("pgd-at", "synthetic") == config_mod.from_dict(m["config"])
+    expected = cfg_for("pgd-at", "synthetic")
+    assert expected.depth.model is None  # unset: the run takes the shards' depth model
+    expected.depth.model = "oracle"
+    assert saved == expected == config_mod.from_dict(m["config"])
     names = sorted(p.name for p in (art.path / "checkpoints").iterdir())
     assert names == ["epoch-0001.pt", "epoch-0002.pt", "final.pt", "latest", "step-00000003.pt",
                      "step-00000006.pt"]
@@ -156,12 +159,17 @@ def test_daat_cached_never_loads_depth_and_teacher_only_in_first_20_percent(
 
 
 def test_online_target_runs_a_real_depth_model_every_step(shards, tmp_path, tiny_dpt_dir):
+    overrides = ["train.epochs=1", "loss.gamma0=0", "depth.target=online",
+                 f"depth.model={tiny_dpt_dir}"]
+    with pytest.raises(config_mod.ConfigError, match="depth.allow_other_model"):
+        train(shards, tmp_path, "daat", "synthetic", overrides=overrides)  # oracle shards
     art = train(shards, tmp_path, "daat", "synthetic",
-                overrides=["train.epochs=1", "loss.gamma0=0", "depth.target=online",
-                           f"depth.model={tiny_dpt_dir}"])
+                overrides=overrides + ["depth.allow_other_model=true"])
     extra = art.manifest["extra"]
     assert extra["online_depth_steps"] == STEPS_PER_EPOCH
     assert extra["depth_model"].startswith(str(tiny_dpt_dir))  # the loaded model's id
+    assert extra["shards_depth_model"] == "oracle"  # the run records the difference
+    assert art.manifest["config"]["depth"]["allow_other_model"] is True
     (epoch,) = [r for r in metrics(art.path) if r["kind"] == "epoch"]
     assert 0 < epoch["align"] < 1
 

@@ -19,12 +19,14 @@ checkpoint, ``daat evaluate`` refuses it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -83,10 +85,37 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> str:
     # name); through a file object it is always "archive", so equal states give equal bytes
     # (an evaluation's content key includes its checkpoint's sha256)
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+        except RuntimeError as e:  # torch reports a failed write as a C++ iostream error
+            raise _write_failure(Path(path), state, e) from e
         digest = sha256_file(tmp)
     return digest
+
+
+def _write_failure(path: Path, state: dict[str, Any], error: RuntimeError) -> Exception:
+    """What a failed ``torch.save`` means: ENOSPC (naming the file) when the disk has less room
+    than the checkpoint's tensors, else a one-line TrainingError."""
+    need = sum(t.numel() * t.element_size() for t in _tensors(state))
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        return OSError(errno.ENOSPC, f"No space left on device (the checkpoint needs about "
+                                     f"{need / 2**20:.0f} MB, {free / 2**20:.0f} MB are free)",
+                       str(path))
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return TrainingError(f"cannot write checkpoint {path}: {first}")
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

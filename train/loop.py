@@ -39,7 +39,7 @@ from daat.pipeline.shards import ShardArtifact, open_shards
 from daat.train import checkpoint as ckpt
 from daat.train import loggers
 from daat.train import teacher as teacher_mod
-from daat.train.online_depth import DepthTarget, check_policy
+from daat.train.online_depth import DepthTarget, check_policy, resolve_model
 from daat.train.schedules import gamma_at, lr_at, s_at
 from daat.train.step import NonFiniteGuard, StepSchedule, TrainForward, TrainState
 from daat.train.step import build_optimizer, train_step, val_sums
@@ -56,11 +56,14 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
     info = dist.init(device)
     art = None
     try:
-        check_policy(cfg)
         loggers.check(cfg)
         shards = open_checked(cfg, shards_dir)
+        cfg = resolve_model(cfg, shards)
+        check_policy(cfg)
         source = teacher_mod.locate(cfg, shards_dir, out)
         art = _open_run(cfg, shards, source, out, info)
+        if info.is_main:
+            config_mod.print_resolved(cfg, art.id)
         if art.complete:
             if info.is_main:
                 print(f"[train] {reuse_line(art)}", file=sys.stderr, flush=True)
@@ -69,7 +72,6 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
         require_intact(shards, files.verify(info.rank, info.world_size), "before training")
         teacher = teacher_mod.load(source, cfg, device) if source else None
         if info.is_main:
-            sys.stderr.write(f"# resolved config ({art.id})\n{config_mod.dump(cfg)}")
             art.write_bytes(CONFIG_FILE, config_mod.dump(cfg).encode())
             art.save()
         loop = _Loop(cfg, art, shards, files, teacher, device, info)
@@ -325,6 +327,7 @@ class _Loop:
             "shards_content": self.shards.content_digest, "classes": self.shards.classes,
             "depth_target": self.cfg.depth.target,
             "depth_model": target.model_id or self.shards.depth_model,
+            "shards_depth_model": self.shards.depth_model,
             "online_depth_steps": target.online_calls, "teacher": self.teacher_id,
             "final_metrics": self.last_val, "wall_s": self._wall()})
         art.mark_complete()

@@ -5,17 +5,22 @@
 - ``mixed``: online on steps that are multiples of ``depth.online_every`` (when > 0) and in the
   epochs ``[online_epochs[0], online_epochs[1])`` (when given); cached otherwise.
 
-The depth model loads lazily, the first time a step needs it, so a policy that never goes online
-never pays for it.
+The depth model is the shards' own unless ``depth.model`` names another (``resolve_model``); it
+loads lazily, the first time a step needs it, so a policy that never goes online never pays for it.
 """
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from daat.config import Config, ConfigError
+from daat.depth_ref import is_oracle, same_model
 from daat.errors import TrainingError
+
+if TYPE_CHECKING:
+    from daat.pipeline.shards import ShardArtifact
 
 
 def wants_online(cfg: Config, step: int, epoch: int) -> bool:
@@ -30,27 +35,38 @@ def wants_online(cfg: Config, step: int, epoch: int) -> bool:
     return by_step or by_epoch
 
 
+def resolve_model(cfg: Config, shards: ShardArtifact) -> Config:
+    """``cfg`` with ``depth.model`` filled in from the shards when it is unset (null). A model
+    other than the shards' own is refused when G(x_adv) is computed online (the cached and online
+    targets would come from different networks) unless ``depth.allow_other_model`` is true."""
+    recorded_name = str((shards.config.get("depth") or {}).get("model") or shards.depth_model)
+    recorded_id = shards.depth_model
+    if cfg.depth.model is None:
+        cfg = copy.deepcopy(cfg)
+        cfg.depth.model = recorded_name
+        return cfg
+    online = cfg.depth.target != "cached" and cfg.loss.lam > 0
+    if not online or cfg.depth.allow_other_model or is_oracle(cfg.depth.model):
+        return cfg  # the oracle online is refused by check_policy, with its own reason
+    if not same_model(cfg.depth.model, recorded_name, recorded_id):
+        raise ConfigError(
+            f"config key 'depth.model' = {cfg.depth.model!r} is not the depth model the shards "
+            f"were made with ({recorded_id}, {shards.path}); with depth.target="
+            f"{cfg.depth.target} the online G(x_adv) would come from another network than the "
+            f"cached G(x). Leave depth.model unset (or pass --depth {recorded_name}) to use the "
+            f"shards' model, or set depth.allow_other_model=true to train with it anyway")
+    return cfg
+
+
 def check_policy(cfg: Config) -> None:
     """Fail before training starts if the policy cannot work with this config."""
     depth = cfg.depth
-    if depth.target == "mixed":
-        if depth.online_every < 0:
-            raise ConfigError("config key 'depth.online_every' must be >= 0")
-        if depth.online_epochs and (len(depth.online_epochs) != 2
-                                    or depth.online_epochs[0] >= depth.online_epochs[1]):
-            raise ConfigError("config key 'depth.online_epochs' must be [start, end) with "
-                              f"start < end, got {depth.online_epochs}")
-        if depth.online_every == 0 and not depth.online_epochs:
-            raise ConfigError("depth.target=mixed needs depth.online_every > 0 or "
-                              "depth.online_epochs=[start, end]")
-    if depth.target != "cached" and cfg.loss.lam > 0:
-        from daat.depth import is_oracle
-        if is_oracle(depth.model):
-            raise ConfigError(
-                f"depth.target={depth.target} runs the depth model on x_adv, but depth.model="
-                f"'{depth.model}' is the synthetic ground truth, which exists only for clean "
-                "images; pass --use-cached-depth (depth.target=cached) or set depth.model to a "
-                "real depth model (a hub id or local directory)")
+    if depth.target != "cached" and cfg.loss.lam > 0 and is_oracle(depth.model):
+        raise ConfigError(
+            f"depth.target={depth.target} runs the depth model on x_adv, but depth.model="
+            f"'{depth.model}' is the synthetic ground truth, which exists only for clean "
+            "images; pass --use-cached-depth (depth.target=cached) or set depth.model to a "
+            "real depth model (a hub id or local directory)")
 
 
 class DepthTarget:

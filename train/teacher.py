@@ -1,6 +1,7 @@
 """The frozen L_feat teacher named by ``loss.teacher`` (only resolved when ``loss.gamma0 > 0``).
 
-- a timm name or a local weights file/dir (the paper: DINOv2 ViT-B/14) -> ``models.build_teacher``;
+- a timm name or a local weights file/dir (the paper: DINOv2 ViT-B/14) -> ``models.build_teacher``
+  (``loss.teacher_arch`` names the timm architecture of a weights file that does not record it);
 - ``run:/path/to/run-…``: a finished daat run whose final student is frozen and used as teacher
   (its CLS + patch tokens after the final norm); ``run:run-…`` (a bare artifact id) names that
   run under the same ``--out`` directory (what ``daat experiment`` passes, so the saved config
@@ -111,7 +112,8 @@ def load(source: TeacherSource, cfg: Config, device: torch.device) -> ResolvedTe
     from daat.models import build_teacher
 
     grid = (cfg.model.img_size // cfg.model.patch_size,) * 2
-    teacher = build_teacher(source.spec, cfg.model.img_size, grid, device)
+    arch = {"architecture": cfg.loss.teacher_arch} if cfg.loss.teacher_arch else None
+    teacher = build_teacher(source.spec, cfg.model.img_size, grid, device, arch_overrides=arch)
     teacher.eval().requires_grad_(False)
     model_id = getattr(teacher, "model_id", source.spec)
     return ResolvedTeacher(teacher, str(model_id), [], int(teacher.embed_dim))
