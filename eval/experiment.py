@@ -91,6 +91,10 @@ def _as_list(value, key: str, where: str) -> list:
     return value
 
 
+def _optional_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
 def _flat_mapping(value, key: str, where: str) -> tuple[tuple[str, Any], ...]:
     if value is None:
         return ()
@@ -147,8 +151,7 @@ def load_spec(path: str | os.PathLike) -> Spec:
     return Spec(path, str(raw.get("name") or path.stem),
                 tuple(_local(str(c), base) for c in _as_list(raw["cards"], "cards", where)),
                 str(raw.get("depth", "oracle")),
-                tuple(_local(str(s), base) for s in _as_list(raw.get("scale", []) or [],
-                                                             "scale", where) if s),
+                tuple(_local(str(s), base) for s in _optional_list(raw.get("scale"))),
                 methods, tuple(seeds), tuple((k, tuple(v)) for k, v in grid), grid_methods,
                 _flat_mapping(raw.get("set"), "set", where),
                 _flat_mapping(raw.get("evaluate"), "evaluate", where), baseline,

@@ -58,6 +58,9 @@ def test_spec_errors_name_the_key(tmp_path):
         exp.load_spec(write_spec(tmp_path, baseline="pgd-at"))
     with pytest.raises(exp.SpecError, match="grid axis 'loss.lam'"):
         exp.load_spec(write_spec(tmp_path, grid={"loss.lam": 0.1}))
+    bare = tmp_path / "bare.yaml"  # only the required keys: no scale preset, no grid
+    bare.write_text("cards: [synthetic]\nmethods: [standard]\nseeds: [0]\nbaseline: standard\n")
+    assert exp.load_spec(bare).scale == () and len(exp.plan(exp.load_spec(bare))) == 3
     with pytest.raises(config_mod.ConfigError, match="train.epochz"):
         exp.plan(exp.load_spec(write_spec(tmp_path, set={"train.epochz": 1})))
 
