@@ -58,6 +58,7 @@ class ModelConfig:
     depth: int | None = None  # override the number of blocks
     num_heads: int | None = None
     pretrained: bool = False  # the paper trains from scratch
+    stem: str = "patch"  # patch: one strided conv (ViT) | conv: 3x3 conv stack (ConvStem, Singh et al.)
     attention_aggregate: str = "mean"  # A(x) over layers: mean | last | rollout
 
 
@@ -68,6 +69,7 @@ class AttackConfig:
     steps: int = 10  # PGD steps during training (0 = standard training)
     random_start: bool = True
     amp: bool = True  # bf16 autocast for the attack on CUDA; delta stays fp32
+    eps_warmup_epochs: float = 0.0  # ramp training eps (and alpha) linearly up over these epochs (0 = off)
 
 
 @dataclass
@@ -105,6 +107,8 @@ class TrainConfig:
     log_every_steps: int = 50
     hflip: bool = True
     rrc_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop
+    init_from: str = ""  # start from a finished run's weights: run:/path/to/run-... | run:standard ('' = scratch)
+    finetune_epochs: int = 0  # epochs of a run that starts from init_from (0 = train.epochs)
 
 
 @dataclass
@@ -295,6 +299,7 @@ def validate(cfg: Config) -> None:
     choices = {
         "depth.target": (cfg.depth.target, {"cached", "online", "mixed"}),
         "model.attention_aggregate": (cfg.model.attention_aggregate, {"mean", "last", "rollout"}),
+        "model.stem": (cfg.model.stem, {"patch", "conv"}),
         "loss.s_schedule": (cfg.loss.s_schedule, {"constant", "warmup_anneal"}),
         "device": (cfg.device, {"auto", "cpu", "cuda"}),
     }
@@ -312,6 +317,11 @@ def validate(cfg: Config) -> None:
                           f"model.patch_size {cfg.model.patch_size}")
     if cfg.attack.eps < 0 or cfg.attack.alpha < 0 or cfg.attack.steps < 0:
         raise ConfigError("attack.eps, attack.alpha and attack.steps must be non-negative")
+    if cfg.attack.eps_warmup_epochs < 0 or cfg.train.finetune_epochs < 0:
+        raise ConfigError("attack.eps_warmup_epochs and train.finetune_epochs must be non-negative")
+    if cfg.train.init_from and not cfg.train.init_from.startswith("run:"):
+        raise ConfigError(f"config key 'train.init_from' must be run:/path/to/run-... or "
+                          f"run:standard, got {cfg.train.init_from!r}")
 
 
 def determining(cfg: Config, kind: str) -> dict:

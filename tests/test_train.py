@@ -19,6 +19,7 @@ from daat.train.loop import build_state, determining
 from daat.train.online_depth import DepthTarget, check_policy, wants_online
 from daat.train.step import NonFiniteGuard, StepSchedule, train_step
 from daat.train.teacher import ResolvedTeacher, RunTeacher, standard_config
+from daat.train.warm_start import effective
 
 TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
         "model.num_heads=2", "train.batch_size=4", "attack.steps=2", "seed=3",
@@ -219,6 +220,60 @@ def test_standard_config_and_content_key_match_a_standard_preset_run():
     noisy = tiny_cfg("daat", "synthetic", overrides=["train.log_every_steps=3", "device=cpu",
                                                      "data.num_workers=0"])
     assert determining(noisy) == determining(tiny_cfg("daat", "synthetic"))
+
+
+def test_eps_warmup_scales_the_training_attack(monkeypatch):
+    cfg = tiny_cfg("pgd-at", "synthetic")
+    state = build_state(cfg, CLASSES, None, torch.device("cpu"))
+    seen = []
+    real = step_mod.pgd
+
+    def spy(model, x, y, **kw):
+        seen.append((kw["eps"], kw["alpha"], kw["steps"]))
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(step_mod, "pgd", spy)
+    train_step(state, batch(), StepSchedule(0, 0, 1e-3, eps_scale=0.25))
+    train_step(state, batch(), StepSchedule(1, 0, 1e-3))
+    eps, alpha = 4 / 255, 1 / 255
+    assert seen == [(pytest.approx(eps / 4), pytest.approx(alpha / 4), 2),
+                    (pytest.approx(eps), pytest.approx(alpha), 2)]
+
+
+def test_warm_start_effective_config():
+    pgd = tiny_cfg("pgd-at", "synthetic", overrides=["train.init_from=run:standard",
+                                                     "train.epochs=30", "train.finetune_epochs=4"])
+    assert effective(pgd).train.epochs == 4 and effective(effective(pgd)) == effective(pgd)
+    assert pgd.train.epochs == 30  # the given config is not modified
+    std = tiny_cfg("standard", "synthetic", overrides=["train.init_from=run:standard", "attack.steps=0",
+                                                       "train.epochs=30", "train.finetune_epochs=4"])
+    assert effective(std).train.init_from == "" and effective(std).train.epochs == 30
+    no_ft = tiny_cfg("pgd-at", "synthetic", overrides=["train.init_from=run:/x/run-1"])
+    assert effective(no_ft).train.epochs == no_ft.train.epochs  # finetune_epochs 0: train.epochs
+
+
+def test_content_key_ignores_knobs_that_cannot_act():
+    base = tiny_cfg("standard", "synthetic", overrides=["attack.steps=0"])
+    # an eps warm-up means nothing without an attack; run:standard means nothing to a standard run
+    for extra in (["attack.eps_warmup_epochs=2"], ["train.init_from=run:standard"],
+                  ["train.finetune_epochs=3"]):
+        assert determining(tiny_cfg("standard", "synthetic", overrides=["attack.steps=0", *extra])) \
+            == determining(base)
+    pgd = tiny_cfg("pgd-at", "synthetic")
+    assert determining(tiny_cfg("pgd-at", "synthetic", overrides=[
+        "attack.eps_warmup_epochs=2"])) != determining(pgd)
+    assert determining(tiny_cfg("pgd-at", "synthetic", overrides=["train.finetune_epochs=3"])) \
+        == determining(pgd)
+    derived = standard_config(tiny_cfg("daat", "synthetic", overrides=[
+        "train.init_from=run:standard", "train.finetune_epochs=3"]))
+    assert derived.train.init_from == ""
+    assert determining(derived) == determining(tiny_cfg("standard", "synthetic", overrides=[
+        "train.init_from=run:standard", "train.finetune_epochs=3", "attack.steps=0"]))
+
+
+def test_bad_init_from_is_a_config_error():
+    with pytest.raises(config_mod.ConfigError, match="train.init_from"):
+        tiny_cfg(overrides=["train.init_from=/some/run"])
 
 
 # -- the depth-target policy -----------------------------------------------------------------

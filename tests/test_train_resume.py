@@ -30,7 +30,7 @@ E2E = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.d
        "depth.target=cached", "device=cpu"]
 STEPS_PER_EPOCH = 4
 EPOCH_FIELDS = {"kind", "epoch", "step", "loss", "ce", "align", "feat", "zero_grad", "lr", "gamma",
-                "s", "img_per_s", "wall_s", "val_n", "val_clean_acc", "val_pgd_acc",
+                "s", "eps", "img_per_s", "wall_s", "val_n", "val_clean_acc", "val_pgd_acc",
                 "val_pgd_steps", "val_eps", "val_cos_AG"}
 
 
@@ -177,6 +177,52 @@ def test_run_standard_teacher_is_trained_once_and_reused(shards, tmp_path):
     assert other.path != art.path and other.manifest["lineage"][1] == standard.id
     assert open_artifact(standard.path).manifest["updated"] == stamp  # reused, not retrained
     assert len(list(tmp_path.glob("run-*"))) == 3
+
+
+def test_eps_warmup_is_logged_and_written_in_the_config(shards, tmp_path):
+    art = train(shards, tmp_path, "pgd-at", "synthetic", overrides=["attack.eps_warmup_epochs=1"])
+    steps = [r for r in metrics(art.path) if r["kind"] == "step"]
+    # logged after steps 2, 4, 6, 8 (0-based step 1, 3, 5, 7 of a 4-step warm-up)
+    assert [r["eps"] for r in steps] == pytest.approx([2 / 255, 4 / 255, 4 / 255, 4 / 255])
+    assert art.manifest["config"]["attack"]["eps_warmup_epochs"] == 1.0
+
+
+def test_init_from_a_run_starts_from_its_final_weights(shards, tmp_path):
+    source = train(shards, tmp_path, "standard", "synthetic",
+                   overrides=["attack.steps=0", "train.epochs=1"])
+    spec = f"train.init_from=run:{source.path}"
+    # lr 0: the fine-tune cannot move a weight, so it ends with the weights it started from
+    art = train(shards, tmp_path, "pgd-at", "synthetic",
+                overrides=[spec, "optim.lr=0", "optim.min_lr=0", "train.finetune_epochs=1"])
+    mine, theirs = final_weights(art.path), final_weights(source.path)
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert art.manifest["lineage"] == [shards.id, source.id]
+    assert art.manifest["extra"]["init_from"] == source.id
+    assert art.manifest["config"]["train"]["epochs"] == 1  # finetune_epochs, as trained
+    assert [r["epoch"] for r in metrics(art.path) if r["kind"] == "epoch"] == [0]
+    with pytest.raises(TrainingError, match="train.init_from.*model.embed_dim"):
+        train(shards, tmp_path, "pgd-at", "synthetic", overrides=[spec, "model.embed_dim=16"])
+    with pytest.raises(TrainingError, match="train.init_from"):
+        train(shards, tmp_path, "pgd-at", "synthetic",
+              overrides=[f"train.init_from=run:{tmp_path / 'nowhere'}"])
+
+
+def test_init_from_run_standard_is_the_teachers_standard_run(shards, tmp_path):
+    overrides = ["train.init_from=run:standard", "train.finetune_epochs=1",
+                 "loss.teacher=run:standard", "loss.gamma0=1.0"]
+    art = train(shards, tmp_path, "daat", "synthetic", overrides=overrides)
+    runs = {a.manifest["config"]["preset"]: a for a in map(open_artifact, tmp_path.glob("run-*"))}
+    assert set(runs) == {"standard", "daat+synthetic"}  # one standard run: init and teacher
+    standard = runs["standard"]
+    assert art.manifest["lineage"] == [shards.id, standard.id]
+    assert standard.manifest["config"]["train"]["epochs"] == 2  # from scratch: train.epochs
+    assert standard.manifest["config"]["train"]["init_from"] == ""
+    assert art.manifest["config"]["train"]["epochs"] == 1
+    # the Standard row's own run (standard preset, same scale settings) is that same artifact
+    direct = train(shards, tmp_path, "standard", "synthetic",
+                   overrides=overrides[:2] + ["attack.steps=0"])
+    assert direct.path == standard.path
 
 
 # -- resume ----------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ from daat.pipeline.loaders import batches_per_epoch, eval_pipeline, train_pipeli
 from daat.pipeline.shards import ShardArtifact, open_shards
 from daat.train import checkpoint as ckpt
 from daat.train import teacher as teacher_mod
+from daat.train import warm_start
 from daat.train.online_depth import DepthTarget, check_policy
-from daat.train.schedules import gamma_at, lr_at, s_at
+from daat.train.schedules import eps_scale_at, gamma_at, lr_at, s_at
 from daat.train.step import NonFiniteGuard, StepSchedule, TrainForward, TrainState
 from daat.train.step import build_optimizer, train_step, val_sums
 
@@ -55,7 +56,9 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
         check_policy(cfg)
         shards = open_checked(cfg, shards_dir)
         source = teacher_mod.locate(cfg, shards_dir, out)
-        art = _open_run(cfg, shards, source, out, info)
+        init = warm_start.locate(cfg, shards_dir, out)
+        cfg = warm_start.effective(cfg)
+        art = _open_run(cfg, shards, [source, init], out, info)
         if art.complete:
             return art
         teacher = teacher_mod.load(source, cfg, device) if source else None
@@ -63,7 +66,7 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
             sys.stderr.write(f"# resolved config ({art.id})\n{config_mod.dump(cfg)}")
             art.write_bytes(CONFIG_FILE, config_mod.dump(cfg).encode())
             art.save()
-        loop = _Loop(cfg, art, shards, teacher, device, info)
+        loop = _Loop(cfg, art, shards, teacher, device, info, init)
         loop.restore()
         loop.train()
         loop.finish()
@@ -104,8 +107,9 @@ class _Position:
 class _Loop:
     """One training session; ``train`` is the epoch loop."""
 
-    def __init__(self, cfg, art, shards, teacher, device, info):
+    def __init__(self, cfg, art, shards, teacher, device, info, init=None):
         self.cfg, self.art, self.shards, self.info, self.device = cfg, art, shards, info, device
+        self.init = init  # the run whose weights a fresh start loads (train.init_from)
         self.teacher_id = teacher.model_id if teacher else None
         self.ckpt_dir = art.path / ckpt.CKPT_DIR
         samples = cfg.train.samples_per_epoch or shards.split_size("train")
@@ -122,6 +126,9 @@ class _Loop:
         path = ckpt.latest(self.ckpt_dir)
         if path is None:
             _seed_all(self.cfg.seed + self.info.rank)
+            if self.init is not None:
+                warm_start.load_weights(self.state.model, self.init, self.cfg,
+                                        self.shards.num_classes)
             if self.info.is_main:  # a run killed before its first ``latest`` starts over
                 _truncate_metrics(self.art.path / METRICS, None)
             return
@@ -207,11 +214,13 @@ class _Loop:
     def _schedule(self, step: int, epoch: int) -> StepSchedule:
         c, epochs = self.cfg, self.cfg.train.epochs
         warmup = min(round(c.optim.warmup_epochs * self.steps_per_epoch), self.total_steps)
+        eps_warmup = min(round(c.attack.eps_warmup_epochs * self.steps_per_epoch), self.total_steps)
         return StepSchedule(
             step=step, epoch=epoch,
             lr=lr_at(step, self.total_steps, warmup, c.optim.lr, c.optim.min_lr),
             gamma=gamma_at(epoch, epochs, c.loss.gamma0, c.loss.gamma_frac),
-            s=s_at(epoch, epochs, c.loss.s_schedule, c.loss.s_warmup_frac))
+            s=s_at(epoch, epochs, c.loss.s_schedule, c.loss.s_warmup_frac),
+            eps_scale=eps_scale_at(step, eps_warmup) if c.attack.steps else 1.0)
 
     def _log(self, interval: "_Interval", sched: StepSchedule, bar) -> None:
         self.guard.check()
@@ -220,7 +229,8 @@ class _Loop:
         bar.set_postfix(ce=f"{means['ce']:.3f}", align=f"{means['align']:.3f}",
                         feat=f"{means['feat']:.3f}", img_s=f"{rate:.0f}")
         self._append({"kind": "step", "epoch": sched.epoch, "step": self.pos.step, **means,
-                      "lr": sched.lr, "gamma": sched.gamma, "s": sched.s, "img_per_s": rate})
+                      "lr": sched.lr, "gamma": sched.gamma, "s": sched.s,
+                      "eps": self.cfg.attack.eps * sched.eps_scale, "img_per_s": rate})
 
     def _flush(self, interval: "_Interval") -> dict:
         self.guard.check()
@@ -242,7 +252,8 @@ class _Loop:
         self._append({"kind": "epoch", "epoch": epoch, "step": self.pos.step,
                       **{k: sums[k] / n for k in LOSS_KEYS if k != "zero_grad"},
                       "zero_grad": int(sums["zero_grad"]), "lr": sched.lr, "gamma": sched.gamma,
-                      "s": sched.s, "img_per_s": images / max(seconds, 1e-9),
+                      "s": sched.s, "eps": self.cfg.attack.eps * sched.eps_scale,
+                      "img_per_s": images / max(seconds, 1e-9),
                       "wall_s": self._wall(), **self.last_val})
         self.pos.epoch, self.pos.batch, self.pos.sums = epoch + 1, 0, {}
         self._save(ckpt.epoch_name(epoch + 1), epoch_end=True)
@@ -308,6 +319,7 @@ class _Loop:
             "depth_target": self.cfg.depth.target,
             "depth_model": target.model_id or self.shards.depth_model,
             "online_depth_steps": target.online_calls, "teacher": self.teacher_id,
+            "init_from": self.init.lineage[0] if self.init is not None else None,
             "final_metrics": self.last_val, "wall_s": self._wall()})
         art.mark_complete()
 
@@ -349,10 +361,13 @@ def _seed_all(seed: int) -> None:
 def determining(cfg: Config) -> dict:
     """The resolved config minus operational keys and keys that cannot act in this config, so e.g.
     the ``run:standard`` teacher and a ``standard`` preset run share one content key."""
+    cfg = warm_start.effective(cfg)
     d = config_mod.to_dict(cfg)
     drop = {s: list(k) for s, k in OPERATIONAL.items()}
     if cfg.attack.steps == 0:
-        drop.setdefault("attack", []).extend(["alpha", "random_start", "amp"])
+        drop.setdefault("attack", []).extend(["alpha", "random_start", "amp", "eps_warmup_epochs"])
+    if not cfg.train.init_from:
+        drop.setdefault("train", []).append("finetune_epochs")
     if cfg.loss.lam == 0:
         drop[""].append("depth")
         drop.setdefault("loss", []).extend(["s_schedule", "s_warmup_frac"])
@@ -368,8 +383,10 @@ def determining(cfg: Config) -> dict:
     return d
 
 
-def _open_run(cfg, shards, source, out, info) -> Artifact:
-    lineage = [shards.id] + list(source.lineage if source else ())
+def _open_run(cfg, shards, sources, out, info) -> Artifact:
+    """``sources``: the teacher and init runs (None where unused); their ids join the lineage."""
+    lineage = list(dict.fromkeys([shards.id] + [i for s in sources if s is not None
+                                                for i in s.lineage]))
     kwargs = dict(config=config_mod.to_dict(cfg), lineage=lineage)
     art = create_or_open(out, "run", determining(cfg), **kwargs) if info.is_main else None
     dist.barrier()  # rank 0 made the directory; the others open the same one

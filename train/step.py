@@ -75,6 +75,7 @@ class StepSchedule:
     lr: float
     gamma: float = 0.0  # γ(t), Eq. 4
     s: float = 1.0  # s(t)
+    eps_scale: float = 1.0  # ε warm-up: the attack's ε and α times this
 
 
 def amp_context(device: torch.device, enabled: bool):
@@ -84,8 +85,9 @@ def amp_context(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-def adversarial(state: TrainState, x: torch.Tensor, y: torch.Tensor):
-    """``(x_adv, zero-grad count)``; x itself when attack.steps == 0 (standard training)."""
+def adversarial(state: TrainState, x: torch.Tensor, y: torch.Tensor, eps_scale: float = 1.0):
+    """``(x_adv, zero-grad count)``; x itself when attack.steps == 0 (standard training). PGD uses
+    ε and α of ``attack`` times ``eps_scale`` (the ε warm-up)."""
     a = state.cfg.attack
     if a.steps == 0:
         return x, torch.zeros((), device=x.device)
@@ -94,8 +96,9 @@ def adversarial(state: TrainState, x: torch.Tensor, y: torch.Tensor):
     state.model.eval()  # the attack sees the deterministic model
     try:
         attacked = state.model if state.attack_model is None else state.attack_model
-        result = pgd(attacked, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps,
-                     random_start=a.random_start, generator=state.generator, amp_dtype=amp_dtype)
+        result = pgd(attacked, x, y, eps=a.eps * eps_scale, alpha=a.alpha * eps_scale,
+                     steps=a.steps, random_start=a.random_start, generator=state.generator,
+                     amp_dtype=amp_dtype)
     finally:
         state.model.train(was_training)
     return result.x_adv.detach(), result.zero_grad.sum().float()
@@ -110,7 +113,7 @@ def train_step(state: TrainState, batch, sched: StepSchedule) -> dict[str, torch
     for group in state.optimizer.param_groups:
         group["lr"] = sched.lr
 
-    x_adv, zero_grad = adversarial(state, x, y)
+    x_adv, zero_grad = adversarial(state, x, y, sched.eps_scale)
     weight_align = cfg.loss.lam * sched.s
     need_align = weight_align > 0
     need_feat = sched.gamma > 0 and state.teacher is not None

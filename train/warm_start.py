@@ -1,0 +1,74 @@
+"""Robust fine-tuning: ``train.init_from`` names a finished run whose final weights a run starts from.
+
+- ``run:/path/to/run-…``: that run;
+- ``run:standard``: the ``standard`` run with this config's data/model/optim/train settings on the
+  same shards (``teacher.standard_config``), trained here or reused: the same artifact that
+  ``loss.teacher: run:standard`` names, so PGD-AT and DAAT start from the run that Table 1's
+  Standard row reports and DAAT's stand-in teacher is. A run that is itself standard training
+  ignores ``run:standard`` (it IS that run).
+
+A run that starts from another trains ``train.finetune_epochs`` epochs (when > 0) instead of
+``train.epochs``; ``effective`` writes the epochs it trains into ``train.epochs`` of the config the
+run saves. Only the weights are taken: the optimiser, schedules and RNG streams start fresh.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from torch import nn
+
+from daat.config import Config
+from daat.errors import TrainingError
+from daat.train.teacher import RUN_PREFIX, STANDARD, TeacherSource, run_source, standard_config
+
+KEY = "train.init_from"
+
+
+def is_standard(cfg: Config) -> bool:
+    """Standard training: no attack and no alignment terms."""
+    return cfg.attack.steps == 0 and cfg.loss.lam == 0 and cfg.loss.gamma0 == 0
+
+
+def effective(cfg: Config) -> Config:
+    """``cfg`` as the run trains it: ``init_from`` cleared where it cannot act (``run:standard``
+    on a standard run), and ``train.epochs = train.finetune_epochs`` for a run that starts from
+    another (when ``finetune_epochs > 0``). Idempotent."""
+    out = copy.deepcopy(cfg)
+    if out.train.init_from == STANDARD and is_standard(out):
+        out.train.init_from = ""
+    if out.train.init_from and out.train.finetune_epochs > 0:
+        out.train.epochs = out.train.finetune_epochs
+    return out
+
+
+def locate(cfg: Config, shards_dir: str | Path, out: str | Path) -> TeacherSource | None:
+    """The run to start from, or None (from scratch). Takes the config as given (before
+    ``effective``): ``run:standard`` trains or reuses the standard run with ``train.epochs``."""
+    spec = effective(cfg).train.init_from
+    if not spec:
+        return None
+    if spec == STANDARD:
+        from daat.train.loop import run as train_run
+        return run_source(spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path,
+                          key=KEY)
+    return run_source(spec, Path(spec[len(RUN_PREFIX):]), key=KEY)
+
+
+def load_weights(model: nn.Module, source: TeacherSource, cfg: Config, num_classes: int) -> None:
+    """Copy the final weights of ``source``'s run into ``model`` (the evaluation weights: its
+    weight EMA where it kept one). Its model section must equal ``cfg.model``."""
+    from daat import config as config_mod
+    from daat.train import checkpoint as ckpt
+
+    path = source.run_dir / ckpt.CKPT_DIR / ckpt.FINAL
+    state = ckpt.load(path)
+    theirs = state["config"]["model"]
+    ours = config_mod.to_dict(cfg)["model"]
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if differ or int(state["num_classes"]) != num_classes:
+        what = (f"model.{differ[0]} = {theirs.get(differ[0])!r} there, {ours[differ[0]]!r} here"
+                if differ else f"{state['num_classes']} classes there, {num_classes} here")
+        raise TrainingError(f"{KEY}={source.spec}: {source.run_dir} has a different model "
+                            f"({what}); fine-tune from a run with the same model settings")
+    model.load_state_dict(ckpt.eval_weights(state))
