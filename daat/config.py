@@ -109,6 +109,7 @@ class TrainConfig:
     rrc_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop
     init_from: str = ""  # start from a finished run's weights: run:/path/to/run-... | run:standard ('' = scratch)
     finetune_epochs: int = 0  # epochs of a run that starts from init_from (0 = train.epochs)
+    ema_decay: float = 0.0  # keep an EMA of the weights (decay per step), validated and evaluated (0 = off)
 
 
 @dataclass
@@ -319,6 +320,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("attack.eps, attack.alpha and attack.steps must be non-negative")
     if cfg.attack.eps_warmup_epochs < 0 or cfg.train.finetune_epochs < 0:
         raise ConfigError("attack.eps_warmup_epochs and train.finetune_epochs must be non-negative")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise ConfigError(f"config key 'train.ema_decay' must be in [0, 1), got {cfg.train.ema_decay}")
     if cfg.train.init_from and not cfg.train.init_from.startswith("run:"):
         raise ConfigError(f"config key 'train.init_from' must be run:/path/to/run-... or "
                           f"run:standard, got {cfg.train.init_from!r}")

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from daat.train.schedules import eps_scale_at, gamma_at, lr_at, s_at
+from daat.train.schedules import ema_decay_at, eps_scale_at, gamma_at, lr_at, s_at
 
 
 @pytest.mark.parametrize("epoch, expected", [(0, 1.0), (30, 0.5), (60, 0.0), (299, 0.0), (15, 0.75)])
@@ -86,3 +86,16 @@ def test_eps_warmup_rejects_negative_inputs():
         eps_scale_at(-1, 4)
     with pytest.raises(ValueError):
         eps_scale_at(0, -4)
+
+
+@pytest.mark.parametrize("step, decay, expected", [
+    (0, 0.999, 0.1), (10, 0.999, 0.55), (90, 0.9, 0.9), (1000, 0.99, 0.99), (3, 0.0, 0.0)])
+def test_ema_decay_warms_up_as_one_plus_t_over_ten_plus_t(step, decay, expected):
+    assert ema_decay_at(step, decay) == pytest.approx(expected, abs=1e-12)
+
+
+def test_ema_decay_rejects_bad_inputs():
+    with pytest.raises(ValueError):
+        ema_decay_at(-1, 0.9)
+    with pytest.raises(ValueError):
+        ema_decay_at(0, 1.0)

@@ -240,6 +240,21 @@ def test_eps_warmup_scales_the_training_attack(monkeypatch):
                     (pytest.approx(eps), pytest.approx(alpha), 2)]
 
 
+def test_ema_update_is_a_lerp_towards_the_updated_weights():
+    state = build_state(tiny_cfg("pgd-at", "synthetic", overrides=["train.ema_decay=0.9"]),
+                        CLASSES, None, torch.device("cpu"))
+    assert not state.ema.training and not any(p.requires_grad for p in state.ema.parameters())
+    before = {n: p.clone() for n, p in state.ema.named_parameters()}
+    train_step(state, batch(), StepSchedule(0, 0, 1e-2, ema_decay=0.3))
+    model = dict(state.model.named_parameters())
+    for name, p in state.ema.named_parameters():
+        assert not torch.equal(before[name], model[name]), name  # the step moved the weight
+        torch.testing.assert_close(p, 0.3 * before[name] + 0.7 * model[name].detach(),
+                                   rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert build_state(tiny_cfg("pgd-at", "synthetic"), CLASSES, None,
+                       torch.device("cpu")).ema is None
+
+
 def test_warm_start_effective_config():
     pgd = tiny_cfg("pgd-at", "synthetic", overrides=["train.init_from=run:standard",
                                                      "train.epochs=30", "train.finetune_epochs=4"])

@@ -225,15 +225,42 @@ def test_init_from_run_standard_is_the_teachers_standard_run(shards, tmp_path):
     assert direct.path == standard.path
 
 
+def test_ema_run_validates_saves_and_is_evaluated_with_its_ema(shards, tmp_path):
+    art = train(shards, tmp_path, "pgd-at", "synthetic", overrides=["train.ema_decay=0.5"])
+    final = ckpt.load(art.path / "checkpoints" / ckpt.FINAL)
+    assert final["model_ema"].keys() == final["model"].keys()
+    assert any(not torch.equal(final["model_ema"][k], final["model"][k]) for k in final["model"])
+    model, _, _ = ckpt.load_model_for_eval(art.path)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, final["model_ema"][name]), name
+    # the last epoch's val numbers are the EMA's: validate the loaded EMA model the same way
+    from daat.pipeline.loaders import eval_pipeline
+    from daat.train.step import val_sums
+    cfg = config_mod.from_dict(art.manifest["config"])
+    state = loop.build_state(cfg, shards.num_classes, None, torch.device("cpu"))
+    state.ema.load_state_dict(final["model_ema"])
+    state.model.load_state_dict(final["model"])
+    batches = eval_pipeline(shards, split="val", image_size=32, grid=(4, 4), batch_size=8,
+                            max_samples=10)
+    sums = val_sums(state, ((x, y, g) for _, x, y, g in batches), 2, seed=cfg.seed * 1_000_003 + 7919)
+    last = [r for r in metrics(art.path) if r["kind"] == "epoch"][-1]
+    assert sums[1].item() / 10 == last["val_clean_acc"]
+    assert sums[3].item() / 10 == pytest.approx(last["val_cos_AG"], abs=1e-6)
+
+
 # -- resume ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("crash_at, workers", [("epoch-0001.pt", 0), ("step-00000003.pt", 0),
-                                               ("step-00000003.pt", 2)])
-def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path, monkeypatch, crash_at, workers):
+@pytest.mark.parametrize("crash_at, workers, ema", [("epoch-0001.pt", 0, 0.0),
+                                                    ("step-00000003.pt", 0, 0.0),
+                                                    ("step-00000003.pt", 2, 0.0),
+                                                    ("step-00000003.pt", 0, 0.9)])
+def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path, monkeypatch, crash_at, workers,
+                                                ema):
     """Crash right after a checkpoint (epoch boundary, or mid-epoch after batch 3 of 4), rerun:
-    only the remaining steps run, and the final weights equal the uninterrupted run's within
-    1e-5, with the same step count and metrics (data loader workers too)."""
+    only the remaining steps run, and the final weights (and weight EMA) equal the uninterrupted
+    run's within 1e-5, with the same step count and metrics (data loader workers too)."""
     presets = ("daat", "synthetic")
-    overrides = ["loss.gamma0=0", "loss.lam=0.5", f"data.num_workers={workers}"]
+    overrides = ["loss.gamma0=0", "loss.lam=0.5", f"data.num_workers={workers}",
+                 f"train.ema_decay={ema}"]
     whole = train(shards, tmp_path / "whole", *presets, overrides=overrides)
     with monkeypatch.context() as patch:
         stop_after(patch, crash_at)
@@ -252,6 +279,10 @@ def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path, monkeypatch, 
     assert resumed.manifest["extra"]["steps"] == whole.manifest["extra"]["steps"] == 8
     a, b = final_weights(whole.path), final_weights(resumed.path)
     for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+    a, b = (ckpt.load(r / "checkpoints" / ckpt.FINAL)["model_ema"] for r in (whole.path, resumed.path))
+    assert (a is None) == (b is None) == (ema == 0)
+    for name in a or {}:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("img_per_s", "wall_s")}
                           for r in rows]

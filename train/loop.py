@@ -9,6 +9,7 @@ reads the same shards and checkpoints (multi-node: ``--out`` on a shared file sy
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -32,7 +33,7 @@ from daat.train import checkpoint as ckpt
 from daat.train import teacher as teacher_mod
 from daat.train import warm_start
 from daat.train.online_depth import DepthTarget, check_policy
-from daat.train.schedules import eps_scale_at, gamma_at, lr_at, s_at
+from daat.train.schedules import ema_decay_at, eps_scale_at, gamma_at, lr_at, s_at
 from daat.train.step import NonFiniteGuard, StepSchedule, TrainForward, TrainState
 from daat.train.step import build_optimizer, train_step, val_sums
 
@@ -129,12 +130,16 @@ class _Loop:
             if self.init is not None:
                 warm_start.load_weights(self.state.model, self.init, self.cfg,
                                         self.shards.num_classes)
+                if self.state.ema is not None:
+                    self.state.ema.load_state_dict(self.state.model.state_dict())
             if self.info.is_main:  # a run killed before its first ``latest`` starts over
                 _truncate_metrics(self.art.path / METRICS, None)
             return
         state = ckpt.load(path)
         self._check_resumable(state, path)
         self.state.model.load_state_dict(state["model"])
+        if self.state.ema is not None:
+            self.state.ema.load_state_dict(state["model_ema"])
         self.state.optimizer.load_state_dict(state["optimizer"])
         if self.state.projection is not None:
             self.state.projection.load_state_dict(state["projection"])
@@ -220,7 +225,8 @@ class _Loop:
             lr=lr_at(step, self.total_steps, warmup, c.optim.lr, c.optim.min_lr),
             gamma=gamma_at(epoch, epochs, c.loss.gamma0, c.loss.gamma_frac),
             s=s_at(epoch, epochs, c.loss.s_schedule, c.loss.s_warmup_frac),
-            eps_scale=eps_scale_at(step, eps_warmup) if c.attack.steps else 1.0)
+            eps_scale=eps_scale_at(step, eps_warmup) if c.attack.steps else 1.0,
+            ema_decay=ema_decay_at(step, c.train.ema_decay))
 
     def _log(self, interval: "_Interval", sched: StepSchedule, bar) -> None:
         self.guard.check()
@@ -302,6 +308,7 @@ class _Loop:
     def _model_state(self) -> dict:
         s = self.state
         return {"model": s.model.state_dict(),
+                "model_ema": s.ema.state_dict() if s.ema is not None else None,
                 "projection": s.projection.state_dict() if s.projection is not None else None,
                 "step": self.pos.step, "epoch": self.pos.epoch,
                 "steps_per_epoch": self.steps_per_epoch, "config": config_mod.to_dict(self.cfg),
@@ -415,7 +422,10 @@ def build_state(cfg: Config, num_classes: int, teacher: teacher_mod.ResolvedTeac
     generator.manual_seed(cfg.seed * 1_000_003 + info.rank)
     # PGD is ~90% of a step: compiling only the update forward would leave it eager.
     attack_model = torch.compile(model) if cfg.train.compile else None
-    return TrainState(cfg=cfg, model=model, forward=forward, attack_model=attack_model,
+    ema = None
+    if cfg.train.ema_decay > 0:
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
+    return TrainState(cfg=cfg, model=model, forward=forward, attack_model=attack_model, ema=ema,
                       optimizer=build_optimizer(cfg, model, projection), device=device,
                       depth_target=DepthTarget(cfg, model.grid, device), generator=generator,
                       teacher=teacher.module if teacher else None, projection=projection,

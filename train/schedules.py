@@ -60,3 +60,12 @@ def eps_scale_at(step: int, warmup_steps: int) -> float:
     if step >= warmup_steps:
         return 1.0
     return (step + 1) / warmup_steps
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The weight-EMA decay after update ``step`` (0-based): min(decay, (1 + step) / (10 + step)),
+    so the average forgets the random initialisation within the first few dozen updates instead
+    of 1 / (1 - decay) of them (TensorFlow's ExponentialMovingAverage with num_updates)."""
+    if step < 0 or not 0 <= decay < 1:
+        raise ValueError(f"ema_decay_at: need step >= 0 and 0 <= decay < 1, got {step}, {decay}")
+    return min(decay, (1 + step) / (10 + step))

@@ -59,6 +59,7 @@ class TrainState:
     projection: nn.Module | None = None  # student width -> teacher width, trained with L_feat
     distributed: bool = False
     attack_model: nn.Module | None = None  # torch.compile'd ``model`` for PGD (train.compile)
+    ema: nn.Module | None = None  # frozen copy of ``model`` holding the weight EMA (train.ema_decay)
     params: list[torch.Tensor] = field(default_factory=list)  # clipped together
 
     def __post_init__(self) -> None:
@@ -76,6 +77,7 @@ class StepSchedule:
     gamma: float = 0.0  # γ(t), Eq. 4
     s: float = 1.0  # s(t)
     eps_scale: float = 1.0  # ε warm-up: the attack's ε and α times this
+    ema_decay: float = 0.0  # weight-EMA decay of this update (used when the state keeps an EMA)
 
 
 def amp_context(device: torch.device, enabled: bool):
@@ -134,9 +136,19 @@ def train_step(state: TrainState, batch, sched: StepSchedule) -> dict[str, torch
         torch.nn.utils.clip_grad_norm_(state.params, cfg.optim.grad_clip, foreach=True)
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        update_ema(state.ema, state.model, sched.ema_decay)
     return {"loss": loss.detach(), "ce": ce.detach(), "align": align.detach(),
             "feat": feat.detach(), "zero_grad": zero_grad,
             "nonfinite": (~torch.isfinite(loss.detach())).float()}
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers are copied."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    for mine, theirs in zip(ema.buffers(), model.buffers()):
+        mine.copy_(theirs)
 
 
 def _feat(state: TrainState, x: torch.Tensor, student_tokens: torch.Tensor) -> torch.Tensor:
@@ -194,8 +206,10 @@ def val_sums(state: TrainState, batches, pgd_steps: int, seed: int) -> torch.Ten
     as a float64 device tensor (the loop all-reduces it). PGD-k runs at ``attack.eps`` with
     α = 2.5 ε / k (Madry et al.; 1/255 for ε = 4/255, k = 10), random start from a generator
     seeded by ``seed`` (the global RNG streams are not touched), and a sample counts as robust only
-    if no iterate fooled the model (worst case over iterates, as evaluation scores it)."""
-    cfg, device, model = state.cfg, state.device, state.model
+    if no iterate fooled the model (worst case over iterates, as evaluation scores it). The model
+    validated is the weight EMA when the state keeps one (what evaluation will use)."""
+    cfg, device = state.cfg, state.device
+    model = state.ema if state.ema is not None else state.model
     eps = cfg.attack.eps
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
