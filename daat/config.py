@@ -104,6 +104,7 @@ class TrainConfig:
     keep_epoch_checkpoints: int = 3  # newest epoch-end checkpoints kept (besides latest/final)
     val_samples: int = 1000  # val subset evaluated after each epoch (0 = all)
     val_pgd_steps: int = 10
+    val_every_epochs: int = 1  # validate after every N-th epoch and after the last one
     log_every_steps: int = 50
     hflip: bool = True
     rrc_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop
@@ -308,6 +309,7 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {sorted(allowed)}, got {value!r}")
     positive = {"train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
+                "train.val_every_epochs": cfg.train.val_every_epochs,
                 "model.img_size": cfg.model.img_size, "model.patch_size": cfg.model.patch_size,
                 "data.shard_size": cfg.data.shard_size, "data.resize_short": cfg.data.resize_short}
     for key, value in positive.items():

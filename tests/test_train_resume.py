@@ -187,6 +187,17 @@ def test_eps_warmup_is_logged_and_written_in_the_config(shards, tmp_path):
     assert art.manifest["config"]["attack"]["eps_warmup_epochs"] == 1.0
 
 
+def test_val_every_epochs_validates_every_nth_and_the_last_epoch(shards, tmp_path):
+    art = train(shards, tmp_path, "standard", "synthetic",
+                overrides=["attack.steps=0", "train.epochs=3", "train.val_every_epochs=2"])
+    epochs = [r for r in metrics(art.path) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    assert ["val_clean_acc" in r for r in epochs] == [False, True, True]  # epoch 2 is the last
+    assert set(epochs[0]) == EPOCH_FIELDS - {k for k in EPOCH_FIELDS if k.startswith("val_")}
+    final = art.manifest["extra"]["final_metrics"]
+    assert final == {k: epochs[-1][k] for k in final} and final["val_n"] == 10
+
+
 def test_init_from_a_run_starts_from_its_final_weights(shards, tmp_path):
     source = train(shards, tmp_path, "standard", "synthetic",
                    overrides=["attack.steps=0", "train.epochs=1"])

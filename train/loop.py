@@ -252,7 +252,10 @@ class _Loop:
                              device=self.device)
         sums = dict(zip(keys, dist.all_reduce_sum(local).tolist()))
         n = max(sums["n"], 1.0)
-        self.last_val = self._validate()
+        every = self.cfg.train.val_every_epochs
+        validated = (epoch + 1) % every == 0 or epoch + 1 == self.cfg.train.epochs
+        if validated:
+            self.last_val = self._validate()
         sched = self._schedule(max(self.pos.step - 1, 0), epoch)
         images = batches * self.cfg.train.batch_size * self.info.world_size
         self._append({"kind": "epoch", "epoch": epoch, "step": self.pos.step,
@@ -260,7 +263,7 @@ class _Loop:
                       "zero_grad": int(sums["zero_grad"]), "lr": sched.lr, "gamma": sched.gamma,
                       "s": sched.s, "eps": self.cfg.attack.eps * sched.eps_scale,
                       "img_per_s": images / max(seconds, 1e-9),
-                      "wall_s": self._wall(), **self.last_val})
+                      "wall_s": self._wall(), **(self.last_val if validated else {})})
         self.pos.epoch, self.pos.batch, self.pos.sums = epoch + 1, 0, {}
         self._save(ckpt.epoch_name(epoch + 1), epoch_end=True)
 
