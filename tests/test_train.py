@@ -23,7 +23,7 @@ from daat.train.warm_start import effective
 
 TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
         "model.num_heads=2", "train.batch_size=4", "attack.steps=2", "seed=3",
-        "depth.target=cached"]
+        "depth.target=cached", "train.init_from="]
 CLASSES = 5
 
 
@@ -120,7 +120,8 @@ def test_train_step_is_eq5_then_clip_then_adamw():
 
 
 def test_optimizer_groups_skip_decay_on_norms_biases_tokens():
-    cfg = tiny_cfg("pgd-at", "synthetic", overrides=["model.name=vit_base_patch14_dinov2"])
+    cfg = tiny_cfg("pgd-at", "synthetic", overrides=["model.name=vit_base_patch14_dinov2",
+                                                     "model.stem=patch"])
     state = build_state(cfg, CLASSES, None, torch.device("cpu"))
     names = {id(p): n for n, p in state.model.named_parameters()}
     decay, no_decay = ({names[id(p)] for p in g["params"]} for g in state.optimizer.param_groups)
@@ -131,6 +132,14 @@ def test_optimizer_groups_skip_decay_on_norms_biases_tokens():
     assert {"vit.blocks.0.attn.qkv.weight", "vit.head.weight",
             "vit.patch_embed.proj.weight"} <= decay
     assert len(decay) + len(no_decay) == len(names)
+    # ConvStem: its convolutions decay, its channel LayerNorms do not
+    conv = build_state(tiny_cfg("pgd-at", "synthetic", overrides=["model.stem=conv"]), CLASSES,
+                       None, torch.device("cpu"))
+    names = {id(p): n for n, p in conv.model.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in g["params"]} for g in conv.optimizer.param_groups)
+    assert {"vit.patch_embed.proj.0.weight", "vit.patch_embed.proj.9.weight"} <= decay
+    assert {"vit.patch_embed.proj.1.weight", "vit.patch_embed.proj.1.bias",
+            "vit.patch_embed.proj.9.bias"} <= no_decay
 
 
 def test_pgd_runs_on_frozen_weights_and_feeds_the_update(monkeypatch):
@@ -263,7 +272,8 @@ def test_warm_start_effective_config():
     std = tiny_cfg("standard", "synthetic", overrides=["train.init_from=run:standard", "attack.steps=0",
                                                        "train.epochs=30", "train.finetune_epochs=4"])
     assert effective(std).train.init_from == "" and effective(std).train.epochs == 30
-    no_ft = tiny_cfg("pgd-at", "synthetic", overrides=["train.init_from=run:/x/run-1"])
+    no_ft = tiny_cfg("pgd-at", "synthetic", overrides=["train.init_from=run:/x/run-1",
+                                                       "train.finetune_epochs=0"])
     assert effective(no_ft).train.epochs == no_ft.train.epochs  # finetune_epochs 0: train.epochs
 
 
