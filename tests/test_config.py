@@ -87,3 +87,20 @@ def test_every_preset_loads_alone_and_with_synthetic():
     for name in C.preset_names():
         C.load([name])
         C.load([name, "synthetic"])
+
+
+@pytest.mark.parametrize("scale", ["synthetic", "synthetic-experiment"])
+def test_scale_presets_leave_every_method_setting_to_the_method_preset(scale):
+    for method in ("standard", "pgd-at", "daat-no-align", "daat"):
+        alone, scaled = C.load([method]), C.load([method, scale])
+        for key in ("eps", "alpha", "steps", "random_start"):
+            assert getattr(scaled.attack, key) == getattr(alone.attack, key), (method, key)
+        for key in ("lam", "gamma0", "gamma_frac", "s_schedule"):
+            assert getattr(scaled.loss, key) == getattr(alone.loss, key), (method, key)
+        assert scaled.attack.eps_warmup_epochs == 0 and scaled.train.ema_decay == 0
+
+
+def test_experiment_scale_has_an_8x8_grid_and_the_large_card():
+    cfg = C.load(["daat", "synthetic-experiment"])
+    assert cfg.model.img_size // cfg.model.patch_size == 8 and cfg.model.stem == "conv"
+    assert cfg.data.card == "synthetic-large"
