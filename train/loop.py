@@ -425,9 +425,7 @@ def build_state(cfg: Config, num_classes: int, teacher: teacher_mod.ResolvedTeac
     generator.manual_seed(cfg.seed * 1_000_003 + info.rank)
     # PGD is ~90% of a step: compiling only the update forward would leave it eager.
     attack_model = torch.compile(model) if cfg.train.compile else None
-    ema = None
-    if cfg.train.ema_decay > 0:
-        ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.train.ema_decay > 0 else None
     return TrainState(cfg=cfg, model=model, forward=forward, attack_model=attack_model, ema=ema,
                       optimizer=build_optimizer(cfg, model, projection), device=device,
                       depth_target=DepthTarget(cfg, model.grid, device), generator=generator,
