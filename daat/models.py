@@ -234,6 +234,9 @@ def _arch_kwargs(cfg: ModelConfig) -> dict:
         raise ConfigError(f"config key 'model.stem' must be one of {STEMS}, got {cfg.stem!r}")
     kwargs = {"img_size": cfg.img_size, "patch_size": cfg.patch_size}
     if cfg.stem == "conv":
+        if cfg.pretrained:
+            raise ConfigError("model.stem=conv has no pretrained weights: set model.pretrained="
+                              "false or model.stem=patch")
         kwargs["embed_layer"] = ConvStem
     for key in ("embed_dim", "depth", "num_heads"):
         if getattr(cfg, key) is not None:

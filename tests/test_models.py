@@ -129,6 +129,8 @@ def test_conv_stem_needs_a_power_of_two_patch():
         build_student(ModelConfig(**{**SYNTH, "patch_size": 6, "img_size": 48}, stem="conv"), 3)
     with pytest.raises(ConfigError, match="model.stem"):
         build_student(ModelConfig(**SYNTH, stem="resnet"), 3)
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        build_student(ModelConfig(**SYNTH, stem="conv", pretrained=True), 3)
 
 
 @pytest.mark.parametrize("aggregate", ["mean", "last", "rollout"])

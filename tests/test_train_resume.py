@@ -193,6 +193,7 @@ def test_val_every_epochs_validates_every_nth_and_the_last_epoch(shards, tmp_pat
     epochs = [r for r in metrics(art.path) if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1, 2]
     assert ["val_clean_acc" in r for r in epochs] == [False, True, True]  # epoch 2 is the last
+    assert all(r["eps"] == 0.0 for r in epochs)  # standard training: no attack
     assert set(epochs[0]) == EPOCH_FIELDS - {k for k in EPOCH_FIELDS if k.startswith("val_")}
     final = art.manifest["extra"]["final_metrics"]
     assert final == {k: epochs[-1][k] for k in final} and final["val_n"] == 10

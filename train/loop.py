@@ -236,7 +236,11 @@ class _Loop:
                         feat=f"{means['feat']:.3f}", img_s=f"{rate:.0f}")
         self._append({"kind": "step", "epoch": sched.epoch, "step": self.pos.step, **means,
                       "lr": sched.lr, "gamma": sched.gamma, "s": sched.s,
-                      "eps": self.cfg.attack.eps * sched.eps_scale, "img_per_s": rate})
+                      "eps": self._train_eps(sched), "img_per_s": rate})
+
+    def _train_eps(self, sched: StepSchedule) -> float:
+        """The training attack's ε at this step (0 for standard training)."""
+        return self.cfg.attack.eps * sched.eps_scale if self.cfg.attack.steps else 0.0
 
     def _flush(self, interval: "_Interval") -> dict:
         self.guard.check()
@@ -261,7 +265,7 @@ class _Loop:
         self._append({"kind": "epoch", "epoch": epoch, "step": self.pos.step,
                       **{k: sums[k] / n for k in LOSS_KEYS if k != "zero_grad"},
                       "zero_grad": int(sums["zero_grad"]), "lr": sched.lr, "gamma": sched.gamma,
-                      "s": sched.s, "eps": self.cfg.attack.eps * sched.eps_scale,
+                      "s": sched.s, "eps": self._train_eps(sched),
                       "img_per_s": images / max(seconds, 1e-9),
                       "wall_s": self._wall(), **(self.last_val if validated else {})})
         self.pos.epoch, self.pos.batch, self.pos.sums = epoch + 1, 0, {}
