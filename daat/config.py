@@ -125,6 +125,8 @@ class ModelConfig:
     # LayerScale init value (DINOv2's own is 1e-5). null = no LayerScale: a plain ViT, as the
     # paper's from-scratch ViT-B/14. Ignored with pretrained weights, which keep their own.
     init_values: float | None = None
+    # patch: one strided conv (plain ViT) | conv: a 3x3 conv stack (ConvStem, Singh et al. 2023)
+    stem: Literal["patch", "conv"] = "patch"
     attention_aggregate: Literal["mean", "last", "rollout"] = "mean"  # A(x) over layers
 
     def check(self, where: str = "model") -> None:
@@ -137,6 +139,9 @@ class ModelConfig:
         if self.embed_dim and self.num_heads and self.embed_dim % self.num_heads:
             raise ConfigError(f"{where}.embed_dim {self.embed_dim} is not a multiple of "
                               f"{where}.num_heads {self.num_heads}")
+        if self.stem == "conv" and self.pretrained:
+            raise ConfigError(f"{where}.stem=conv has no pretrained weights: set "
+                              f"{where}.pretrained=false or {where}.stem=patch")
 
 
 @dataclass
@@ -146,9 +151,11 @@ class AttackConfig:
     steps: int = 10  # PGD steps during training (0 = standard training)
     random_start: bool = True
     amp: bool = True  # bf16 autocast for the attack on CUDA; delta stays fp32
+    # Ramp the training eps (and alpha) linearly up over these epochs (0 = off).
+    eps_warmup_epochs: float = 0.0
 
     def check(self, where: str = "attack") -> None:
-        _non_negative(self, where, "steps")
+        _non_negative(self, where, "steps", "eps_warmup_epochs")
 
 
 @dataclass
@@ -204,9 +211,14 @@ class TrainConfig:
     keep_epoch_checkpoints: int = 3  # newest epoch-end checkpoints kept (besides latest/final)
     val_samples: int = 1000  # val subset evaluated after each epoch (0 = all)
     val_pgd_steps: int = 10  # PGD-k at attack.eps, step 2.5 eps / k (0 = clean only)
+    val_every_epochs: int = 1  # validate after every N-th epoch and after the last one
     log_every_steps: int = 50
     hflip: bool = True
     rrc_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop
+    # Start from a finished run's weights: run:/path/to/run-... | run:standard ("" = scratch)
+    init_from: str = ""
+    finetune_epochs: int = 0  # epochs of a run that starts from init_from (0 = train.epochs)
+    ema_decay: float = 0.0  # an EMA of the weights (decay per step), validated and evaluated (0 = off)
     # Metrics sinks: jsonl (metrics.jsonl, required) plus tensorboard | mlflow | wandb trackers,
     # each from its extra (pip install 'daat[tensorboard]'); only rank 0 logs.
     loggers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = field(
@@ -217,9 +229,12 @@ class TrainConfig:
 
     def check(self, where: str = "train") -> None:
         _positive(self, where, "epochs", "batch_size", "samples_per_epoch", "ckpt_every_steps",
-                  "log_every_steps")
+                  "log_every_steps", "val_every_epochs")
         _non_negative(self, where, "keep_step_checkpoints", "keep_epoch_checkpoints",
-                      "val_samples", "val_pgd_steps")
+                      "val_samples", "val_pgd_steps", "finetune_epochs")
+        _rule(0 <= self.ema_decay < 1, f"{where}.ema_decay", "in [0, 1)", self.ema_decay)
+        _rule(not self.init_from or self.init_from.startswith("run:"), f"{where}.init_from",
+              "run:/path/to/run-... or run:standard", self.init_from)
         scale = self.rrc_scale
         _rule(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, f"{where}.rrc_scale",
               "[low, high] with 0 < low <= high <= 1", scale)

@@ -117,8 +117,11 @@ def _float32_list(t) -> list[float]:
 
 def timm_config(model, cfg, shards: dict | None) -> dict:
     """config.json in timm's hub format for ``model`` (a DaatViT) trained with ``cfg``."""
-    from daat.models import _arch_kwargs
+    from daat.models import timm_model_args
 
+    if cfg.model.stem != "patch":
+        raise ExportError(_not_timm(f"it has a convolutional stem (model.stem={cfg.model.stem}), "
+                                    "which timm's VisionTransformer cannot build from config.json"))
     import timm
 
     vit = model.vit
@@ -150,7 +153,7 @@ def timm_config(model, cfg, shards: dict | None) -> dict:
         config["label_names"] = names
         if any(descriptions.get(n, n) != n for n in names):
             config["label_descriptions"] = {n: descriptions.get(n, n) for n in names}
-    config["model_args"] = {**_arch_kwargs(cfg.model), "num_classes": num_classes}
+    config["model_args"] = {**timm_model_args(cfg.model), "num_classes": num_classes}
     config["pretrained_cfg"] = pretrained_cfg
     config["daat"] = {"attention_aggregate": cfg.model.attention_aggregate}
     return config

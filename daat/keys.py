@@ -22,6 +22,7 @@ class KeyRules:
     drop_if: tuple[tuple[Callable[[dict], bool], Keys], ...] = ()  # ... minus switched-off ones
     card_ignore: tuple[str, ...] = ()  # card fields that are prose: editing them keeps the shards
     free: frozenset[str] = frozenset()  # keys an artifact may set differently from its input's
+    resolve: Callable[[dict], dict] | None = None  # the settings as they act, before anything else
     rewrite: tuple[Callable[[dict], None], ...] = ()  # in-place edits of the kept keys, last
 
 
@@ -41,12 +42,32 @@ def _no_feat(c: dict) -> bool:
     return c["loss"]["gamma0"] == 0
 
 
-def _run_teacher_by_lineage(d: dict) -> None:
-    """A run teacher is identified by its artifact id in the lineage, not by how it was named
-    (``run:standard``, ``run:/some/path/run-…`` or ``run:run-…``), so all name one run."""
-    loss = d.get("loss", {})
-    if str(loss.get("teacher", "")).startswith("run:"):
-        loss["teacher"] = "run:"
+def as_trained(c: dict) -> dict:
+    """A run's settings (a config dict) as it trains them: ``train.init_from: run:standard`` is
+    cleared on a standard run (it IS that run), and a run that starts from another trains
+    ``train.finetune_epochs`` epochs (when > 0), written as its ``train.epochs``. Idempotent."""
+    out = copy.deepcopy(c)
+    train, attack, loss = out["train"], out["attack"], out["loss"]
+    standard = attack["steps"] == 0 and loss["lam"] == 0 and loss["gamma0"] == 0
+    if train["init_from"] == "run:standard" and standard:
+        train["init_from"] = ""
+    if train["init_from"] and train["finetune_epochs"] > 0:
+        train["epochs"] = train["finetune_epochs"]
+    return out
+
+
+def _from_scratch(c: dict) -> bool:
+    return not c["train"]["init_from"]
+
+
+def _runs_by_lineage(d: dict) -> None:
+    """A run teacher or ``init_from`` run is identified by its artifact id in the lineage, not by
+    how it was named (``run:standard``, ``run:/some/path/run-…`` or ``run:run-…``), so all name
+    one run."""
+    for section, key in (("loss", "teacher"), ("train", "init_from")):
+        values = d.get(section, {})
+        if str(values.get(key, "")).startswith("run:"):
+            values[key] = "run:"
 
 
 RULES: dict[str, KeyRules] = {
@@ -58,7 +79,8 @@ RULES: dict[str, KeyRules] = {
         drop={}, card_ignore=("description", "licence", "class_names")),
     # What a run learns. Left out: how it executes or reports (and ``data``, which the shards'
     # id and content digest stand for), and settings its other settings switch off, so e.g. the
-    # ``run:standard`` teacher and a ``standard`` preset run share one key.
+    # ``run:standard`` teacher and a ``standard`` preset run share one key. A run that starts from
+    # another is keyed with the epochs it trains (``as_trained``).
     "run": KeyRules(
         keep=None,
         drop={"": ("preset", "device", "data", "eval"),
@@ -66,11 +88,12 @@ RULES: dict[str, KeyRules] = {
                         "keep_epoch_checkpoints", "compile", "loggers", "tracker_project",
                         "mlflow_uri", "wandb_mode"),
               "depth": ("batch_size", "channels_last", "compile", "allow_other_model")},
-        drop_if=((_no_attack, {"attack": ("alpha", "random_start", "amp")}),
+        drop_if=((_no_attack, {"attack": ("alpha", "random_start", "amp", "eps_warmup_epochs")}),
+                 (_from_scratch, {"train": ("finetune_epochs",)}),
                  (_no_align, {"": ("depth",), "loss": ("s_schedule", "s_warmup_frac")}),
                  (_cached_target, {"depth": ("model", "amp", "online_every", "online_epochs")}),
                  (_no_feat, {"loss": ("teacher", "teacher_arch", "gamma_frac")})),
-        rewrite=(_run_teacher_by_lineage,)),
+        rewrite=(_runs_by_lineage,), resolve=as_trained),
     # What an evaluation measures; the rest of its config is its run's (only ``free`` may differ).
     "eval": KeyRules(
         keep={"eval": ()}, drop={"eval": ("batch_size",)},
@@ -83,6 +106,8 @@ def determining(kind: str, cfg: Any) -> dict:
     from daat import config as config_mod
     full = copy.deepcopy(cfg if isinstance(cfg, dict) else config_mod.to_dict(cfg))
     rules = RULES[kind]
+    if rules.resolve is not None:
+        full = rules.resolve(full)
     out = full if rules.keep is None else {
         section: dict(full[section]) if not names else {k: full[section][k] for k in names}
         for section, names in rules.keep.items()}

@@ -220,12 +220,13 @@ def _leaves(d: dict, prefix: str = ""):
 
 def standard_refs(cfg: config_mod.Config) -> list[str]:
     """Config keys whose value is ``run:standard`` AND changes what the run learns (a key the
-    run's content key ignores, like loss.teacher at γ0 = 0, is no dependency)."""
-    from daat.keys import determining
+    run's content key ignores, like loss.teacher at γ0 = 0, or train.init_from on the standard
+    run itself, is no dependency)."""
+    from daat.keys import as_trained, determining
 
     keys = []
     base = determining("run", cfg)
-    for key, value in _leaves(config_mod.to_dict(cfg)):
+    for key, value in _leaves(as_trained(config_mod.to_dict(cfg))):
         if value == STANDARD_REF:
             probe = copy.deepcopy(cfg)
             config_mod.apply_override(probe, override(key, "run-reference-probe"))

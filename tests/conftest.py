@@ -71,7 +71,8 @@ TINY_RUN = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "mo
             "model.num_heads=2", "train.batch_size=8", "train.samples_per_epoch=16",
             "train.epochs=1", "train.val_samples=8", "train.val_pgd_steps=1", "attack.steps=1",
             "data.num_workers=0", "train.log_every_steps=1", "train.ckpt_every_steps=100",
-            "optim.warmup_epochs=0.5", "depth.target=cached", "device=cpu", "seed=1"]
+            "optim.warmup_epochs=0.5", "depth.target=cached", "device=cpu", "seed=1",
+            "train.init_from=", "train.val_every_epochs=1"]
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +86,8 @@ def tiny_run(tiny_shards, tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = config.load(["pgd-at", "synthetic"], TINY_RUN)
+        # a patchify stem: plain timm can rebuild it (the export tests); ConvStem is tested apart
+        cfg = config.load(["pgd-at", "synthetic"], TINY_RUN + ["model.stem=patch"])
         return loop.run(cfg, str(tiny_shards.path), str(tmp_path_factory.mktemp("runs"))).path
     finally:
         torch.set_num_threads(threads)

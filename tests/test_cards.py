@@ -58,6 +58,15 @@ def test_packaged_cards_load_and_match_their_files():
     assert seeds[0] == seeds[1]
 
 
+def test_synthetic_large_holds_the_synthetic_cards_scenes_first():
+    large, syn = load_card("synthetic-large"), load_card("synthetic")
+    assert large.expected_counts == {"train": 10000, "val": 1000}
+    for split in ("train", "val"):
+        small = syn.items(split)
+        assert [(i.synthetic.seed, i.label) for i in large.items(split)[:len(small)]] == \
+               [(i.synthetic.seed, i.label) for i in small]
+
+
 def test_a_card_path_loads_the_same_card_as_its_name():
     assert load_card(REPO / "data_cards" / "synthetic.yaml").to_dict() == \
            load_card("synthetic").to_dict()
@@ -70,7 +79,8 @@ def test_the_template_card_needs_a_root_then_infers_classes(tmp_path):
     assert card.classes == ["cat", "dog"]
 
 
-@pytest.mark.parametrize("name", ["imagenet100", "synthetic", "synthetic-spurious"])
+@pytest.mark.parametrize("name", ["imagenet100", "synthetic", "synthetic-spurious",
+                                  "synthetic-large"])
 def test_to_dict_is_itself_a_valid_card_that_round_trips(tmp_path, name):
     resolved = load_card(name).to_dict()
     saved = tmp_path / "saved.yaml"

@@ -143,6 +143,11 @@ def test_config_show_prints_fractions_and_loads_back(tmp_path):
     ("eval.pgd_long_alpha_frac=-1", "eval.pgd_long_alpha_frac' must be positive"),
     ("depth.online_epochs=[3, 1]", "depth.online_epochs"),
     ("model.init_values=0", "model.init_values' must be positive"),
+    ("model.stem=resnet", "must be one of patch, conv"),
+    ("train.ema_decay=1", "train.ema_decay' must be in \\[0, 1\\)"),
+    ("train.init_from=/some/run", "train.init_from"),
+    ("attack.eps_warmup_epochs=-1", "attack.eps_warmup_epochs' must be >= 0"),
+    ("train.val_every_epochs=0", "train.val_every_epochs' must be positive"),
 ])
 def test_every_section_checks_its_ranges_in_one_line(assignment, needle):
     with pytest.raises(C.ConfigError, match=needle) as caught:
@@ -175,3 +180,20 @@ def test_configs_saved_by_older_versions_are_upgraded_when_read():
     saved["model"]["name"] = "vit_small_patch16_224"
     assert C.from_dict(saved).model.init_values is None
     assert C.from_dict(C.to_dict(cfg)) == cfg  # a current config is read as it is
+
+
+@pytest.mark.parametrize("scale", ["synthetic", "synthetic-experiment"])
+def test_scale_presets_leave_every_method_setting_to_the_method_preset(scale):
+    for method in ("standard", "pgd-at", "daat-no-align", "daat"):
+        alone, scaled = C.load([method]), C.load([method, scale])
+        for key in ("eps", "alpha", "steps", "random_start"):
+            assert getattr(scaled.attack, key) == getattr(alone.attack, key), (method, key)
+        for key in ("lam", "gamma0", "gamma_frac", "s_schedule"):
+            assert getattr(scaled.loss, key) == getattr(alone.loss, key), (method, key)
+        assert scaled.attack.eps_warmup_epochs == 0 and scaled.train.ema_decay == 0
+
+
+def test_experiment_scale_has_an_8x8_grid_and_the_large_card():
+    cfg = C.load(["daat", "synthetic-experiment"])
+    assert cfg.model.img_size // cfg.model.patch_size == 8 and cfg.model.stem == "conv"
+    assert cfg.data.card == "synthetic-large"

@@ -209,7 +209,7 @@ def test_a_whole_training_run_on_the_cuda_paths(cuda_paths, tiny_shards, tiny_dp
         "model.num_heads=2", "train.batch_size=8", "train.epochs=1", "attack.steps=2",
         "train.val_samples=8", "train.val_pgd_steps=2", "loss.gamma0=0", "depth.target=online",
         f"depth.model={tiny_dpt_dir}", "depth.allow_other_model=true",  # oracle shards
-        "data.num_workers=0", "device=cpu"])
+        "data.num_workers=0", "device=cpu", "train.init_from="])
     art = loop.run(cfg, str(tiny_shards.path), str(tmp_path / "out"))
     assert art.complete and pins == [True]
     (depth,) = depth_models

@@ -25,7 +25,7 @@ from conftest import write_synthetic_card
 TOY_SET = {"data.shard_size": 8, "data.num_workers": 0, "depth.target": "cached",
            "model.img_size": 32, "model.patch_size": 8, "model.embed_dim": 32, "model.depth": 2,
            "model.num_heads": 2, "train.epochs": 1, "train.batch_size": 8,
-           "train.val_samples": 20, "train.val_pgd_steps": 2}
+           "train.val_samples": 20, "train.val_pgd_steps": 2, "train.finetune_epochs": 1}
 TOY_EVAL = {"eval.pgd_steps": 2, "eval.pgd_long_steps": 3, "eval.eps_grid": [2 / 255, 4 / 255],
             "eval.autoattack": False, "eval.n_autoattack": 0, "eval.n_figures": 0,
             "eval.chunk_size": 10}
@@ -75,11 +75,15 @@ def test_plan_trains_the_standard_run_first_and_shares_it(tmp_path):
                              "train:toy-card/standard/seed0", "train:toy-card/standard/seed1",
                              *(f"train:toy-card/daat/seed{s}/loss.lam={lam}"
                                for s in (0, 1) for lam in (0.05, 0.1))])
-    # pgd-at names run:standard in loss.teacher, but at gamma0 = 0 it does not act
-    assert steps["train:toy-card/pgd-at/seed1"].deps == ["preprocess:toy-card"]
+    # pgd-at fine-tunes the standard run (train.init_from); it names run:standard in
+    # loss.teacher too, but at gamma0 = 0 that does not act
+    pgd = steps["train:toy-card/pgd-at/seed1"]
+    assert pgd.deps == ["preprocess:toy-card", "train:toy-card/standard/seed1"]
+    assert pgd.refs == {"train.init_from": "train:toy-card/standard/seed1"}
     daat = steps["train:toy-card/daat/seed1/loss.lam=0.1"]
     assert daat.deps == ["preprocess:toy-card", "train:toy-card/standard/seed1"]
-    assert daat.refs == {"loss.teacher": "train:toy-card/standard/seed1"}
+    assert daat.refs == {"loss.teacher": "train:toy-card/standard/seed1",
+                         "train.init_from": "train:toy-card/standard/seed1"}
     assert "eval:toy-card/standard/seed1" not in steps  # a dependency, not a table cell
     std = exp.cell_config(spec, steps["train:toy-card/standard/seed1"].cell)
     assert (std.attack.steps, std.loss.lam, std.loss.gamma0, std.seed) == (0, 0.0, 0.0, 1)
@@ -90,8 +94,10 @@ def test_a_run_teacher_is_keyed_by_its_lineage_not_its_name():
     other = config_mod.load(["daat", "synthetic"], ["depth.target=cached",
                                                     "loss.teacher=run:/some/where/run-1"])
     assert determining("run", cfg) == determining("run", other)
-    assert exp.standard_refs(cfg) == ["loss.teacher"]
-    assert exp.standard_refs(config_mod.load(["pgd-at", "synthetic"])) == []
+    assert exp.standard_refs(cfg) == ["loss.teacher", "train.init_from"]
+    assert exp.standard_refs(config_mod.load(["pgd-at", "synthetic"])) == ["train.init_from"]
+    assert exp.standard_refs(config_mod.load(["pgd-at", "synthetic"], ["train.init_from="])) == []
+    assert exp.standard_refs(config_mod.load(["standard", "synthetic"])) == []  # it IS that run
 
 
 def test_print_commands_come_in_dependency_blocks(tmp_path):
@@ -181,8 +187,9 @@ def killed_then_rerun(tmp_path_factory):
         time.sleep(1.0)
         # the steps die with the runner; multiprocessing's fork server and resource tracker
         # (which write nothing) notice it and exit within seconds
+        # (an empty command line is a process already exiting: its /proc entry is going away)
         steps_alive = [c for c in map(_cmdline, _session_alive(proc.pid))
-                       if "multiprocessing.forkserver" not in c
+                       if c and "multiprocessing.forkserver" not in c
                        and "multiprocessing.resource_tracker" not in c]
         deadline = time.perf_counter() + 15
         while _session_alive(proc.pid) and time.perf_counter() < deadline:

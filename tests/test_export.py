@@ -177,14 +177,15 @@ def with_relu_mlps(cfg, num_classes):
 build_plain = models.build_student
 
 
-@pytest.mark.parametrize("builder, why", [
-    (lambda cfg, n: StemViT(build_plain(cfg, n).vit), "weights outside the timm ViT"),
-    (with_wider_patch_proj, "timm cannot rebuild it"),
-    (with_relu_mlps, "different logits"),
+@pytest.mark.parametrize("builder, why, stem", [
+    (lambda cfg, n: StemViT(build_plain(cfg, n).vit), "weights outside the timm ViT", "patch"),
+    (with_wider_patch_proj, "timm cannot rebuild it", "patch"),
+    (with_relu_mlps, "different logits", "patch"),
+    (lambda cfg, n: build_plain(cfg, n), "convolutional stem (model.stem=conv)", "conv"),
 ])
 def test_export_refuses_what_plain_timm_cannot_express(tiny_shards, tmp_path, monkeypatch,
-                                                       builder, why):
-    cfg = config_mod.load(["synthetic"], TINY_RUN)
+                                                       builder, why, stem):
+    cfg = config_mod.load(["synthetic"], TINY_RUN + [f"model.stem={stem}"])
     monkeypatch.setattr(models, "build_student", builder)
     model = builder(cfg.model, tiny_shards.num_classes)
     run_dir = fabricate_run(tmp_path / "runs", tiny_shards, model, cfg)

@@ -27,7 +27,7 @@ RUN = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.d
        "model.num_heads=2", "train.batch_size=8", "train.samples_per_epoch=32", "train.epochs=2",
        "train.val_samples=10", "train.val_pgd_steps=2", "attack.steps=1", "data.num_workers=0",
        "train.log_every_steps=2", "train.ckpt_every_steps=3", "optim.warmup_epochs=0.5",
-       "depth.target=cached", "device=cpu"]
+       "depth.target=cached", "device=cpu", "train.init_from=", "train.val_every_epochs=1"]
 EVAL = ["data.num_workers=0", "device=cpu", "eval.n_figures=0", "eval.pgd_long_steps=2",
         "eval.eps_grid=[4/255]", "eval.autoattack=false", "eval.n_autoattack=0", "eval.n_samples=8",
         "eval.chunk_size=8"]

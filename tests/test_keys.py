@@ -23,7 +23,7 @@ def test_run_key_leaves_out_operational_and_switched_off_settings():
     noisy = C.load(["pgd-at", "synthetic"], ["train.ckpt_every_steps=7", "depth.batch_size=3",
                                              "eval.n_samples=5", "loss.teacher=x"])
     assert keys.determining("run", noisy) == det  # gamma0 = 0: the teacher cannot act
-    assert keys.determining("run", C.load(["pgd-at", "synthetic"], ["train.epochs=3"])) != det
+    assert keys.determining("run", C.load(["pgd-at", "synthetic"], ["train.batch_size=16"])) != det
 
 
 def test_eval_key_is_its_section_minus_batch_size_and_the_dict_form_agrees():
@@ -37,6 +37,6 @@ def test_eval_key_is_its_section_minus_batch_size_and_the_dict_form_agrees():
 def test_report_groups_runs_that_would_be_one_run_but_for_lambda():
     a = C.to_dict(C.load(["daat", "synthetic"], ["loss.lam=0.1"]))
     b = C.to_dict(C.load(["daat", "synthetic"], ["loss.lam=0.0", "train.log_every_steps=3"]))
-    c = C.to_dict(C.load(["daat", "synthetic"], ["loss.lam=0.1", "train.epochs=9"]))
+    c = C.to_dict(C.load(["daat", "synthetic"], ["loss.lam=0.1", "train.batch_size=16"]))
     assert report_figures.lam_group_key(a) == report_figures.lam_group_key(b)
     assert report_figures.lam_group_key(a) != report_figures.lam_group_key(c)

@@ -25,7 +25,7 @@ from daat.train import loop
 RUN = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
        "model.num_heads=2", "train.batch_size=8", "train.samples_per_epoch=8", "train.epochs=2",
        "train.val_samples=2", "train.val_pgd_steps=1", "attack.steps=1", "data.num_workers=0",
-       "depth.target=cached", "device=cpu"]
+       "depth.target=cached", "device=cpu", "train.init_from=", "train.val_every_epochs=1"]
 
 
 @pytest.fixture(autouse=True)

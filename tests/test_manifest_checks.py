@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
        "model.num_heads=2", "train.batch_size=8", "train.samples_per_epoch=8", "train.epochs=1",
        "train.val_samples=2", "train.val_pgd_steps=1", "attack.steps=1", "data.num_workers=0",
-       "depth.target=cached", "device=cpu"]
+       "depth.target=cached", "device=cpu", "train.init_from=", "train.val_every_epochs=1"]
 EVAL = ["data.num_workers=0", "device=cpu", "eval.n_figures=0", "eval.pgd_long_steps=2",
         "eval.eps_grid=[4/255]", "eval.autoattack=false", "eval.n_autoattack=0", "eval.n_samples=4",
         "eval.chunk_size=4"]

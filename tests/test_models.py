@@ -8,10 +8,11 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from daat.config import load as config_load
 from daat.config import ConfigError, ModelConfig
 from daat.errors import DaatError, DataError
-from daat.models import (DaatViT, FeatureProjection, Teacher, build_projection, build_student,
-                         build_teacher, save_random_teacher, teacher_input_size)
+from daat.models import (ConvStem, DaatViT, FeatureProjection, Teacher, build_projection,
+                         build_student, build_teacher, save_random_teacher, teacher_input_size)
 from daat.train.losses import align_loss
 
 SYNTH = dict(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4)
@@ -90,6 +91,47 @@ def test_build_student_errors_name_the_key():
         build_student(ModelConfig(name="no_such_vit", **{k: v for k, v in SYNTH.items()}), 3)
     with pytest.raises(ConfigError, match="attention_aggregate"):
         build_student(ModelConfig(**SYNTH, attention_aggregate="max"), 3)
+
+
+def test_conv_stem_keeps_the_patch_grid_and_the_tap():
+    model = build_student(ModelConfig(**SYNTH, stem="conv"), num_classes=7)
+    stem = model.vit.patch_embed
+    assert isinstance(stem, ConvStem) and model.grid == (8, 8)
+    convs = [m for m in stem.proj if isinstance(m, torch.nn.Conv2d)]
+    # patch 8 = three stride-2 3x3 convs widening to embed_dim / 2, then a 1x1 conv to embed_dim
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (3, 8, (3, 3), (2, 2)), (8, 16, (3, 3), (2, 2)), (16, 32, (3, 3), (2, 2)),
+        (32, 64, (1, 1), (1, 1))]
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert stem(x).shape == (3, 64, 64)  # [B, 8*8 tokens, embed_dim]
+    out = model.eval().forward_train(x, need_attention=True, need_tokens=True)
+    assert out.logits.shape == (3, 7) and out.tokens.shape == (3, 65, 64)
+    assert out.attention.shape == (3, 64) and (out.attention >= 0).all()
+    torch.testing.assert_close(out.attention.sum(-1), torch.ones(3), atol=1e-6, rtol=0)
+
+
+def test_conv_stem_tap_matches_explicit_attention_and_has_no_batch_statistics():
+    torch.manual_seed(5)
+    model = build_student(ModelConfig(**{**SYNTH, "patch_size": 4, "img_size": 32}, stem="conv"), 5)
+    _randomise(model.vit, 5)
+    model.eval()
+    assert model.grid == (8, 8)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    out = model.forward_train(x, need_attention=True)
+    logits, maps, _ = explicit_forward(model, x)
+    torch.testing.assert_close(out.attention, reference_attention(maps, 1, "mean"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-5)
+    model.train()  # a sample's logits never depend on the rest of its batch, even in train mode
+    torch.testing.assert_close(model(x)[:1], model(x[:1]), atol=1e-5, rtol=1e-5)
+
+
+def test_conv_stem_needs_a_power_of_two_patch():
+    with pytest.raises(ConfigError, match="power of two"):
+        build_student(ModelConfig(**{**SYNTH, "patch_size": 6, "img_size": 48}, stem="conv"), 3)
+    with pytest.raises(ConfigError, match="model.stem"):
+        config_load([], ["model.stem=resnet"])
+    with pytest.raises(ConfigError, match="no pretrained weights"):
+        config_load([], ["model.stem=conv", "model.pretrained=true"])
 
 
 @pytest.mark.parametrize("aggregate", ["mean", "last", "rollout"])

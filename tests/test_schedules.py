@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from daat.train.schedules import gamma_at, lr_at, s_at
+from daat.train.schedules import ema_decay_at, eps_scale_at, gamma_at, lr_at, s_at
 
 
 @pytest.mark.parametrize("epoch, expected", [(0, 1.0), (30, 0.5), (60, 0.0), (299, 0.0), (15, 0.75)])
@@ -71,3 +71,31 @@ def test_s_warmup_anneal_stays_in_unit_interval():
 def test_s_rejects_unknown_kind():
     with pytest.raises(ValueError, match="kind"):
         s_at(0, 10, "cosine")
+
+
+@pytest.mark.parametrize("step, warmup, expected", [
+    (0, 4, 0.25), (1, 4, 0.5), (2, 4, 0.75), (3, 4, 1.0), (4, 4, 1.0), (99, 4, 1.0),
+    (0, 1, 1.0), (0, 0, 1.0), (7, 0, 1.0), (9, 20, 0.5)])
+def test_eps_warmup_is_linear_like_the_lr_warmup(step, warmup, expected):
+    # (step + 1) / warmup before the end of the warm-up, then 1; no warm-up = always 1
+    assert eps_scale_at(step, warmup) == pytest.approx(expected, abs=1e-12)
+
+
+def test_eps_warmup_rejects_negative_inputs():
+    with pytest.raises(ValueError):
+        eps_scale_at(-1, 4)
+    with pytest.raises(ValueError):
+        eps_scale_at(0, -4)
+
+
+@pytest.mark.parametrize("step, decay, expected", [
+    (0, 0.999, 0.1), (10, 0.999, 0.55), (90, 0.9, 0.9), (1000, 0.99, 0.99), (3, 0.0, 0.0)])
+def test_ema_decay_warms_up_as_one_plus_t_over_ten_plus_t(step, decay, expected):
+    assert ema_decay_at(step, decay) == pytest.approx(expected, abs=1e-12)
+
+
+def test_ema_decay_rejects_bad_inputs():
+    with pytest.raises(ValueError):
+        ema_decay_at(-1, 0.9)
+    with pytest.raises(ValueError):
+        ema_decay_at(0, 1.0)

@@ -21,10 +21,11 @@ from daat.train.loop import build_state
 from daat.train.online_depth import DepthTarget, check_policy, wants_online
 from daat.train.step import NonFiniteGuard, StepSchedule, train_step
 from daat.train.teacher import ResolvedTeacher, RunTeacher, standard_config
+from daat.train.warm_start import effective
 
 TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
         "model.num_heads=2", "train.batch_size=4", "attack.steps=2", "seed=3",
-        "depth.target=cached"]
+        "depth.target=cached", "train.init_from="]
 CLASSES = 5
 
 
@@ -190,7 +191,7 @@ def test_train_step_with_pgd_and_online_g_is_eq5(tiny_dpt_dir):
 
 def test_optimizer_groups_skip_decay_on_norms_biases_tokens():
     cfg = tiny_cfg("pgd-at", "synthetic", overrides=["model.name=vit_base_patch14_dinov2",
-                                                     "model.init_values=1e-5"])
+                                                     "model.init_values=1e-5", "model.stem=patch"])
     state = build_state(cfg, CLASSES, None, torch.device("cpu"))
     names = {id(p): n for n, p in state.model.named_parameters()}
     decay, no_decay = ({names[id(p)] for p in g["params"]} for g in state.optimizer.param_groups)
@@ -201,6 +202,14 @@ def test_optimizer_groups_skip_decay_on_norms_biases_tokens():
     assert {"vit.blocks.0.attn.qkv.weight", "vit.head.weight",
             "vit.patch_embed.proj.weight"} <= decay
     assert len(decay) + len(no_decay) == len(names)
+    # ConvStem: its convolutions decay, its channel LayerNorms do not
+    conv = build_state(tiny_cfg("pgd-at", "synthetic", overrides=["model.stem=conv"]), CLASSES,
+                       None, torch.device("cpu"))
+    names = {id(p): n for n, p in conv.model.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in g["params"]} for g in conv.optimizer.param_groups)
+    assert {"vit.patch_embed.proj.0.weight", "vit.patch_embed.proj.9.weight"} <= decay
+    assert {"vit.patch_embed.proj.1.weight", "vit.patch_embed.proj.1.bias",
+            "vit.patch_embed.proj.9.bias"} <= no_decay
 
 
 def test_pgd_runs_on_frozen_weights_and_feeds_the_update(monkeypatch):
@@ -293,7 +302,78 @@ def test_standard_config_and_content_key_match_a_standard_preset_run():
 
 
 def determining(cfg):
-    return keys_determining("run", cfg)
+    """The run's content key as ``loop.run`` computes it (after ``warm_start.effective``)."""
+    return keys_determining("run", effective(cfg))
+
+
+def test_eps_warmup_scales_the_training_attack(monkeypatch):
+    cfg = tiny_cfg("pgd-at", "synthetic")
+    state = build_state(cfg, CLASSES, None, torch.device("cpu"))
+    seen = []
+    real = step_mod.pgd
+
+    def spy(model, x, y, **kw):
+        seen.append((kw["eps"], kw["alpha"], kw["steps"]))
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(step_mod, "pgd", spy)
+    train_step(state, batch(), StepSchedule(0, 0, 1e-3, eps_scale=0.25))
+    train_step(state, batch(), StepSchedule(1, 0, 1e-3))
+    eps, alpha = 4 / 255, 1 / 255
+    assert seen == [(pytest.approx(eps / 4), pytest.approx(alpha / 4), 2),
+                    (pytest.approx(eps), pytest.approx(alpha), 2)]
+
+
+def test_ema_update_is_a_lerp_towards_the_updated_weights():
+    state = build_state(tiny_cfg("pgd-at", "synthetic", overrides=["train.ema_decay=0.9"]),
+                        CLASSES, None, torch.device("cpu"))
+    assert not state.ema.training and not any(p.requires_grad for p in state.ema.parameters())
+    before = {n: p.clone() for n, p in state.ema.named_parameters()}
+    train_step(state, batch(), StepSchedule(0, 0, 1e-2, ema_decay=0.3))
+    model = dict(state.model.named_parameters())
+    for name, p in state.ema.named_parameters():
+        assert not torch.equal(before[name], model[name]), name  # the step moved the weight
+        torch.testing.assert_close(p, 0.3 * before[name] + 0.7 * model[name].detach(),
+                                   rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert build_state(tiny_cfg("pgd-at", "synthetic"), CLASSES, None,
+                       torch.device("cpu")).ema is None
+
+
+def test_warm_start_effective_config():
+    pgd = tiny_cfg("pgd-at", "synthetic", overrides=["train.init_from=run:standard",
+                                                     "train.epochs=30", "train.finetune_epochs=4"])
+    assert effective(pgd).train.epochs == 4 and effective(effective(pgd)) == effective(pgd)
+    assert pgd.train.epochs == 30  # the given config is not modified
+    std = tiny_cfg("standard", "synthetic", overrides=["train.init_from=run:standard", "attack.steps=0",
+                                                       "train.epochs=30", "train.finetune_epochs=4"])
+    assert effective(std).train.init_from == "" and effective(std).train.epochs == 30
+    no_ft = tiny_cfg("pgd-at", "synthetic", overrides=["train.init_from=run:/x/run-1",
+                                                       "train.finetune_epochs=0"])
+    assert effective(no_ft).train.epochs == no_ft.train.epochs  # finetune_epochs 0: train.epochs
+
+
+def test_content_key_ignores_knobs_that_cannot_act():
+    base = tiny_cfg("standard", "synthetic", overrides=["attack.steps=0"])
+    # an eps warm-up means nothing without an attack; run:standard means nothing to a standard run
+    for extra in (["attack.eps_warmup_epochs=2"], ["train.init_from=run:standard"],
+                  ["train.finetune_epochs=3"]):
+        assert determining(tiny_cfg("standard", "synthetic", overrides=["attack.steps=0", *extra])) \
+            == determining(base)
+    pgd = tiny_cfg("pgd-at", "synthetic")
+    assert determining(tiny_cfg("pgd-at", "synthetic", overrides=[
+        "attack.eps_warmup_epochs=2"])) != determining(pgd)
+    assert determining(tiny_cfg("pgd-at", "synthetic", overrides=["train.finetune_epochs=3"])) \
+        == determining(pgd)
+    derived = standard_config(tiny_cfg("daat", "synthetic", overrides=[
+        "train.init_from=run:standard", "train.finetune_epochs=3"]))
+    assert derived.train.init_from == ""
+    assert determining(derived) == determining(tiny_cfg("standard", "synthetic", overrides=[
+        "train.init_from=run:standard", "train.finetune_epochs=3", "attack.steps=0"]))
+
+
+def test_bad_init_from_is_a_config_error():
+    with pytest.raises(config_mod.ConfigError, match="train.init_from"):
+        tiny_cfg(overrides=["train.init_from=/some/run"])
 
 
 # -- the depth-target policy -----------------------------------------------------------------

@@ -27,10 +27,10 @@ E2E = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.d
        "model.num_heads=2", "train.batch_size=8", "train.samples_per_epoch=32", "train.epochs=2",
        "train.val_samples=10", "train.val_pgd_steps=2", "attack.steps=1", "data.num_workers=0",
        "train.log_every_steps=2", "train.ckpt_every_steps=3", "optim.warmup_epochs=0.5",
-       "depth.target=cached", "device=cpu"]
+       "depth.target=cached", "device=cpu", "train.init_from=", "train.val_every_epochs=1"]
 STEPS_PER_EPOCH = 4
 EPOCH_FIELDS = {"kind", "epoch", "step", "loss", "ce", "align", "feat", "zero_grad", "lr", "gamma",
-                "s", "img_per_s", "wall_s", "val_n", "val_clean_acc", "val_pgd_acc",
+                "s", "eps", "img_per_s", "wall_s", "val_n", "val_clean_acc", "val_pgd_acc",
                 "val_pgd_steps", "val_eps", "val_cos_AG"}
 
 
@@ -190,16 +190,101 @@ def test_run_standard_teacher_is_trained_once_and_reused(shards, tmp_path):
     assert len(list(tmp_path.glob("run-*"))) == 3
 
 
+def test_eps_warmup_is_logged_and_written_in_the_config(shards, tmp_path):
+    art = train(shards, tmp_path, "pgd-at", "synthetic", overrides=["attack.eps_warmup_epochs=1"])
+    steps = [r for r in metrics(art.path) if r["kind"] == "step"]
+    # logged after steps 2, 4, 6, 8 (0-based step 1, 3, 5, 7 of a 4-step warm-up)
+    assert [r["eps"] for r in steps] == pytest.approx([2 / 255, 4 / 255, 4 / 255, 4 / 255])
+    assert art.manifest["config"]["attack"]["eps_warmup_epochs"] == 1.0
+
+
+def test_val_every_epochs_validates_every_nth_and_the_last_epoch(shards, tmp_path):
+    art = train(shards, tmp_path, "standard", "synthetic",
+                overrides=["attack.steps=0", "train.epochs=3", "train.val_every_epochs=2"])
+    epochs = [r for r in metrics(art.path) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    assert ["val_clean_acc" in r for r in epochs] == [False, True, True]  # epoch 2 is the last
+    assert all(r["eps"] == 0.0 for r in epochs)  # standard training: no attack
+    assert set(epochs[0]) == EPOCH_FIELDS - {k for k in EPOCH_FIELDS if k.startswith("val_")}
+    final = art.manifest["extra"]["final_metrics"]
+    assert final == {k: epochs[-1][k] for k in final} and final["val_n"] == 10
+
+
+def test_init_from_a_run_starts_from_its_final_weights(shards, tmp_path):
+    source = train(shards, tmp_path, "standard", "synthetic",
+                   overrides=["attack.steps=0", "train.epochs=1"])
+    spec = f"train.init_from=run:{source.path}"
+    # lr 1e-30: the fine-tune moves no weight measurably, so it ends where it started
+    art = train(shards, tmp_path, "pgd-at", "synthetic",
+                overrides=[spec, "optim.lr=1e-30", "optim.min_lr=0", "train.finetune_epochs=1"])
+    mine, theirs = final_weights(art.path), final_weights(source.path)
+    assert mine.keys() == theirs.keys()
+    for k in theirs:
+        torch.testing.assert_close(mine[k], theirs[k], rtol=0, atol=1e-20)
+    assert art.manifest["lineage"] == [shards.id, source.id]
+    assert art.manifest["extra"]["init_from"] == source.id
+    assert art.manifest["config"]["train"]["epochs"] == 1  # finetune_epochs, as trained
+    assert [r["epoch"] for r in metrics(art.path) if r["kind"] == "epoch"] == [0]
+    with pytest.raises(TrainingError, match="train.init_from.*model.embed_dim"):
+        train(shards, tmp_path, "pgd-at", "synthetic", overrides=[spec, "model.embed_dim=16"])
+    with pytest.raises(TrainingError, match="train.init_from"):
+        train(shards, tmp_path, "pgd-at", "synthetic",
+              overrides=[f"train.init_from=run:{tmp_path / 'nowhere'}"])
+
+
+def test_init_from_run_standard_is_the_teachers_standard_run(shards, tmp_path):
+    overrides = ["train.init_from=run:standard", "train.finetune_epochs=1",
+                 "loss.teacher=run:standard", "loss.gamma0=1.0"]
+    art = train(shards, tmp_path, "daat", "synthetic", overrides=overrides)
+    runs = {a.manifest["config"]["preset"]: a for a in map(open_artifact, tmp_path.glob("run-*"))}
+    assert set(runs) == {"standard", "daat+synthetic"}  # one standard run: init and teacher
+    standard = runs["standard"]
+    assert art.manifest["lineage"] == [shards.id, standard.id]
+    assert standard.manifest["config"]["train"]["epochs"] == 2  # from scratch: train.epochs
+    assert standard.manifest["config"]["train"]["init_from"] == ""
+    assert art.manifest["config"]["train"]["epochs"] == 1
+    # the Standard row's own run (standard preset, same scale settings) is that same artifact
+    direct = train(shards, tmp_path, "standard", "synthetic",
+                   overrides=overrides[:2] + ["attack.steps=0"])
+    assert direct.path == standard.path
+
+
+def test_ema_run_validates_saves_and_is_evaluated_with_its_ema(shards, tmp_path):
+    art = train(shards, tmp_path, "pgd-at", "synthetic", overrides=["train.ema_decay=0.5"])
+    final = ckpt.load(art.path / "checkpoints" / ckpt.FINAL)
+    assert final["model_ema"].keys() == final["model"].keys()
+    assert any(not torch.equal(final["model_ema"][k], final["model"][k]) for k in final["model"])
+    model, _, _ = ckpt.load_model_for_eval(art.path)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, final["model_ema"][name]), name
+    # the last epoch's val numbers are the EMA's: validate the loaded EMA model the same way
+    from daat.pipeline.loaders import eval_pipeline
+    from daat.train.step import val_sums
+    cfg = config_mod.from_dict(art.manifest["config"])
+    state = loop.build_state(cfg, shards.num_classes, None, torch.device("cpu"))
+    state.ema.load_state_dict(final["model_ema"])
+    state.model.load_state_dict(final["model"])
+    batches = eval_pipeline(shards, split="val", image_size=32, grid=(4, 4), batch_size=8,
+                            max_samples=10)
+    sums = val_sums(state, ((x, y, g) for _, x, y, g in batches), 2, seed=cfg.seed * 1_000_003 + 7919)
+    last = [r for r in metrics(art.path) if r["kind"] == "epoch"][-1]
+    assert sums[1].item() / 10 == last["val_clean_acc"]
+    assert sums[3].item() / 10 == pytest.approx(last["val_cos_AG"], abs=1e-6)
+
+
 # -- resume ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("crash_at, workers", [("epoch-0001.pt", 0), ("step-00000003.pt", 0),
-                                               ("step-00000003.pt", 2)])
+@pytest.mark.parametrize("crash_at, workers, ema", [("epoch-0001.pt", 0, 0.0),
+                                                    ("step-00000003.pt", 0, 0.0),
+                                                    ("step-00000003.pt", 2, 0.0),
+                                                    ("step-00000003.pt", 0, 0.9)])
 def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path, monkeypatch, crash_at, workers,
-                                                 capsys):
+                                                ema, capsys):
     """Crash right after a checkpoint (epoch boundary, or mid-epoch after batch 3 of 4), rerun:
-    only the remaining steps run, and the final weights equal the uninterrupted run's within
-    1e-5, with the same step count and metrics (data loader workers too)."""
+    only the remaining steps run, and the final weights (and weight EMA) equal the uninterrupted
+    run's within 1e-5, with the same step count and metrics (data loader workers too)."""
     presets = ("daat", "synthetic")
-    overrides = ["loss.gamma0=0", "loss.lam=0.5", f"data.num_workers={workers}"]
+    overrides = ["loss.gamma0=0", "loss.lam=0.5", f"data.num_workers={workers}",
+                 f"train.ema_decay={ema}"]
     whole = train(shards, tmp_path / "whole", *presets, overrides=overrides)
     with monkeypatch.context() as patch:
         stop_after(patch, crash_at)
@@ -221,6 +306,10 @@ def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path, monkeypatch, 
     assert resumed.manifest["extra"]["steps"] == whole.manifest["extra"]["steps"] == 8
     a, b = final_weights(whole.path), final_weights(resumed.path)
     for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+    a, b = (ckpt.load(r / "checkpoints" / ckpt.FINAL)["model_ema"] for r in (whole.path, resumed.path))
+    assert (a is None) == (b is None) == (ema == 0)
+    for name in a or {}:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("img_per_s", "wall_s")}
                           for r in rows]

@@ -234,6 +234,11 @@ def verify_checkpoint(run_art: Artifact, path: Path) -> None:
 
 
 # -- evaluation entry point ------------------------------------------------------------------
+def eval_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint is evaluated with: its weight EMA when the run kept one."""
+    return state["model_ema"] if state.get("model_ema") is not None else state["model"]
+
+
 def load_model_for_eval(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
                         device: str | torch.device = "cpu"):
     """``(model in eval mode on device, Config, shards_dir)`` from a run artifact.
@@ -253,7 +258,7 @@ def load_model_for_eval(run_dir: str | os.PathLike, checkpoint: str | os.PathLik
     state = load(path)
     cfg = config_mod.from_dict(state["config"])
     model = build_student(cfg.model, int(state["num_classes"]))
-    model.load_state_dict(state["model"])
+    model.load_state_dict(eval_weights(state))
     model.to(device).eval()
     shards_dir = art.extra.get("shards_dir")
     if not shards_dir:

@@ -16,6 +16,7 @@ naming the file, and no checkpoint or final model is written from shards that di
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -39,8 +40,9 @@ from daat.pipeline.shards import ShardArtifact, open_shards
 from daat.train import checkpoint as ckpt
 from daat.train import loggers
 from daat.train import teacher as teacher_mod
+from daat.train import warm_start
 from daat.train.online_depth import DepthTarget, check_policy, resolve_model
-from daat.train.schedules import gamma_at, lr_at, s_at
+from daat.train.schedules import ema_decay_at, eps_scale_at, gamma_at, lr_at, s_at
 from daat.train.step import NonFiniteGuard, StepSchedule, TrainForward, TrainState
 from daat.train.step import build_optimizer, train_step, val_sums
 
@@ -61,7 +63,9 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
         cfg = resolve_model(cfg, shards)
         check_policy(cfg)
         source = teacher_mod.locate(cfg, shards_dir, out)
-        art = _open_run(cfg, shards, source, out, info)
+        init = warm_start.locate(cfg, shards_dir, out)
+        cfg = warm_start.effective(cfg)
+        art = _open_run(cfg, shards, [source, init], out, info)
         if info.is_main:
             config_mod.print_resolved(cfg, art.id)
         if art.complete:
@@ -74,7 +78,7 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
         if info.is_main:
             art.write_bytes(CONFIG_FILE, config_mod.dump(cfg).encode())
             art.save()
-        loop = _Loop(cfg, art, shards, files, teacher, device, info)
+        loop = _Loop(cfg, art, shards, files, teacher, device, info, init)
         loop.restore()
         with loggers.open_loggers(cfg, art.path, art.id, loop.pos.step, info.is_main) as sink:
             loop.sink = sink
@@ -119,9 +123,10 @@ class _Position:
 class _Loop:
     """One training session; ``train`` is the epoch loop."""
 
-    def __init__(self, cfg, art, shards, files: FileGuard, teacher, device, info):
+    def __init__(self, cfg, art, shards, files: FileGuard, teacher, device, info, init=None):
         self.cfg, self.art, self.shards, self.info, self.device = cfg, art, shards, info, device
         self.files = files  # the train and val tars, hashed once before the first step
+        self.init = init  # the run whose weights a fresh start loads (train.init_from)
         self.teacher_id = teacher.model_id if teacher else None
         self.ckpts = ckpt.RunCheckpoints(art)
         samples = cfg.train.samples_per_epoch or shards.split_size("train")
@@ -141,12 +146,19 @@ class _Loop:
         path = None if shared is None else Path(shared)
         if path is None:
             _seed_all(self.cfg.seed + self.info.rank)
+            if self.init is not None:
+                warm_start.load_weights(self.state.model, self.init, self.cfg,
+                                        self.shards.num_classes)
+                if self.state.ema is not None:
+                    self.state.ema.load_state_dict(self.state.model.state_dict())
             if self.info.is_main:  # a run killed before its first ``latest`` starts over
                 _truncate_metrics(self.art.path / METRICS, None)
             return
         state = ckpt.load(path)
         self._check_resumable(state, path)
         self.state.model.load_state_dict(state["model"])
+        if self.state.ema is not None:
+            self.state.ema.load_state_dict(state["model_ema"])
         self.state.optimizer.load_state_dict(state["optimizer"])
         if self.state.projection is not None:
             self.state.projection.load_state_dict(state["projection"])
@@ -227,11 +239,14 @@ class _Loop:
     def _schedule(self, step: int, epoch: int) -> StepSchedule:
         c, epochs = self.cfg, self.cfg.train.epochs
         warmup = min(round(c.optim.warmup_epochs * self.steps_per_epoch), self.total_steps)
+        eps_warmup = min(round(c.attack.eps_warmup_epochs * self.steps_per_epoch), self.total_steps)
         return StepSchedule(
             step=step, epoch=epoch,
             lr=lr_at(step, self.total_steps, warmup, c.optim.lr, c.optim.min_lr),
             gamma=gamma_at(epoch, epochs, c.loss.gamma0, c.loss.gamma_frac),
-            s=s_at(epoch, epochs, c.loss.s_schedule, c.loss.s_warmup_frac))
+            s=s_at(epoch, epochs, c.loss.s_schedule, c.loss.s_warmup_frac),
+            eps_scale=eps_scale_at(step, eps_warmup) if c.attack.steps else 1.0,
+            ema_decay=ema_decay_at(step, c.train.ema_decay))
 
     def _log(self, interval: "_Interval", sched: StepSchedule, bar) -> None:
         self.guard.check()
@@ -240,7 +255,12 @@ class _Loop:
         bar.set_postfix(ce=f"{means['ce']:.3f}", align=f"{means['align']:.3f}",
                         feat=f"{means['feat']:.3f}", img_s=f"{rate:.0f}")
         self._append({"kind": "step", "epoch": sched.epoch, "step": self.pos.step, **means,
-                      "lr": sched.lr, "gamma": sched.gamma, "s": sched.s, "img_per_s": rate})
+                      "lr": sched.lr, "gamma": sched.gamma, "s": sched.s,
+                      "eps": self._train_eps(sched), "img_per_s": rate})
+
+    def _train_eps(self, sched: StepSchedule) -> float:
+        """The training attack's ε at this step (0 for standard training)."""
+        return self.cfg.attack.eps * sched.eps_scale if self.cfg.attack.steps else 0.0
 
     def _flush(self, interval: "_Interval") -> dict:
         self.guard.check()
@@ -256,14 +276,18 @@ class _Loop:
                              device=self.device)
         sums = dict(zip(keys, dist.all_reduce_sum(local).tolist()))
         n = max(sums["n"], 1.0)
-        self.last_val = self._validate()
+        every = self.cfg.train.val_every_epochs
+        validated = (epoch + 1) % every == 0 or epoch + 1 == self.cfg.train.epochs
+        if validated:
+            self.last_val = self._validate()
         sched = self._schedule(max(self.pos.step - 1, 0), epoch)
         images = batches * self.cfg.train.batch_size * self.info.world_size
         self._append({"kind": "epoch", "epoch": epoch, "step": self.pos.step,
                       **{k: sums[k] / n for k in LOSS_KEYS if k != "zero_grad"},
                       "zero_grad": int(sums["zero_grad"]), "lr": sched.lr, "gamma": sched.gamma,
-                      "s": sched.s, "img_per_s": images / max(seconds, 1e-9),
-                      "wall_s": self._wall(), **self.last_val})
+                      "s": sched.s, "eps": self._train_eps(sched),
+                      "img_per_s": images / max(seconds, 1e-9),
+                      "wall_s": self._wall(), **(self.last_val if validated else {})})
         self.pos.epoch, self.pos.batch, self.pos.sums = epoch + 1, 0, {}
         self._save(ckpt.epoch_name(epoch + 1), epoch_end=True)
 
@@ -308,6 +332,7 @@ class _Loop:
     def _model_state(self) -> dict:
         s = self.state
         return {"model": s.model.state_dict(),
+                "model_ema": s.ema.state_dict() if s.ema is not None else None,
                 "projection": s.projection.state_dict() if s.projection is not None else None,
                 "step": self.pos.step, "epoch": self.pos.epoch,
                 "steps_per_epoch": self.steps_per_epoch, "config": config_mod.to_dict(self.cfg),
@@ -329,6 +354,7 @@ class _Loop:
             "depth_model": target.model_id or self.shards.depth_model,
             "shards_depth_model": self.shards.depth_model,
             "online_depth_steps": target.online_calls, "teacher": self.teacher_id,
+            "init_from": self.init.lineage[0] if self.init is not None else None,
             "final_metrics": self.last_val, "wall_s": self._wall()})
         art.mark_complete()
 
@@ -367,11 +393,13 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _open_run(cfg, shards, source, out, info) -> Artifact:
+def _open_run(cfg, shards, sources, out, info) -> Artifact:
     """Rank 0 creates, resumes or reuses the run (holding its writer lock unless it is complete
     and intact); the other ranks open the same one. A complete run whose ``final.pt`` no longer
-    matches its sha256 is reopened to write it again from its last checkpoint."""
-    lineage = [shards.id] + list(source.lineage if source else ())
+    matches its sha256 is reopened to write it again from its last checkpoint. ``sources``: the
+    teacher and ``init_from`` runs (None where unused); their ids join the lineage."""
+    lineage = list(dict.fromkeys([shards.id] + [i for s in sources if s is not None
+                                                for i in s.lineage]))
     determining = {**keys.determining("run", cfg), "shards_content": shards.content_digest}
 
     def open_on_main() -> Artifact:
@@ -412,7 +440,8 @@ def build_state(cfg: Config, num_classes: int, teacher: teacher_mod.ResolvedTeac
     generator.manual_seed(cfg.seed * 1_000_003 + info.rank)
     # PGD is ~90% of a step: compiling only the update forward would leave it eager.
     attack_model = torch.compile(model) if cfg.train.compile else None
-    return TrainState(cfg=cfg, model=model, forward=forward, attack_model=attack_model,
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.train.ema_decay > 0 else None
+    return TrainState(cfg=cfg, model=model, forward=forward, attack_model=attack_model, ema=ema,
                       optimizer=build_optimizer(cfg, model, projection), device=device,
                       depth_target=DepthTarget(cfg, model.grid, device), generator=generator,
                       teacher=teacher.module if teacher else None, projection=projection,

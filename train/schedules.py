@@ -48,3 +48,24 @@ def s_at(epoch: float, total_epochs: int, kind: str = "constant", warmup_frac: f
     if epoch < warm:
         return epoch / warm
     return min(1.0, max(0.0, (total_epochs - epoch) / (total_epochs - warm)))
+
+
+def eps_scale_at(step: int, warmup_steps: int) -> float:
+    """ε(t) / ε for an ε warm-up (PGD's α is scaled by the same factor, keeping α / ε): linear as
+    the lr warm-up, (step + 1) / warmup_steps for step < warmup_steps, so step 0 already attacks
+    and step warmup_steps - 1 reaches the full ε; then 1. ``warmup_steps == 0``: always 1 (off)."""
+    if warmup_steps < 0 or step < 0:
+        raise ValueError(f"eps_scale_at: need step >= 0 and warmup_steps >= 0, "
+                         f"got step={step}, warmup_steps={warmup_steps}")
+    if step >= warmup_steps:
+        return 1.0
+    return (step + 1) / warmup_steps
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The weight-EMA decay after update ``step`` (0-based): min(decay, (1 + step) / (10 + step)),
+    so the average forgets the random initialisation within the first few dozen updates instead
+    of 1 / (1 - decay) of them (TensorFlow's ExponentialMovingAverage with num_updates)."""
+    if step < 0 or not 0 <= decay < 1:
+        raise ValueError(f"ema_decay_at: need step >= 0 and 0 <= decay < 1, got {step}, {decay}")
+    return min(decay, (1 + step) / (10 + step))

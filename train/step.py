@@ -60,6 +60,7 @@ class TrainState:
     projection: nn.Module | None = None  # student width -> teacher width, trained with L_feat
     distributed: bool = False
     attack_model: nn.Module | None = None  # torch.compile'd ``model`` for PGD (train.compile)
+    ema: nn.Module | None = None  # frozen copy of ``model`` holding the weight EMA (train.ema_decay)
     params: list[torch.Tensor] = field(default_factory=list)  # clipped together
 
     def __post_init__(self) -> None:
@@ -76,6 +77,8 @@ class StepSchedule:
     lr: float
     gamma: float = 0.0  # γ(t), Eq. 4
     s: float = 1.0  # s(t)
+    eps_scale: float = 1.0  # ε warm-up: the attack's ε and α times this
+    ema_decay: float = 0.0  # weight-EMA decay of this update (used when the state keeps an EMA)
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -90,8 +93,9 @@ def amp_context(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-def adversarial(state: TrainState, x: torch.Tensor, y: torch.Tensor):
-    """``(x_adv, zero-grad count)``; x itself when attack.steps == 0 (standard training)."""
+def adversarial(state: TrainState, x: torch.Tensor, y: torch.Tensor, eps_scale: float = 1.0):
+    """``(x_adv, zero-grad count)``; x itself when attack.steps == 0 (standard training). PGD uses
+    ε and α of ``attack`` times ``eps_scale`` (the ε warm-up)."""
     a = state.cfg.attack
     if a.steps == 0:
         return x, torch.zeros((), device=x.device)
@@ -99,8 +103,8 @@ def adversarial(state: TrainState, x: torch.Tensor, y: torch.Tensor):
     state.model.eval()  # the attack sees the deterministic model
     try:
         attacked = state.model if state.attack_model is None else state.attack_model
-        result = pgd(attacked, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps,
-                     random_start=a.random_start, generator=state.generator,
+        result = pgd(attacked, x, y, eps=a.eps * eps_scale, alpha=a.alpha * eps_scale,
+                     steps=a.steps, random_start=a.random_start, generator=state.generator,
                      amp_dtype=amp_dtype(state.device, a.amp))
     finally:
         state.model.train(was_training)
@@ -116,7 +120,7 @@ def train_step(state: TrainState, batch, sched: StepSchedule) -> dict[str, torch
     for group in state.optimizer.param_groups:
         group["lr"] = sched.lr
 
-    x_adv, zero_grad = adversarial(state, x, y)
+    x_adv, zero_grad = adversarial(state, x, y, sched.eps_scale)
     weight_align = cfg.loss.lam * sched.s
     need_align = weight_align > 0
     need_feat = sched.gamma > 0 and state.teacher is not None
@@ -137,9 +141,19 @@ def train_step(state: TrainState, batch, sched: StepSchedule) -> dict[str, torch
         torch.nn.utils.clip_grad_norm_(state.params, cfg.optim.grad_clip, foreach=True)
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        update_ema(state.ema, state.model, sched.ema_decay)
     return {"loss": loss.detach(), "ce": ce.detach(), "align": align.detach(),
             "feat": feat.detach(), "zero_grad": zero_grad,
             "nonfinite": (~torch.isfinite(loss.detach())).float()}
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers are copied."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    for mine, theirs in zip(ema.buffers(), model.buffers()):
+        mine.copy_(theirs)
 
 
 def _feat(state: TrainState, x: torch.Tensor, student_tokens: torch.Tensor) -> torch.Tensor:
@@ -197,8 +211,10 @@ def val_sums(state: TrainState, batches, pgd_steps: int, seed: int) -> torch.Ten
     as a float64 device tensor (the loop all-reduces it). PGD-k runs at ``attack.eps`` with
     α = 2.5 ε / k (Madry et al.; 1/255 for ε = 4/255, k = 10), random start from a generator
     seeded by ``seed`` (the global RNG streams are not touched), and a sample counts as robust only
-    if no iterate fooled the model (worst case over iterates, as evaluation scores it)."""
-    cfg, device, model = state.cfg, state.device, state.model
+    if no iterate fooled the model (worst case over iterates, as evaluation scores it). The model
+    validated is the weight EMA when the state keeps one (what evaluation will use)."""
+    cfg, device = state.cfg, state.device
+    model = state.ema if state.ema is not None else state.model
     eps = cfg.attack.eps
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)

@@ -58,6 +58,7 @@ def standard_config(cfg: Config) -> Config:
     std.loss.lam = 0.0
     std.loss.gamma0 = 0.0
     std.depth.target = "cached"
+    std.train.init_from = ""  # the standard run is what run:standard starts from, never a fine-tune
     return std
 
 
@@ -79,9 +80,9 @@ def locate(cfg: Config, shards_dir: str | Path, out: str | Path) -> TeacherSourc
     spec = cfg.loss.teacher
     if spec == STANDARD:
         from daat.train.loop import run as train_run
-        return _run_source(spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path)
+        return run_source(spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path)
     if spec.startswith(RUN_PREFIX):
-        return _run_source(spec, run_dir(spec, out))
+        return run_source(spec, run_dir(spec, out))
     return TeacherSource(spec, None, ())
 
 
@@ -93,11 +94,12 @@ def run_dir(ref: str, out: str | Path) -> Path:
     return Path(target)
 
 
-def _run_source(spec: str, run_dir: Path) -> TeacherSource:
+def run_source(spec: str, run_dir: Path, key: str = "loss.teacher") -> TeacherSource:
+    """The finished run at ``run_dir``, named by config ``key`` = ``spec`` (in errors)."""
     try:
         art = open_artifact(run_dir, kind="run", require_complete=True)
     except ArtifactError as e:
-        raise TrainingError(f"loss.teacher={spec}: {e}") from e
+        raise TrainingError(f"{key}={spec}: {e}") from e
     return TeacherSource(spec, art.path, (art.id,))
 
 

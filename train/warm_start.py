@@ -1,0 +1,70 @@
+"""Robust fine-tuning: ``train.init_from`` names a finished run whose final weights a run starts from.
+
+- ``run:/path/to/run-…``: that run;
+- ``run:standard``: the ``standard`` run with this config's data/model/optim/train settings on the
+  same shards (``teacher.standard_config``), trained here or reused: the same artifact that
+  ``loss.teacher: run:standard`` names, so PGD-AT and DAAT start from the run that Table 1's
+  Standard row reports and DAAT's stand-in teacher is. A run that is itself standard training
+  ignores ``run:standard`` (it IS that run).
+
+A run that starts from another trains ``train.finetune_epochs`` epochs (when > 0) instead of
+``train.epochs``; ``effective`` writes the epochs it trains into ``train.epochs`` of the config the
+run saves. Only the weights are taken: the optimiser, schedules and RNG streams start fresh.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from torch import nn
+
+from daat import config as config_mod
+from daat.config import Config
+from daat.keys import as_trained
+from daat.errors import TrainingError
+from daat.train.teacher import STANDARD, TeacherSource, run_dir, run_source, standard_config
+
+KEY = "train.init_from"
+
+
+def effective(cfg: Config) -> Config:
+    """``cfg`` as the run trains it (``keys.as_trained``: ``init_from`` cleared where it cannot
+    act, ``train.epochs = train.finetune_epochs`` for a fine-tune). Idempotent."""
+    trained = as_trained(config_mod.to_dict(cfg))["train"]
+    out = copy.deepcopy(cfg)
+    out.train.init_from, out.train.epochs = trained["init_from"], trained["epochs"]
+    return out
+
+
+def locate(cfg: Config, shards_dir: str | Path, out: str | Path) -> TeacherSource | None:
+    """The run to start from, or None (from scratch). Takes the config as given (before
+    ``effective``): ``run:standard`` trains or reuses the standard run with ``train.epochs``."""
+    spec = effective(cfg).train.init_from
+    if not spec:
+        return None
+    if spec == STANDARD:
+        from daat.train.loop import run as train_run
+        return run_source(spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path,
+                          key=KEY)
+    return run_source(spec, run_dir(spec, out), key=KEY)
+
+
+def load_weights(model: nn.Module, source: TeacherSource, cfg: Config, num_classes: int) -> None:
+    """Copy the final weights of ``source``'s run into ``model`` (the evaluation weights: its
+    weight EMA where it kept one). Its model section must equal ``cfg.model``."""
+    from daat.train import checkpoint as ckpt
+
+    from daat.artifacts import open_artifact
+
+    path = source.run_dir / ckpt.CKPT_DIR / ckpt.FINAL
+    ckpt.verify_checkpoint(open_artifact(source.run_dir, kind="run"), path)
+    state = ckpt.load(path)
+    theirs = state["config"]["model"]
+    ours = config_mod.to_dict(cfg)["model"]
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if differ or int(state["num_classes"]) != num_classes:
+        what = (f"model.{differ[0]} = {theirs.get(differ[0])!r} there, {ours[differ[0]]!r} here"
+                if differ else f"{state['num_classes']} classes there, {num_classes} here")
+        raise TrainingError(f"{KEY}={source.spec}: {source.run_dir} has a different model "
+                            f"({what}); fine-tune from a run with the same model settings")
+    model.load_state_dict(ckpt.eval_weights(state))
