@@ -9,6 +9,7 @@ On CPU the benchmarks default to ONE intra-op thread: on a shared, oversubscribe
 OpenMP's spinning threads made a tiny ViT forward ~20x slower with 2 threads than with 1
 (measured: 1.1 s vs 0.05 s for 32 images), which would swamp every ratio with scheduler noise.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -18,16 +19,17 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_STUDENT = dict(name="vit_base_patch14_dinov2", img_size=224, patch_size=14)  # ViT-B/14 @224
-CPU_STUDENT = dict(name="vit_base_patch14_dinov2", img_size=64, patch_size=8, embed_dim=64,
-                   depth=4, num_heads=4)  # the synthetic preset's student
+CPU_STUDENT = dict(
+    name="vit_base_patch14_dinov2", img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4
+)  # the synthetic preset's student
 
 
 def pick_device(name: str) -> torch.device:
@@ -63,8 +65,9 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
-                rounds: int) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, rounds: int
+) -> dict[str, list[float]]:
     """Per variant, the seconds of each timed round; ``warmup`` untimed rounds first."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -99,8 +102,13 @@ def cpu_model() -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -108,11 +116,17 @@ def git_commit() -> str:
 
 def machine(device: torch.device) -> dict:
     """What the figures were measured on."""
-    info = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
-            "cpu": cpu_model(), "torch": torch.__version__, "device": str(device),
-            "threads": torch.get_num_threads(), "commit": git_commit()}
+    info = {
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "commit": git_commit(),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     try:
@@ -140,6 +154,7 @@ def reset_peak_memory(device: torch.device) -> None:
 
 # --- inputs -----------------------------------------------------------------------------------
 
+
 def natural_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A smooth random colour field with a few hard-edged shapes and sensor-like noise: close
     enough to a photo for JPEG sizes and decode times (uint8 HxWx3)."""
@@ -158,28 +173,50 @@ def natural_image(rng: np.random.Generator, height: int, width: int) -> np.ndarr
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
-def write_imagefolder(root: Path, n_images: int, height: int, width: int, classes: int = 4,
-                      seed: int = 0, quality: int = 90, processes: int = 1) -> Path:
+def write_imagefolder(
+    root: Path,
+    n_images: int,
+    height: int,
+    width: int,
+    classes: int = 4,
+    seed: int = 0,
+    quality: int = 90,
+    processes: int = 1,
+) -> Path:
     """``root/train/c{k}/{i}.jpg``: an ImageFolder (train split only) of natural-ish JPEGs, image
     i in class i % classes."""
     names = [f"c{k}" for k in range(classes)]
-    jobs = [(root / "train" / names[i % classes] / f"{i:06d}.jpg", (seed, i)) for i in range(n_images)]
+    jobs = [
+        (root / "train" / names[i % classes] / f"{i:06d}.jpg", (seed, i)) for i in range(n_images)
+    ]
     _write_jpegs(jobs, height, width, quality, processes)
     return root
 
 
-def write_imagefolder_classes(root: Path, classes: list[str], per_class: int, height: int,
-                              width: int, seed: int = 0, quality: int = 90, suffix: str = ".jpg",
-                              processes: int = 1) -> Path:
+def write_imagefolder_classes(
+    root: Path,
+    classes: list[str],
+    per_class: int,
+    height: int,
+    width: int,
+    seed: int = 0,
+    quality: int = 90,
+    suffix: str = ".jpg",
+    processes: int = 1,
+) -> Path:
     """``root/<class>/{i}{suffix}``, ``per_class`` natural-ish JPEGs in each named class folder."""
-    jobs = [(root / name / f"{i:06d}{suffix}", (seed, k, i))
-            for k, name in enumerate(classes) for i in range(per_class)]
+    jobs = [
+        (root / name / f"{i:06d}{suffix}", (seed, k, i))
+        for k, name in enumerate(classes)
+        for i in range(per_class)
+    ]
     _write_jpegs(jobs, height, width, quality, processes)
     return root
 
 
-def _write_jpegs(jobs: list[tuple[Path, tuple[int, ...]]], height: int, width: int, quality: int,
-                 processes: int) -> None:
+def _write_jpegs(
+    jobs: list[tuple[Path, tuple[int, ...]]], height: int, width: int, quality: int, processes: int
+) -> None:
     """Each (path, seed) becomes one JPEG drawn from ``default_rng(seed)``: the same files
     whatever ``processes`` is (a GPU machine's many cores write thousands in seconds)."""
     for folder in {path.parent for path, _ in jobs}:
@@ -200,7 +237,8 @@ def _write_one_jpeg(item: tuple[Path, tuple[int, ...], int, int, int]) -> None:
 
     path, seed, height, width, quality = item
     Image.fromarray(natural_image(np.random.default_rng(seed), height, width)).save(
-        path, quality=quality)
+        path, quality=quality
+    )
 
 
 def write_synthetic_card(path: Path, n_train_per_class: int, size: int, seed: int = 0) -> Path:
@@ -208,25 +246,48 @@ def write_synthetic_card(path: Path, n_train_per_class: int, size: int, seed: in
     import yaml
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"name": path.stem, "kind": "synthetic", "synthetic": {
-        "n_train_per_class": n_train_per_class, "n_val_per_class": 1, "size": size,
-        "spurious": False, "seed": seed}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": path.stem,
+                "kind": "synthetic",
+                "synthetic": {
+                    "n_train_per_class": n_train_per_class,
+                    "n_val_per_class": 1,
+                    "size": size,
+                    "spurious": False,
+                    "seed": seed,
+                },
+            }
+        )
+    )
     return path
 
 
 # --- model stand-ins --------------------------------------------------------------------------
+
 
 def dpt_hybrid_config():
     """Intel/dpt-hybrid-midas's architecture (BiT-R50 stem + ViT-B/16 at 384 px, ~123M
     parameters) as transformers' conversion script sets it up; weights are random."""
     from transformers import DPTConfig
 
-    return DPTConfig(is_hybrid=True, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                     intermediate_size=3072, image_size=384, patch_size=16,
-                     backbone_out_indices=[2, 5, 8, 11], reassemble_factors=[1, 1, 1, 0.5],
-                     neck_hidden_sizes=[256, 512, 768, 768], fusion_hidden_size=256,
-                     readout_type="project", use_batch_norm_in_fusion_residual=False,
-                     backbone_featmap_shape=[1, 1024, 24, 24])
+    return DPTConfig(
+        is_hybrid=True,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        image_size=384,
+        patch_size=16,
+        backbone_out_indices=[2, 5, 8, 11],
+        reassemble_factors=[1, 1, 1, 0.5],
+        neck_hidden_sizes=[256, 512, 768, 768],
+        fusion_hidden_size=256,
+        readout_type="project",
+        use_batch_norm_in_fusion_residual=False,
+        backbone_featmap_shape=[1, 1024, 24, 24],
+    )
 
 
 def save_dpt_hybrid(path: Path) -> Path:
@@ -235,10 +296,19 @@ def save_dpt_hybrid(path: Path) -> Path:
     from transformers import DPTForDepthEstimation, DPTImageProcessor
 
     model = DPTForDepthEstimation(dpt_hybrid_config()).eval()
-    processor = DPTImageProcessor(do_resize=True, size={"height": 384, "width": 384},
-                                  keep_aspect_ratio=False, ensure_multiple_of=1, resample=3,
-                                  do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                                  image_mean=[0.5] * 3, image_std=[0.5] * 3, do_pad=False)
+    processor = DPTImageProcessor(
+        do_resize=True,
+        size={"height": 384, "width": 384},
+        keep_aspect_ratio=False,
+        ensure_multiple_of=1,
+        resample=3,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+        do_pad=False,
+    )
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     processor.save_pretrained(path)

@@ -2,12 +2,21 @@
 
 (key, comparison, goal); the GPU goals are judged only on a GPU.
 """
+
 from __future__ import annotations
 
-GOALS = [("preprocess_e2e_over_model", ">=", 0.85), ("daat_cached_over_pgdat", "<=", 1.05),
-         ("teacher_over_pgdat", "<=", 1.20), ("loader_img_per_s_per_core", ">=", 400.0)]
-GPU_GOALS = [("vit_b14_224_pgdat_img_per_s", ">=", 400.0), ("pgdat_over_naive_speedup", ">=", 4.0),
-             ("daat_online_over_pgdat", "<=", 1.30), ("preprocess_e2e_img_per_s", ">=", 1000.0)]
+GOALS = [
+    ("preprocess_e2e_over_model", ">=", 0.85),
+    ("daat_cached_over_pgdat", "<=", 1.05),
+    ("teacher_over_pgdat", "<=", 1.20),
+    ("loader_img_per_s_per_core", ">=", 400.0),
+]
+GPU_GOALS = [
+    ("vit_b14_224_pgdat_img_per_s", ">=", 400.0),
+    ("pgdat_over_naive_speedup", ">=", 4.0),
+    ("daat_online_over_pgdat", "<=", 1.30),
+    ("preprocess_e2e_img_per_s", ">=", 1000.0),
+]
 
 
 def met(value: float | None, op: str, goal: float) -> bool:
@@ -16,5 +25,7 @@ def met(value: float | None, op: str, goal: float) -> bool:
 
 def check_goals(result: dict, gpu: bool) -> dict:
     """``{"key op goal": met}`` for every goal that applies."""
-    return {f"{key} {op} {goal:g}": met(result.get(key), op, goal)
-            for key, op, goal in GOALS + (GPU_GOALS if gpu else [])}
+    return {
+        f"{key} {op} {goal:g}": met(result.get(key), op, goal)
+        for key, op, goal in GOALS + (GPU_GOALS if gpu else [])
+    }

@@ -32,6 +32,7 @@ line is the JSON object. ``--dry-run`` runs the same steps on CPU at toy size (t
 so the script keeps working where no GPU is lent). Nothing is downloaded: the depth model and the
 teacher are random, built here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,14 +51,35 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(REPO))
-IMPORTS = ("torch", "timm", "transformers", "webdataset", "zarr", "pyautoattack", "daat.pipeline",
-           "daat.train", "daat.eval")
+IMPORTS = (
+    "torch",
+    "timm",
+    "transformers",
+    "webdataset",
+    "zarr",
+    "pyautoattack",
+    "daat.pipeline",
+    "daat.train",
+    "daat.eval",
+)
 # Packages the GPU image lacks (webdataset, zarr and pyautoattack with their own needs), pinned to
 # what the project is tested with; ``--download-wheels`` fetches them for an offline machine.
-WHEELS = ("webdataset==1.0.2", "braceexpand==0.1.7", "zarr==3.1.6", "donfig==0.8.1.post1",
-          "google-crc32c==1.9.0", "numcodecs==0.16.6", "pyautoattack==0.2.0")
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+WHEELS = (
+    "webdataset==1.0.2",
+    "braceexpand==0.1.7",
+    "zarr==3.1.6",
+    "donfig==0.8.1.post1",
+    "google-crc32c==1.9.0",
+    "numcodecs==0.16.6",
+    "pyautoattack==0.2.0",
+)
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 TRAIN_STEPS = 200
 
 
@@ -70,8 +92,11 @@ class Check:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
         self.work = Path(tempfile.mkdtemp(prefix="daat-gpu-check-"))
         self.log_path = out / "gpu_check.log"
-        self.result: dict = {"mode": "dry-run (CPU, toy size)" if dry_run else "gpu",
-                             "steps": {}, "started_utc": _utc()}
+        self.result: dict = {
+            "mode": "dry-run (CPU, toy size)" if dry_run else "gpu",
+            "steps": {},
+            "started_utc": _utc(),
+        }
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -89,8 +114,15 @@ class Check:
         start = time.monotonic()
         # A session of its own, so a step stopped at its limit takes its helpers (decode workers,
         # writer processes) with it and nothing keeps the pipes open.
-        proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             stdout, stderr = proc.communicate(timeout=limit)
             code = proc.returncode
@@ -145,6 +177,7 @@ def _last_json(output: str) -> dict:
 
 # --- steps ------------------------------------------------------------------------------------
 
+
 def env_step(check: Check, wheels: Path | None) -> str:
     notes = []
     if wheels is not None:
@@ -152,39 +185,79 @@ def env_step(check: Check, wheels: Path | None) -> str:
         if not found:
             raise RuntimeError(f"--wheels {wheels}: no *.whl files there")
         site = check.work / "site"  # removed at the end with the rest of the scratch space
-        code, _ = check.run("env", [sys.executable, "-m", "pip", "install", "-q", "--no-index",
-                                    "--no-deps", "--no-compile", "--upgrade", "--target",
-                                    str(site), *map(str, found)], 300)
+        code, _ = check.run(
+            "env",
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--upgrade",
+                "--target",
+                str(site),
+                *map(str, found),
+            ],
+            300,
+        )
         if code != 0:
             raise RuntimeError("installing the wheels failed (see gpu_check.log)")
         check.env["PYTHONPATH"] = os.pathsep.join(
-            [str(site), *filter(None, [check.env.get("PYTHONPATH")])])
+            [str(site), *filter(None, [check.env.get("PYTHONPATH")])]
+        )
         notes.append(f"{len(found)} wheels into {site}")
         if _missing(check, ["daat.pipeline"]):
             # Editable, as `make install` does: tests and `python -m daat.cli` run from the
             # checkout, whose daat/ would shadow a copied package (its stage folders live beside
             # it and only the editable finder maps them to daat.pipeline, daat.train, daat.eval).
-            code, _ = check.run("env", [sys.executable, "-m", "pip", "install", "-q",
-                                        "--no-index", "--no-deps", "--no-build-isolation", "-e",
-                                        str(REPO)], 300)
+            code, _ = check.run(
+                "env",
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--no-index",
+                    "--no-deps",
+                    "--no-build-isolation",
+                    "-e",
+                    str(REPO),
+                ],
+                300,
+            )
             if code != 0:
-                raise RuntimeError("installing daat from the checkout (pip install -e) failed "
-                                   "(see gpu_check.log)")
+                raise RuntimeError(
+                    "installing daat from the checkout (pip install -e) failed (see gpu_check.log)"
+                )
             notes.append("daat from the checkout (editable)")
     missing = _missing(check, list(IMPORTS))
     if missing:
-        raise RuntimeError(f"cannot import {', '.join(missing)}: install the project "
-                           "(`pip install -e .`) or pass a wheel folder (WHEELS=DIR, see "
-                           "docs/GPU.md)")
+        raise RuntimeError(
+            f"cannot import {', '.join(missing)}: install the project "
+            "(`pip install -e .`) or pass a wheel folder (WHEELS=DIR, see "
+            "docs/GPU.md)"
+        )
     return "imports ok" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _missing(check: Check, modules: list[str]) -> list[str]:
-    probe = ("import importlib, sys\nbad = []\nfor m in sys.argv[1:]:\n    try:\n"
-             "        importlib.import_module(m)\n    except Exception as e:\n"
-             "        bad.append(f'{m} ({type(e).__name__}: {e})')\nprint('\\n'.join(bad))")
-    proc = subprocess.run([sys.executable, "-c", probe, *modules], cwd=REPO, env=check.env,
-                          capture_output=True, text=True, timeout=300)
+    probe = (
+        "import importlib, sys\nbad = []\nfor m in sys.argv[1:]:\n    try:\n"
+        "        importlib.import_module(m)\n    except Exception as e:\n"
+        "        bad.append(f'{m} ({type(e).__name__}: {e})')\nprint('\\n'.join(bad))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *modules],
+        cwd=REPO,
+        env=check.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
@@ -235,10 +308,25 @@ def tests_step(check: Check) -> str:
     collects them: ``make test`` runs the second set anyway, and the first skips on a CPU."""
     found = {}
     collect = ["--collect-only"] if check.dry_run else []
-    for name, argv in (("marked_gpu", ["-m", "gpu", "tests"]),
-                       ("cuda_paths_on_cpu", ["tests/test_cuda_paths.py"])):
-        code, output = check.run("cuda_tests", [sys.executable, "-m", "pytest", "-q", "-p",
-                                                "no:cacheprovider", "-rs", *collect, *argv], 300)
+    for name, argv in (
+        ("marked_gpu", ["-m", "gpu", "tests"]),
+        ("cuda_paths_on_cpu", ["tests/test_cuda_paths.py"]),
+    ):
+        code, output = check.run(
+            "cuda_tests",
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-rs",
+                *collect,
+                *argv,
+            ],
+            300,
+        )
         found[name] = {**_pytest_counts(output), "exit": code}
     check.result["cuda_tests"] = found
     if any(v["exit"] != 0 or v.get("failed") or v.get("error") for v in found.values()):
@@ -250,23 +338,29 @@ def _pytest_counts(output: str) -> dict:
     """pytest -q's closing counts, e.g. {'passed': 8, 'skipped': 1} or {'collected': 9}."""
     pattern = r"(\d+) (passed|failed|skipped|errors?|tests? collected)"
     lines = [line for line in output.strip().splitlines() if re.search(pattern, line)]
-    return {word.split()[-1].rstrip("s"): int(n)
-            for n, word in re.findall(pattern, lines[-1] if lines else "")}
+    return {
+        word.split()[-1].rstrip("s"): int(n)
+        for n, word in re.findall(pattern, lines[-1] if lines else "")
+    }
 
 
 def bench_step(check: Check) -> str:
     argv = [sys.executable, "benchmarks/run_all.py", "--no-compile"]
     # 4,096 timed preprocess images instead of 8,192: the GPU run measured the same rate on both
     # halves (model-only before/after within 0.02%), and the time goes to the 200-step run
-    argv += (["--tiny", "--device", "cpu"] if check.dry_run
-             else ["--device", "cuda", "--preprocess-images", "4096"])
+    argv += (
+        ["--tiny", "--device", "cpu"]
+        if check.dry_run
+        else ["--device", "cuda", "--preprocess-images", "4096"]
+    )
     code, output = check.run("bench", argv, 300)
     if code != 0:
         raise RuntimeError(f"make bench {_ended(code)} (see gpu_check.log)")
     bench = _last_json(output)
     check.result["bench"] = bench
-    return "goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in
-                                 bench.get("goals", {}).items())
+    return "goals: " + ", ".join(
+        f"{k} {'met' if v else 'MISSED'}" for k, v in bench.get("goals", {}).items()
+    )
 
 
 TRAIN_SETUP = """
@@ -293,8 +387,15 @@ else:
 """
 # Toy sizes for --dry-run: the imagenet100 presets' structure, models a CPU runs in seconds.
 DRY_DATA = ["data.resize_short=40", "depth.batch_size=8", "data.num_workers=0"]
-DRY_MODEL = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
-             "model.num_heads=2", "train.batch_size=4", "data.num_workers=0"]
+DRY_MODEL = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "train.batch_size=4",
+    "data.num_workers=0",
+]
 
 
 def _sets(assignments: list[str]) -> list[str]:
@@ -324,9 +425,18 @@ class MemoryPoll:
     def _poll(self):
         while not self._stop.wait(0.5):
             try:
-                out = subprocess.run([self._smi, "--query-gpu=memory.used",
-                                      "--format=csv,noheader,nounits", "-i", "0"],
-                                     capture_output=True, text=True, timeout=5).stdout
+                out = subprocess.run(
+                    [
+                        self._smi,
+                        "--query-gpu=memory.used",
+                        "--format=csv,noheader,nounits",
+                        "-i",
+                        "0",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout
                 self.peak_mib = max(self.peak_mib, int(out.split()[0]))
             except (subprocess.SubprocessError, ValueError, IndexError, OSError):
                 continue  # one missed sample; the next poll tries again
@@ -337,50 +447,109 @@ def train_step(check: Check) -> str:
     root, work = check.work / "imagenet100", check.work / "train"
     per_class, hw = ((1, 1), (48, 64)) if dry else ((12, 1), (375, 500))
     steps, batch = (4, 4) if dry else (TRAIN_STEPS, 128)
-    code, _ = check.run("train", [sys.executable, "-c", TRAIN_SETUP.format(
-        repo=str(REPO), root=str(root), work=str(work), dry=dry, per_class=per_class, hw=hw,
-        processes=1 if dry else min(16, os.cpu_count() or 1))], 300)
+    code, _ = check.run(
+        "train",
+        [
+            sys.executable,
+            "-c",
+            TRAIN_SETUP.format(
+                repo=str(REPO),
+                root=str(root),
+                work=str(work),
+                dry=dry,
+                per_class=per_class,
+                hw=hw,
+                processes=1 if dry else min(16, os.cpu_count() or 1),
+            ),
+        ],
+        300,
+    )
     if code != 0:
         raise RuntimeError("writing the ImageNet-100-shaped folder or the models failed")
     daat, arts = [sys.executable, "-m", "daat.cli"], str(work / "artifacts")
     start = time.monotonic()
-    code, output = check.run("train", [
-        *daat, "preprocess", "--card", "imagenet100", "--root", str(root), "--config",
-        "imagenet100", "--depth", str(work / "depth"), "--out", arts,
-        *_sets(DRY_DATA if dry else ["data.num_workers=14"])], 300)
+    code, output = check.run(
+        "train",
+        [
+            *daat,
+            "preprocess",
+            "--card",
+            "imagenet100",
+            "--root",
+            str(root),
+            "--config",
+            "imagenet100",
+            "--depth",
+            str(work / "depth"),
+            "--out",
+            arts,
+            *_sets(DRY_DATA if dry else ["data.num_workers=14"]),
+        ],
+        300,
+    )
     if code != 0:
         raise RuntimeError("daat preprocess failed (see gpu_check.log)")
     shards = output.strip().splitlines()[-1].strip()
     images = 100 * sum(per_class)
     seconds = time.monotonic() - start
     check.result["train_preprocess"] = {
-        "images": images, "seconds_incl_startup": round(seconds, 1),
-        "img_per_s_incl_startup": round(images / seconds, 1)}
+        "images": images,
+        "seconds_incl_startup": round(seconds, 1),
+        "img_per_s_incl_startup": round(images / seconds, 1),
+    }
     with MemoryPoll() as memory:
         start = time.monotonic()
-        code, output = check.run("train", [
-            *daat, "train", "--config", "daat", "--config", "imagenet100", "--shards", shards,
-            "--out", arts, *_sets([
-                f"loss.teacher={work / 'teacher.safetensors'}", f"depth.model={work / 'depth'}",
-                "train.epochs=1", f"train.samples_per_epoch={steps * batch}",
-                "train.val_samples=100", f"train.log_every_steps={2 if dry else 50}",
-                *(DRY_MODEL if dry else ["data.num_workers=12"])])], 120 if dry else 420)
+        code, output = check.run(
+            "train",
+            [
+                *daat,
+                "train",
+                "--config",
+                "daat",
+                "--config",
+                "imagenet100",
+                "--shards",
+                shards,
+                "--out",
+                arts,
+                *_sets(
+                    [
+                        f"loss.teacher={work / 'teacher.safetensors'}",
+                        f"depth.model={work / 'depth'}",
+                        "train.epochs=1",
+                        f"train.samples_per_epoch={steps * batch}",
+                        "train.val_samples=100",
+                        f"train.log_every_steps={2 if dry else 50}",
+                        *(DRY_MODEL if dry else ["data.num_workers=12"]),
+                    ]
+                ),
+            ],
+            120 if dry else 420,
+        )
         seconds = time.monotonic() - start
-    rows = [json.loads(line) for path in sorted(work.glob("artifacts/run-*/metrics.jsonl"))
-            for line in path.read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for path in sorted(work.glob("artifacts/run-*/metrics.jsonl"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
     intervals = [r for r in rows if r.get("kind") == "step"]
     epochs = [r for r in rows if r.get("kind") == "epoch"]
     steady = [r["img_per_s"] for r in intervals[1:]]  # the first interval pays warm-up
     check.result["train"] = {
         "command": "daat train --config daat --config imagenet100 (online G(x_adv), teacher on)",
-        "steps_done": intervals[-1]["step"] if intervals else 0, "steps_planned": steps,
-        "batch": batch, "seconds_incl_startup": round(seconds, 1),
+        "steps_done": intervals[-1]["step"] if intervals else 0,
+        "steps_planned": steps,
+        "batch": batch,
+        "seconds_incl_startup": round(seconds, 1),
         "img_per_s_by_interval": [round(r["img_per_s"], 1) for r in intervals],
         "img_per_s_steady": round(sum(steady) / len(steady), 1) if steady else None,
         "epoch_img_per_s_incl_validation": round(epochs[-1]["img_per_s"], 1) if epochs else None,
         "peak_gpu_memory_mib_nvidia_smi": memory.peak_mib or None,
-        "last_losses": {k: intervals[-1][k] for k in ("ce", "align", "feat")} if intervals
-        else None}
+        "last_losses": {k: intervals[-1][k] for k in ("ce", "align", "feat")}
+        if intervals
+        else None,
+    }
     if code != 0:
         raise RuntimeError(f"daat train {_ended(code)} (see gpu_check.log)")
     return f"{check.result['train']['steps_done']} steps, {check.result['train']['img_per_s_steady']} img/s"
@@ -389,15 +558,20 @@ def train_step(check: Check) -> str:
 def compile_step(check: Check) -> str:
     if check.dry_run:
         return "skipped in a dry run (inductor on a CPU takes minutes)"
-    code, output = check.run("compile", [sys.executable, "benchmarks/train_step.py",
-                                         "--device", "cuda", "--compile-check"], 420)
+    code, output = check.run(
+        "compile",
+        [sys.executable, "benchmarks/train_step.py", "--device", "cuda", "--compile-check"],
+        420,
+    )
     if code != 0:
         raise RuntimeError(f"compile check {_ended(code)} (see gpu_check.log)")
     check.result["compile"] = _last_json(output)
     c = check.result["compile"]
-    return (f"train.compile x{c['train_compile_speedup']:.2f}, +attack "
-            f"x{c['train_and_attack_compile_speedup']:.2f}, "
-            f"{c['dynamo_graphs_during_timed_steps']} recompiles")
+    return (
+        f"train.compile x{c['train_compile_speedup']:.2f}, +attack "
+        f"x{c['train_and_attack_compile_speedup']:.2f}, "
+        f"{c['dynamo_graphs_during_timed_steps']} recompiles"
+    )
 
 
 TORCHRUN_SETUP = """
@@ -416,31 +590,71 @@ def torchrun_step(check: Check) -> str:
     if check.dry_run or gpus < 2:
         return f"skipped: {gpus} GPU(s); the two-process NCCL run needs two"
     work, arts = check.work / "ddp", str(check.work / "ddp" / "artifacts")
-    code, output = check.run("torchrun", [sys.executable, "-c", TORCHRUN_SETUP.format(
-        repo=str(REPO), work=str(work), arts=arts)], 120)
+    code, output = check.run(
+        "torchrun",
+        [sys.executable, "-c", TORCHRUN_SETUP.format(repo=str(REPO), work=str(work), arts=arts)],
+        120,
+    )
     if code != 0:
         raise RuntimeError("making the tiny shards failed")
     shards = output.strip().splitlines()[-1]
-    code, output = check.run("torchrun", [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-        "daat.cli", "train", "--config", "pgd-at", "--config", "synthetic", "--shards", shards,
-        "--out", arts, *_sets(["train.epochs=1", "device=cuda", "data.num_workers=0"])], 300)
+    code, output = check.run(
+        "torchrun",
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "daat.cli",
+            "train",
+            "--config",
+            "pgd-at",
+            "--config",
+            "synthetic",
+            "--shards",
+            shards,
+            "--out",
+            arts,
+            *_sets(["train.epochs=1", "device=cuda", "data.num_workers=0"]),
+        ],
+        300,
+    )
     if code != 0:
         raise RuntimeError(f"torchrun {_ended(code)} (see gpu_check.log)")
     return "2 NCCL processes trained and wrote one run"
 
 
-STEPS = (("versions", versions_step, 10), ("cuda_tests", tests_step, 60),
-         ("bench", bench_step, 120), ("train", train_step, 150),
-         ("compile", compile_step, 180), ("torchrun", torchrun_step, 60))
+STEPS = (
+    ("versions", versions_step, 10),
+    ("cuda_tests", tests_step, 60),
+    ("bench", bench_step, 120),
+    ("train", train_step, 150),
+    ("compile", compile_step, 180),
+    ("torchrun", torchrun_step, 60),
+)
 
 
 def download_wheels(dest: Path, python_version: str) -> None:
     """The wheels of ``WHEELS`` for an offline x86-64 Linux machine with ``python_version``;
     pyautoattack's 45 MB of example weights are dropped from its wheel (nothing imports them)."""
     dest.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-            "--python-version", python_version, "--implementation", "cp", "-d", str(dest)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        "-d",
+        str(dest),
+    ]
     for platform in PLATFORMS:
         argv += ["--platform", platform]
     subprocess.run([*argv, *WHEELS], check=True)
@@ -459,21 +673,29 @@ def _drop_members(wheel: Path, prefixes: tuple[str, ...]) -> None:
                 continue
             data = src.read(info)
             if info.filename.endswith(".dist-info/RECORD"):
-                data = "".join(line + "\n" for line in data.decode().splitlines()
-                               if not line.startswith(prefixes)).encode()
+                data = "".join(
+                    line + "\n"
+                    for line in data.decode().splitlines()
+                    if not line.startswith(prefixes)
+                ).encode()
             dst.writestr(info, data)
     os.replace(tmp, wheel)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("GPU_CHECK_OUT",
-                                                                        "gpu_check")))
+    parser.add_argument(
+        "--out", type=Path, default=Path(os.environ.get("GPU_CHECK_OUT", "gpu_check"))
+    )
     parser.add_argument("--wheels", type=Path, help="folder of wheels to install first (offline)")
     parser.add_argument("--budget-s", type=float, default=480, help="stop starting steps after")
     parser.add_argument("--dry-run", action="store_true", help="CPU, toy sizes (CI)")
-    parser.add_argument("--download-wheels", type=Path, metavar="DIR",
-                        help="only fetch the wheels a GPU image lacks into DIR, then exit")
+    parser.add_argument(
+        "--download-wheels",
+        type=Path,
+        metavar="DIR",
+        help="only fetch the wheels a GPU image lacks into DIR, then exit",
+    )
     parser.add_argument("--python-version", default="3.12", help="for --download-wheels")
     args = parser.parse_args(argv)
     if args.download_wheels:
@@ -489,9 +711,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check.step(name, fn, min_s)
         except NoCuda:
-            print("gpu-check: no CUDA device on this machine (torch.cuda.is_available() is False);"
-                  " `make gpu-check DRY_RUN=1` runs the same steps on CPU at toy size",
-                  file=sys.stderr)
+            print(
+                "gpu-check: no CUDA device on this machine (torch.cuda.is_available() is False);"
+                " `make gpu-check DRY_RUN=1` runs the same steps on CPU at toy size",
+                file=sys.stderr,
+            )
             return _finish(check, 2)
     failed = [k for k, v in check.result["steps"].items() if str(v).startswith("FAILED")]
     return _finish(check, 1 if failed else 0)

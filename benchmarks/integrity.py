@@ -20,6 +20,7 @@ from round to round); CPU time is less sensitive to the load of a shared machine
 short reads ~4x more raw samples than it yields (the 1000-sample shuffle buffer fills first), so
 the per-byte cost of hashing weighs ~4x more here than in a real epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,13 @@ BASELINE_PACKAGE = "daat_baseline_reader"
 
 
 def merge_base() -> str:
-    return subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=common.REPO, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "merge-base", "HEAD", "main"],
+        cwd=common.REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def load_baseline(ref: str, workdir: Path):
@@ -53,8 +59,13 @@ def load_baseline(ref: str, workdir: Path):
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text("")
     for name in ("shards", "loaders"):
-        source = subprocess.run(["git", "show", f"{ref}:pipeline/{name}.py"], cwd=common.REPO,
-                                check=True, capture_output=True, text=True).stdout
+        source = subprocess.run(
+            ["git", "show", f"{ref}:pipeline/{name}.py"],
+            cwd=common.REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         source = source.replace("daat.pipeline.shards", f"{BASELINE_PACKAGE}.shards")
         (package / f"{name}.py").write_text(source)
     sys.path.insert(0, str(workdir))
@@ -67,17 +78,20 @@ def streaming_hash(art):
     from daat.errors import ShardFormatError
     from daat.pipeline import shards as fmt
 
-    expected = {str(art.path / rel): entry["sha256"]
-                for rel, entry in art.manifest["files"].items()}
+    expected = {
+        str(art.path / rel): entry["sha256"] for rel, entry in art.manifest["files"].items()
+    }
     real = fmt._tar_entries
 
     def hashing_entries(path):
         digest, where = hashlib.sha256(), str(path)
         with open(path, "rb") as f:
+
             def read(n: int) -> bytes:
                 block = f.read(n)
                 digest.update(block)
                 return block
+
             while True:
                 header = read(fmt._BLOCK)
                 if len(header) < fmt._BLOCK:
@@ -101,10 +115,18 @@ def streaming_hash(art):
 
 def one_epoch(pipeline_fn, art, p: dict) -> tuple[float, float, int]:
     """(wall s, CPU s, images) of one epoch of ``p['batches']`` batches, 0 workers."""
-    batches = pipeline_fn(art, image_size=p["image_size"], grid=(p["grid"], p["grid"]),
-                          batch_size=p["batch_size"],
-                          samples_per_epoch=p["batch_size"] * p["batches"], rank=0,
-                          world_size=1, seed=0, epoch=0, num_workers=0)
+    batches = pipeline_fn(
+        art,
+        image_size=p["image_size"],
+        grid=(p["grid"], p["grid"]),
+        batch_size=p["batch_size"],
+        samples_per_epoch=p["batch_size"] * p["batches"],
+        rank=0,
+        world_size=1,
+        seed=0,
+        epoch=0,
+        num_workers=0,
+    )
     wall, cpu, seen = time.perf_counter(), time.process_time(), 0
     for images, _, _ in batches:
         seen += images.shape[0]
@@ -114,6 +136,7 @@ def one_epoch(pipeline_fn, art, p: dict) -> tuple[float, float, int]:
 def measure(workdir: Path, ref: str, rounds: int, batches: int, **overrides) -> dict:
     """The figures above; ``overrides`` change ``loader.DEFAULTS`` (the tests' tiny sizes)."""
     import torch
+
     p = {**loader.DEFAULTS, **overrides, "batches": batches}
     art, _, _ = loader.build_shards(workdir, p, torch.device("cpu"))
     baseline = load_baseline(ref, workdir / "baseline")
@@ -131,7 +154,7 @@ def measure(workdir: Path, ref: str, rounds: int, batches: int, **overrides) -> 
         one_epoch(fn, art, p)
     names = list(variants)
     for i in range(rounds):
-        for name in names[i % len(names):] + names[:i % len(names)]:  # no variant always first
+        for name in names[i % len(names) :] + names[: i % len(names)]:  # no variant always first
             times[name].append(one_epoch(variants[name], art, p))
         wall, cpu = time.perf_counter(), time.process_time()
         assert guard.verify() == []
@@ -142,52 +165,72 @@ def measure(workdir: Path, ref: str, rounds: int, batches: int, **overrides) -> 
 
     stored = art.split_size("train")
     tar_bytes = sum(art.manifest["files"][rel]["bytes"] for rel in guard.relpaths)
-    result = {"integrity_baseline_ref": ref, "integrity_rounds": rounds,
-              "integrity_images_per_epoch": times["current"][0][2],
-              "integrity_stored_samples": stored, "integrity_tar_bytes": tar_bytes}
+    result = {
+        "integrity_baseline_ref": ref,
+        "integrity_rounds": rounds,
+        "integrity_images_per_epoch": times["current"][0][2],
+        "integrity_stored_samples": stored,
+        "integrity_tar_bytes": tar_bytes,
+    }
     for name in variants:
         result[f"integrity_{name}_img_per_s"] = common.median(
-            [rate(name, i, 0) for i in range(rounds)])
+            [rate(name, i, 0) for i in range(rounds)]
+        )
         result[f"integrity_{name}_img_per_cpu_s"] = common.median(
-            [rate(name, i, 1) for i in range(rounds)])
+            [rate(name, i, 1) for i in range(rounds)]
+        )
         if name != "baseline":
             for which, label in ((0, "wall"), (1, "cpu")):
                 result[f"integrity_{name}_over_baseline_{label}"] = common.median(
-                    [rate(name, i, which) / rate("baseline", i, which) for i in range(rounds)])
+                    [rate(name, i, which) / rate("baseline", i, which) for i in range(rounds)]
+                )
     up_wall = common.median([w for w, _ in upfront])
     up_cpu = common.median([c for _, c in upfront])
-    result.update({"integrity_upfront_seconds": up_wall, "integrity_upfront_cpu_seconds": up_cpu,
-                   "integrity_upfront_ms_per_stored_sample": 1000 * up_wall / stored,
-                   "integrity_upfront_mb_per_s": tar_bytes / 2**20 / max(up_wall, 1e-9)})
+    result.update(
+        {
+            "integrity_upfront_seconds": up_wall,
+            "integrity_upfront_cpu_seconds": up_cpu,
+            "integrity_upfront_ms_per_stored_sample": 1000 * up_wall / stored,
+            "integrity_upfront_mb_per_s": tar_bytes / 2**20 / max(up_wall, 1e-9),
+        }
+    )
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", help="git ref of today's reader (default: merge-base "
-                                           "of HEAD and main)")
+    parser.add_argument(
+        "--baseline", help="git ref of today's reader (default: merge-base of HEAD and main)"
+    )
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batches", type=int, default=10, help="batches of 32 per epoch")
     parser.add_argument("--workdir", type=Path, help="keep the shard artifact here")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
+
     common.configure_threads(torch.device("cpu"), 1)
     ref = args.baseline or merge_base()
     with tempfile.TemporaryDirectory(prefix="daat-bench-integrity-") as tmp:
         result = measure(args.workdir or Path(tmp), ref, args.rounds, args.batches)
     result["machine"] = common.machine(torch.device("cpu"))
     for name in ("baseline", "current", "streaming"):
-        line = (f"{name:9s} {result[f'integrity_{name}_img_per_s']:7.1f} img/s/core "
-                f"{result[f'integrity_{name}_img_per_cpu_s']:7.1f} img/CPU-s")
+        line = (
+            f"{name:9s} {result[f'integrity_{name}_img_per_s']:7.1f} img/s/core "
+            f"{result[f'integrity_{name}_img_per_cpu_s']:7.1f} img/CPU-s"
+        )
         if name != "baseline":
-            line += (f"  vs baseline: wall x{result[f'integrity_{name}_over_baseline_wall']:.3f}"
-                     f", CPU x{result[f'integrity_{name}_over_baseline_cpu']:.3f}")
+            line += (
+                f"  vs baseline: wall x{result[f'integrity_{name}_over_baseline_wall']:.3f}"
+                f", CPU x{result[f'integrity_{name}_over_baseline_cpu']:.3f}"
+            )
         print(line)
-    print(f"upfront   {result['integrity_upfront_seconds'] * 1000:.1f} ms for "
-          f"{result['integrity_stored_samples']} stored samples "
-          f"({result['integrity_upfront_ms_per_stored_sample']:.3f} ms/sample, "
-          f"{result['integrity_upfront_mb_per_s']:.0f} MiB/s)")
+    print(
+        f"upfront   {result['integrity_upfront_seconds'] * 1000:.1f} ms for "
+        f"{result['integrity_stored_samples']} stored samples "
+        f"({result['integrity_upfront_ms_per_stored_sample']:.3f} ms/sample, "
+        f"{result['integrity_upfront_mb_per_s']:.0f} MiB/s)"
+    )
     common.emit(result)
     return result
 

@@ -13,6 +13,7 @@ average before and after it (the machine may be shared: say so with the figure),
 ratio wall(jobs 1) / wall(jobs N) and its median; the LAST stdout line is one JSON object.
 OMP_NUM_THREADS is removed from the children's environment (it would cap the split).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,13 +34,28 @@ if __package__ in (None, ""):
 
 
 def spec(samples: int, seeds: int) -> dict:
-    return {"name": "jobs-benchmark", "cards": ["synthetic"], "depth": "oracle",
-            "scale": ["synthetic"], "methods": ["pgd-at"], "seeds": list(range(seeds)),
-            "baseline": "pgd-at",
-            "set": {"depth.target": "cached", "train.epochs": 1,
-                    "train.samples_per_epoch": samples, "train.val_samples": 100},
-            "evaluate": {"data.num_workers": 0, "eval.n_samples": 200, "eval.eps_grid": [4 / 255],
-                         "eval.autoattack": False, "eval.n_figures": 0}}
+    return {
+        "name": "jobs-benchmark",
+        "cards": ["synthetic"],
+        "depth": "oracle",
+        "scale": ["synthetic"],
+        "methods": ["pgd-at"],
+        "seeds": list(range(seeds)),
+        "baseline": "pgd-at",
+        "set": {
+            "depth.target": "cached",
+            "train.epochs": 1,
+            "train.samples_per_epoch": samples,
+            "train.val_samples": 100,
+        },
+        "evaluate": {
+            "data.num_workers": 0,
+            "eval.n_samples": 200,
+            "eval.eps_grid": [4 / 255],
+            "eval.autoattack": False,
+            "eval.n_figures": 0,
+        },
+    }
 
 
 def run_once(spec_path: Path, shards: Path, jobs: int, env: dict) -> dict:
@@ -47,11 +63,28 @@ def run_once(spec_path: Path, shards: Path, jobs: int, env: dict) -> dict:
     os.symlink(shards, out / shards.name)  # the preprocess step finds it complete
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "daat.cli", "experiment", str(spec_path), "--out",
-                    str(out), "--jobs", str(jobs)], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "daat.cli",
+            "experiment",
+            str(spec_path),
+            "--out",
+            str(out),
+            "--jobs",
+            str(jobs),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - start
-    return {"jobs": jobs, "wall_s": round(wall, 1),
-            "load1_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    return {
+        "jobs": jobs,
+        "wall_s": round(wall, 1),
+        "load1_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
 
 
 def main() -> None:
@@ -72,17 +105,29 @@ def main() -> None:
     runs, ratios = [], []
     for r in range(args.rounds):
         pair = {}
-        for jobs in ((1, n) if r % 2 == 0 else (n, 1)):  # alternate which variant goes first
+        for jobs in (1, n) if r % 2 == 0 else (n, 1):  # alternate which variant goes first
             pair[jobs] = run_once(spec_path, shards, jobs, env)
-            print(f"round {r}: jobs={jobs} ({n // jobs} thread(s) each): "
-                  f"{pair[jobs]['wall_s']} s wall (1-min load before/after "
-                  f"{pair[jobs]['load1_before_after']})", flush=True)
+            print(
+                f"round {r}: jobs={jobs} ({n // jobs} thread(s) each): "
+                f"{pair[jobs]['wall_s']} s wall (1-min load before/after "
+                f"{pair[jobs]['load1_before_after']})",
+                flush=True,
+            )
             runs.append(pair[jobs])
         ratios.append(pair[1]["wall_s"] / pair[n]["wall_s"])
         print(f"round {r}: wall(jobs 1) / wall(jobs {n}) = {ratios[-1]:.2f}", flush=True)
-    print(json.dumps({"cores": n, "cells": n, "samples_per_cell": args.samples, "runs": runs,
-                      "ratio_jobs1_over_jobsN": [round(x, 3) for x in ratios],
-                      "median_ratio": round(statistics.median(ratios), 3)}))
+    print(
+        json.dumps(
+            {
+                "cores": n,
+                "cells": n,
+                "samples_per_cell": args.samples,
+                "runs": runs,
+                "ratio_jobs1_over_jobsN": [round(x, 3) for x in ratios],
+                "median_ratio": round(statistics.median(ratios), 3),
+            }
+        )
+    )
     shutil.rmtree(root)
 
 

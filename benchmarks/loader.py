@@ -10,6 +10,7 @@ work itself, ``--workers 0``). CPU seconds per image are reported as well: unlik
 do not depend on how busy the rest of the machine is. ``--profile`` adds a cProfile of the
 single-core loop (where the time goes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,16 @@ import torch
 
 from benchmarks import common
 
-DEFAULTS = dict(per_class=6, render_size=256, resize_short=256, image_size=224, grid=16,
-                batch_size=32, batches=10, build_workers=2)
+DEFAULTS = dict(
+    per_class=6,
+    render_size=256,
+    resize_short=256,
+    image_size=224,
+    grid=16,
+    batch_size=32,
+    batches=10,
+    build_workers=2,
+)
 
 
 def build_shards(workdir: Path, p: dict, device: torch.device):
@@ -39,13 +48,22 @@ def build_shards(workdir: Path, p: dict, device: torch.device):
     from daat.pipeline import preprocess
     from daat.pipeline.shards import open_shards
 
-    card = common.write_synthetic_card(workdir / "loader-card.yaml", p["per_class"],
-                                       p["render_size"])
+    card = common.write_synthetic_card(
+        workdir / "loader-card.yaml", p["per_class"], p["render_size"]
+    )
     n = p["per_class"] * 10
-    cfg = config.load([], [f"data.card={card}", "data.splits=[train]", "depth.model=oracle",
-                           f"data.resize_short={p['resize_short']}",
-                           f"data.shard_size={max(1, n // 2)}",
-                           f"data.num_workers={p['build_workers']}", f"device={device.type}"])
+    cfg = config.load(
+        [],
+        [
+            f"data.card={card}",
+            "data.splits=[train]",
+            "depth.model=oracle",
+            f"data.resize_short={p['resize_short']}",
+            f"data.shard_size={max(1, n // 2)}",
+            f"data.num_workers={p['build_workers']}",
+            f"device={device.type}",
+        ],
+    )
     start = time.perf_counter()
     art = preprocess.run(cfg, str(workdir / "out"))
     return open_shards(art.path), card, time.perf_counter() - start
@@ -54,10 +72,19 @@ def build_shards(workdir: Path, p: dict, device: torch.device):
 def _pipeline(art, p: dict, workers: int, batches: int, pin: bool, epoch: int = 0):
     from daat.pipeline.loaders import train_pipeline
 
-    return train_pipeline(art, image_size=p["image_size"], grid=(p["grid"], p["grid"]),
-                          batch_size=p["batch_size"], samples_per_epoch=p["batch_size"] * batches,
-                          rank=0, world_size=1, seed=0, epoch=epoch, num_workers=workers,
-                          pin_memory=pin)
+    return train_pipeline(
+        art,
+        image_size=p["image_size"],
+        grid=(p["grid"], p["grid"]),
+        batch_size=p["batch_size"],
+        samples_per_epoch=p["batch_size"] * batches,
+        rank=0,
+        world_size=1,
+        seed=0,
+        epoch=epoch,
+        num_workers=workers,
+        pin_memory=pin,
+    )
 
 
 def _children_cpu() -> float:
@@ -81,10 +108,16 @@ def read_rate(art, p: dict, workers: int, pin: bool) -> dict:
     total = seen + first[0].shape[0]
     cores = workers + 1 if workers else 1
     rate = seen / seconds
-    return {"workers": workers, "cores": cores, "img_per_s": rate,
-            "img_per_s_per_core": rate / cores, "cpu_ms_per_image": cpu / total * 1000,
-            "images_timed": seen,
-            "shape": list(first[0].shape), "g_shape": list(first[2].shape)}
+    return {
+        "workers": workers,
+        "cores": cores,
+        "img_per_s": rate,
+        "img_per_s_per_core": rate / cores,
+        "cpu_ms_per_image": cpu / total * 1000,
+        "images_timed": seen,
+        "shape": list(first[0].shape),
+        "g_shape": list(first[2].shape),
+    }
 
 
 def profile_single_core(art, p: dict, top: int = 12) -> list[dict]:
@@ -97,12 +130,23 @@ def profile_single_core(art, p: dict, top: int = 12) -> list[dict]:
     stats = pstats.Stats(profiler)
     total = sum(row[2] for row in stats.stats.values())
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
-    return [{"function": f"{Path(fn[0]).name}:{fn[1]}({fn[2]})", "own_s": round(row[2], 4),
-             "share": round(row[2] / total, 4)} for fn, row in rows]
+    return [
+        {
+            "function": f"{Path(fn[0]).name}:{fn[1]}({fn[2]})",
+            "own_s": round(row[2], 4),
+            "share": round(row[2] / total, 4),
+        }
+        for fn, row in rows
+    ]
 
 
-def measure(workdir: Path, device: torch.device, workers: tuple[int, ...] = (0, 1),
-            profile: bool = True, **overrides) -> dict:
+def measure(
+    workdir: Path,
+    device: torch.device,
+    workers: tuple[int, ...] = (0, 1),
+    profile: bool = True,
+    **overrides,
+) -> dict:
     from benchmarks.preprocess import member_bytes, oracle_saliency_errors, png_encode_ms
 
     p = {**DEFAULTS, **overrides}
@@ -113,16 +157,22 @@ def measure(workdir: Path, device: torch.device, workers: tuple[int, ...] = (0, 
     pin = cuda_paths(device)  # as training reads (pin_memory on CUDA)
     runs = [read_rate(art, p, w, pin) for w in workers]
     single = next((r for r in runs if r["workers"] == 0), runs[0])
-    result = {"loader_img_per_s_per_core": single["img_per_s_per_core"],
-              "loader_cpu_ms_per_image": single["cpu_ms_per_image"],
-              "loader_img_per_cpu_s": 1000 / single["cpu_ms_per_image"],
-              "loader_runs": runs, "loader_shard_build_seconds": build_s,
-              "loader_samples_in_shards": art.split_size("train"),
-              "loader_image_size": p["image_size"], "loader_stored_short_side": p["resize_short"],
-              "oracle_png_encode_ms": png_encode_ms(art),
-              **{f"oracle_{k}": v for k, v in member_bytes(art).items()},
-              **{f"oracle_{k}": v for k, v in oracle_saliency_errors(
-                  art, card, (p["grid"], p["grid"])).items()}}
+    result = {
+        "loader_img_per_s_per_core": single["img_per_s_per_core"],
+        "loader_cpu_ms_per_image": single["cpu_ms_per_image"],
+        "loader_img_per_cpu_s": 1000 / single["cpu_ms_per_image"],
+        "loader_runs": runs,
+        "loader_shard_build_seconds": build_s,
+        "loader_samples_in_shards": art.split_size("train"),
+        "loader_image_size": p["image_size"],
+        "loader_stored_short_side": p["resize_short"],
+        "oracle_png_encode_ms": png_encode_ms(art),
+        **{f"oracle_{k}": v for k, v in member_bytes(art).items()},
+        **{
+            f"oracle_{k}": v
+            for k, v in oracle_saliency_errors(art, card, (p["grid"], p["grid"])).items()
+        },
+    }
     if profile:
         result["loader_profile_top"] = profile_single_core(art, p)
     return result
@@ -142,12 +192,19 @@ def main(argv: list[str] | None = None) -> dict:
     common.configure_threads(device, args.threads)
     overrides = {"batches": args.batches} if args.batches else {}
     with tempfile.TemporaryDirectory(prefix="daat-bench-loader-") as tmp:
-        result = measure(args.workdir or Path(tmp), device, tuple(args.workers),
-                         profile=args.profile, **overrides)
+        result = measure(
+            args.workdir or Path(tmp),
+            device,
+            tuple(args.workers),
+            profile=args.profile,
+            **overrides,
+        )
     result["machine"] = common.machine(device)
     for run in result["loader_runs"]:
-        print(f"workers={run['workers']} cores={run['cores']}: {run['img_per_s']:.1f} img/s, "
-              f"{run['img_per_s_per_core']:.1f} img/s/core, {run['cpu_ms_per_image']:.2f} CPU ms/img")
+        print(
+            f"workers={run['workers']} cores={run['cores']}: {run['img_per_s']:.1f} img/s, "
+            f"{run['img_per_s_per_core']:.1f} img/s/core, {run['cpu_ms_per_image']:.2f} CPU ms/img"
+        )
     for row in result.get("loader_profile_top", []):
         print(f"  {row['share']:6.1%}  {row['function']}")
     common.emit(result)

@@ -14,6 +14,7 @@ error the 8-bit saliency encoding puts into the pooled G.
   cells, G_float recomputed from the same model's float depth (``g_err_format`` isolates the
   encoding: the recomputed float E through quantise/dequantise, no model difference possible).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,24 +33,52 @@ import torch
 
 from benchmarks import common
 
-CPU_DEFAULTS = dict(n_images=4096, warmup_images=128, height=96, width=128, resize_short=64,
-                    batch_size=64, num_workers=1, grid=8, depth_image_size=64)
-GPU_DEFAULTS = dict(n_images=8192, warmup_images=1024, height=375, width=500, resize_short=256,
-                    batch_size=128, num_workers=14, grid=16, depth_image_size=384)
+CPU_DEFAULTS = dict(
+    n_images=4096,
+    warmup_images=128,
+    height=96,
+    width=128,
+    resize_short=64,
+    batch_size=64,
+    num_workers=1,
+    grid=8,
+    depth_image_size=64,
+)
+GPU_DEFAULTS = dict(
+    n_images=8192,
+    warmup_images=1024,
+    height=375,
+    width=500,
+    resize_short=256,
+    batch_size=128,
+    num_workers=14,
+    grid=16,
+    depth_image_size=384,
+)
 
 
 def _config(card: Path, depth_dir: Path, device: torch.device, p: dict, compile: bool):
     from daat import config
 
-    return config.load([], [
-        f"data.card={card}", "data.splits=[train]", f"data.resize_short={p['resize_short']}",
-        f"data.shard_size={max(1, p['n_images'] // 4)}", f"data.num_workers={p['num_workers']}",
-        f"depth.model={depth_dir}", f"depth.batch_size={p['batch_size']}",
-        f"depth.compile={str(compile).lower()}", f"device={device.type}"])
+    return config.load(
+        [],
+        [
+            f"data.card={card}",
+            "data.splits=[train]",
+            f"data.resize_short={p['resize_short']}",
+            f"data.shard_size={max(1, p['n_images'] // 4)}",
+            f"data.num_workers={p['num_workers']}",
+            f"depth.model={depth_dir}",
+            f"depth.batch_size={p['batch_size']}",
+            f"depth.compile={str(compile).lower()}",
+            f"device={device.type}",
+        ],
+    )
 
 
-def run_e2e(card: Path, out: Path, depth_dir: Path, device: torch.device, p: dict,
-            compile: bool) -> tuple[object, float, list[float]]:
+def run_e2e(
+    card: Path, out: Path, depth_dir: Path, device: torch.device, p: dict, compile: bool
+) -> tuple[object, float, list[float]]:
     """(shard artifact, seconds, [main-process, worker] CPU seconds) of one preprocess run."""
     from daat.pipeline import preprocess
     from daat.pipeline.shards import open_shards
@@ -74,19 +103,21 @@ def stored_images(art) -> list[torch.Tensor]:
     [3,H,W] decoded from the shard's JPEGs."""
     from daat.pipeline.shards import iter_samples
 
-    return [torch.from_numpy(s.image).permute(2, 0, 1).contiguous()
-            for s in iter_samples(art, "train")]
+    return [
+        torch.from_numpy(s.image).permute(2, 0, 1).contiguous() for s in iter_samples(art, "train")
+    ]
 
 
 def _as_model_input(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     return [im.to(device).float() / 255 for im in images]  # what preprocess's writer passes
 
 
-def model_only(model, images: list[torch.Tensor], batch_size: int,
-               device: torch.device) -> tuple[float, float]:
+def model_only(
+    model, images: list[torch.Tensor], batch_size: int, device: torch.device
+) -> tuple[float, float]:
     """(img/s, CPU ms per image) of the depth model alone on pre-decoded batches (host -> device
     copy included, as in preprocess); the first batch is an untimed warm-up."""
-    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     model(_as_model_input(batches[0], device))
     common.sync(device)
     start, cpu = time.perf_counter(), time.process_time()
@@ -112,15 +143,19 @@ def member_bytes(art) -> dict:
     if samples == 0:
         raise RuntimeError(f"{art.path}: no samples to measure")
     per = {m: totals[m] / samples for m in MEMBERS}
-    return {"samples": samples, "image_bytes_per_sample": per["jpg"],
-            "saliency_bytes_per_sample": per["sal.png"],
-            "saliency_over_image_bytes": per["sal.png"] / per["jpg"],
-            "other_bytes_per_sample": per["cls"] + per["json"],
-            "tar_bytes_per_sample": tar_bytes / samples}
+    return {
+        "samples": samples,
+        "image_bytes_per_sample": per["jpg"],
+        "saliency_bytes_per_sample": per["sal.png"],
+        "saliency_over_image_bytes": per["sal.png"] / per["jpg"],
+        "other_bytes_per_sample": per["cls"] + per["json"],
+        "tar_bytes_per_sample": tar_bytes / samples,
+    }
 
 
-def g_errors(stored_e: list[np.ndarray], float_e: list[torch.Tensor],
-             grid: tuple[int, int]) -> dict:
+def g_errors(
+    stored_e: list[np.ndarray], float_e: list[torch.Tensor], grid: tuple[int, int]
+) -> dict:
     """max |G| differences: stored 8-bit E vs float E, and float E through the encoder alone."""
     from daat.pipeline.shards import dequantise_saliency, quantise_saliency
     from daat.saliency import saliency_from_edges
@@ -135,12 +170,17 @@ def g_errors(stored_e: list[np.ndarray], float_e: list[torch.Tensor],
         g_format = saliency_from_edges(roundtrip[None].double(), grid)
         worst_stored = max(worst_stored, (g_stored - g_float).abs().max().item())
         worst_format = max(worst_format, (g_format - g_float).abs().max().item())
-    return {"g_err_stored_vs_float": worst_stored, "g_err_format": worst_format,
-            "g_grid": list(grid), "g_uniform_value": 1.0 / (grid[0] * grid[1])}
+    return {
+        "g_err_stored_vs_float": worst_stored,
+        "g_err_format": worst_format,
+        "g_grid": list(grid),
+        "g_uniform_value": 1.0 / (grid[0] * grid[1]),
+    }
 
 
-def model_saliency_errors(art, model, grid: tuple[int, int], device: torch.device,
-                          batch_size: int) -> dict:
+def model_saliency_errors(
+    art, model, grid: tuple[int, int], device: torch.device, batch_size: int
+) -> dict:
     """``g_errors`` for a model-depth artifact: float E recomputed by ``model`` on the stored
     images, batched like preprocess."""
     from daat.pipeline.shards import iter_samples
@@ -149,7 +189,7 @@ def model_saliency_errors(art, model, grid: tuple[int, int], device: torch.devic
     samples = list(iter_samples(art, "train"))
     float_e: list[torch.Tensor] = []
     for i in range(0, len(samples), batch_size):
-        images = [torch.from_numpy(s.image).permute(2, 0, 1) for s in samples[i:i + batch_size]]
+        images = [torch.from_numpy(s.image).permute(2, 0, 1) for s in samples[i : i + batch_size]]
         for depth in model(_as_model_input(images, device)):
             float_e.append(sobel_magnitude(depth.float()[None])[0])
     return g_errors([s.saliency for s in samples], float_e, grid)
@@ -171,58 +211,87 @@ def png_encode_ms(art, limit: int = 64) -> float:
     return (time.perf_counter() - start) / len(maps) * 1000
 
 
-def measure(workdir: Path, device: torch.device, depth_dir: Path | None = None,
-            compile: bool = False, **overrides) -> dict:
+def measure(
+    workdir: Path,
+    device: torch.device,
+    depth_dir: Path | None = None,
+    compile: bool = False,
+    **overrides,
+) -> dict:
     """All stage-1 figures; ``overrides`` change CPU_DEFAULTS / GPU_DEFAULTS entries."""
     from daat.depth import load_depth_model
 
     p = {**(GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS), **overrides}
     workdir.mkdir(parents=True, exist_ok=True)
     if depth_dir is None:
-        depth_dir = common.save_depth_model(workdir / "depth-model", device.type == "cuda",
-                                            image_size=p["depth_image_size"])
+        depth_dir = common.save_depth_model(
+            workdir / "depth-model", device.type == "cuda", image_size=p["depth_image_size"]
+        )
     writers = (os.cpu_count() or 1) if device.type == "cuda" else 1  # CPU: the timed core only
-    inputs = common.write_imagefolder(workdir / "images", p["n_images"], p["height"], p["width"],
-                                      processes=writers)
-    warm = common.write_imagefolder(workdir / "warm-images", p["warmup_images"], p["height"],
-                                    p["width"], seed=1, processes=writers)
+    inputs = common.write_imagefolder(
+        workdir / "images", p["n_images"], p["height"], p["width"], processes=writers
+    )
+    warm = common.write_imagefolder(
+        workdir / "warm-images",
+        p["warmup_images"],
+        p["height"],
+        p["width"],
+        seed=1,
+        processes=writers,
+    )
     warm_p = {**p, "n_images": p["warmup_images"]}
     warm_art, warm_s, _ = run_e2e(warm, workdir / "out-warm", depth_dir, device, warm_p, compile)
     cfg = _config(inputs, depth_dir, device, p, compile)
-    model = load_depth_model(str(depth_dir), device, amp=cfg.depth.amp,
-                             channels_last=cfg.depth.channels_last, compile=compile)
+    model = load_depth_model(
+        str(depth_dir),
+        device,
+        amp=cfg.depth.amp,
+        channels_last=cfg.depth.channels_last,
+        compile=compile,
+    )
     # Model-only right before and right after the timed run (on the warm-up run's images, which
     # have the same size), averaged: a load change during the run biases the ratio less.
     before, _ = model_only(model, stored_images(warm_art), p["batch_size"], device)
-    art, e2e_s, (main_cpu, worker_cpu) = run_e2e(inputs, workdir / "out", depth_dir, device, p,
-                                                 compile)
+    art, e2e_s, (main_cpu, worker_cpu) = run_e2e(
+        inputs, workdir / "out", depth_dir, device, p, compile
+    )
     written = art.split_size("train")
     e2e = written / e2e_s
     images = stored_images(art)
     after, model_cpu_ms = model_only(model, images, p["batch_size"], device)
     alone = (before + after) / 2
     grid = (p["grid"], p["grid"])
-    return {"preprocess_e2e_img_per_s": e2e, "preprocess_model_img_per_s": alone,
-            "preprocess_e2e_over_model": e2e / alone, "preprocess_images": written,
-            "preprocess_model_img_per_s_before_after": [before, after],
-            "preprocess_main_cpu_ms_per_image": main_cpu / written * 1000,
-            "preprocess_worker_cpu_ms_per_image": worker_cpu / written * 1000,
-            "preprocess_model_cpu_ms_per_image": model_cpu_ms,
-            # e2e/model if the main process (model + writer thread) had one idle core to itself
-            "preprocess_model_cpu_over_main_cpu": model_cpu_ms / (main_cpu / written * 1000),
-            "preprocess_e2e_seconds": e2e_s, "preprocess_warmup_seconds": warm_s,
-            "preprocess_stored_hw": list(images[0].shape[-2:]),
-            "preprocess_input_hw": [p["height"], p["width"]],
-            "preprocess_depth_model": model.model_id, "preprocess_depth_input": p["depth_image_size"],
-            "preprocess_num_workers": p["num_workers"], "preprocess_batch_size": p["batch_size"],
-            "preprocess_png_encode_ms": png_encode_ms(art),
-            **{f"preprocess_{k}": v for k, v in member_bytes(art).items()},
-            **{f"preprocess_{k}": v for k, v in model_saliency_errors(
-                art, model, grid, device, p["batch_size"]).items()}}
+    return {
+        "preprocess_e2e_img_per_s": e2e,
+        "preprocess_model_img_per_s": alone,
+        "preprocess_e2e_over_model": e2e / alone,
+        "preprocess_images": written,
+        "preprocess_model_img_per_s_before_after": [before, after],
+        "preprocess_main_cpu_ms_per_image": main_cpu / written * 1000,
+        "preprocess_worker_cpu_ms_per_image": worker_cpu / written * 1000,
+        "preprocess_model_cpu_ms_per_image": model_cpu_ms,
+        # e2e/model if the main process (model + writer thread) had one idle core to itself
+        "preprocess_model_cpu_over_main_cpu": model_cpu_ms / (main_cpu / written * 1000),
+        "preprocess_e2e_seconds": e2e_s,
+        "preprocess_warmup_seconds": warm_s,
+        "preprocess_stored_hw": list(images[0].shape[-2:]),
+        "preprocess_input_hw": [p["height"], p["width"]],
+        "preprocess_depth_model": model.model_id,
+        "preprocess_depth_input": p["depth_image_size"],
+        "preprocess_num_workers": p["num_workers"],
+        "preprocess_batch_size": p["batch_size"],
+        "preprocess_png_encode_ms": png_encode_ms(art),
+        **{f"preprocess_{k}": v for k, v in member_bytes(art).items()},
+        **{
+            f"preprocess_{k}": v
+            for k, v in model_saliency_errors(art, model, grid, device, p["batch_size"]).items()
+        },
+    }
 
 
-def oracle_saliency_errors(art, card_path: Path, grid: tuple[int, int],
-                           limit: int | None = None) -> dict:
+def oracle_saliency_errors(
+    art, card_path: Path, grid: tuple[int, int], limit: int | None = None
+) -> dict:
     """``g_errors`` for a synthetic artifact made from ``card_path`` with the oracle depth: the
     float E is recomputed from the renderer's exact depth on the stored pixel grid."""
     from daat.cards import load_card
@@ -238,8 +307,9 @@ def oracle_saliency_errors(art, card_path: Path, grid: tuple[int, int],
     stored, exact = [], []
     for sample in iter_samples(art, "train"):
         rgb, z = render_item(items[sample.key].synthetic, size)
-        _, geo = decode_array(rgb, resize_short=policy["resize_short"],
-                              center_crop=policy["center_crop"])
+        _, geo = decode_array(
+            rgb, resize_short=policy["resize_short"], center_crop=policy["center_crop"]
+        )
         exact.append(sobel_magnitude(_oracle_depth(z, geo)[None])[0])
         stored.append(sample.saliency)
         if limit is not None and len(stored) >= limit:
@@ -253,23 +323,36 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
     parser.add_argument("--images", type=int, help="images in the timed run")
     parser.add_argument("--workers", type=int, help="decode workers (DataLoader)")
-    parser.add_argument("--depth-size", type=int,
-                        help="CPU only: input size of the tiny DPT (its processor resizes to it)")
+    parser.add_argument(
+        "--depth-size",
+        type=int,
+        help="CPU only: input size of the tiny DPT (its processor resizes to it)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the depth model")
     parser.add_argument("--workdir", type=Path, help="keep inputs/outputs here (default: temp)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
     device = common.pick_device(args.device)
     common.configure_threads(device, args.threads)
-    overrides = {k: v for k, v in (("n_images", args.images), ("num_workers", args.workers),
-                                                 ("depth_image_size", args.depth_size))
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("n_images", args.images),
+            ("num_workers", args.workers),
+            ("depth_image_size", args.depth_size),
+        )
+        if v is not None
+    }
     with tempfile.TemporaryDirectory(prefix="daat-bench-pre-") as tmp:
         result = measure(args.workdir or Path(tmp), device, compile=args.compile, **overrides)
     result["machine"] = common.machine(device)
-    for key in ("preprocess_e2e_img_per_s", "preprocess_model_img_per_s",
-                "preprocess_e2e_over_model", "preprocess_saliency_over_image_bytes",
-                "preprocess_g_err_stored_vs_float"):
+    for key in (
+        "preprocess_e2e_img_per_s",
+        "preprocess_model_img_per_s",
+        "preprocess_e2e_over_model",
+        "preprocess_saliency_over_image_bytes",
+        "preprocess_g_err_stored_vs_float",
+    ):
         print(f"{key}: {result[key]:.4g}")
     common.emit(result)
     return result

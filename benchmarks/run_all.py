@@ -10,6 +10,7 @@ GPU mode adds ViT-B/14 @224 img/s, the naive fp32 loop ratio, DPT-Hybrid-sized o
 preprocess img/s; it compiles (``train.compile``, ``depth.compile``) unless ``--no-compile``, and
 also times the proposed compiled attack for PGD-AT (``*_compiled_attack_proposal``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,23 +27,61 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 import torch
 
 from benchmarks import common, loader, preprocess, train_step
-from benchmarks.goals import GOALS, GPU_GOALS, check_goals
+from benchmarks.goals import check_goals
 
-REQUIRED = ("preprocess_e2e_over_model", "loader_img_per_s_per_core", "daat_cached_over_pgdat",
-            "daat_online_over_pgdat", "teacher_over_pgdat")
+REQUIRED = (
+    "preprocess_e2e_over_model",
+    "loader_img_per_s_per_core",
+    "daat_cached_over_pgdat",
+    "daat_online_over_pgdat",
+    "teacher_over_pgdat",
+)
 TINY = {
-    "preprocess": dict(n_images=24, warmup_images=8, height=40, width=48, resize_short=32,
-                       batch_size=8, num_workers=0, grid=4, depth_image_size=32),
-    "loader": dict(per_class=1, render_size=48, resize_short=48, image_size=32, grid=4,
-                   batch_size=4, batches=2, build_workers=0),
-    "train": dict(student=dict(name="vit_base_patch14_dinov2", img_size=32, patch_size=8,
-                               embed_dim=32, depth=2, num_heads=2),
-                  batch=4, steps=2, warmup=1, rounds=2),
+    "preprocess": dict(
+        n_images=24,
+        warmup_images=8,
+        height=40,
+        width=48,
+        resize_short=32,
+        batch_size=8,
+        num_workers=0,
+        grid=4,
+        depth_image_size=32,
+    ),
+    "loader": dict(
+        per_class=1,
+        render_size=48,
+        resize_short=48,
+        image_size=32,
+        grid=4,
+        batch_size=4,
+        batches=2,
+        build_workers=0,
+    ),
+    "train": dict(
+        student=dict(
+            name="vit_base_patch14_dinov2",
+            img_size=32,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+        ),
+        batch=4,
+        steps=2,
+        warmup=1,
+        rounds=2,
+    ),
 }
 
 
-def run(device: torch.device, workdir: Path, tiny: bool = False, compile: bool = True,
-        preprocess_images: int | None = None) -> dict:
+def run(
+    device: torch.device,
+    workdir: Path,
+    tiny: bool = False,
+    compile: bool = True,
+    preprocess_images: int | None = None,
+) -> dict:
     gpu = device.type == "cuda"
     compile = compile and gpu  # compiling costs minutes on a CPU; the GPU mode is where it pays
     seconds: dict[str, float] = {}
@@ -51,30 +90,48 @@ def run(device: torch.device, workdir: Path, tiny: bool = False, compile: bool =
     start = time.perf_counter()
     # One depth model for stage 1 and online G(x_adv): DPT-Hybrid-sized on a GPU, else the tiny
     # DPT at the student's input size.
-    depth_dir = common.save_depth_model(workdir / "depth-model", gpu,
-                                        image_size=32 if tiny else 64)
+    depth_dir = common.save_depth_model(workdir / "depth-model", gpu, image_size=32 if tiny else 64)
     sizes = dict(TINY["preprocess"]) if tiny else {}
     if preprocess_images:
         sizes.update(n_images=preprocess_images, warmup_images=max(8, preprocess_images // 8))
-    result.update(preprocess.measure(workdir / "preprocess", device, depth_dir=depth_dir,
-                                     compile=compile, **sizes))
+    result.update(
+        preprocess.measure(
+            workdir / "preprocess", device, depth_dir=depth_dir, compile=compile, **sizes
+        )
+    )
     seconds["preprocess"] = time.perf_counter() - start
 
     start = time.perf_counter()
     workers = (0,) if tiny else ((0, 4) if gpu and (os.cpu_count() or 1) >= 8 else (0, 1))
-    result.update(loader.measure(workdir / "loader", device, workers, profile=not tiny,
-                                 **(TINY["loader"] if tiny else {})))
+    result.update(
+        loader.measure(
+            workdir / "loader",
+            device,
+            workers,
+            profile=not tiny,
+            **(TINY["loader"] if tiny else {}),
+        )
+    )
     seconds["loader"] = time.perf_counter() - start
 
     start = time.perf_counter()
     # The naive fp32 loop runs on CPU too: there it isolates the frozen-weights saving.
-    result.update(train_step.measure(device, depth_dir=depth_dir, compile=compile, naive=True,
-                                     **(TINY["train"] if tiny else {})))
+    result.update(
+        train_step.measure(
+            device,
+            depth_dir=depth_dir,
+            compile=compile,
+            naive=True,
+            **(TINY["train"] if tiny else {}),
+        )
+    )
     if compile:  # only on a GPU (see above): the proposed compiled attack for PGD-AT
-        proposal = train_step.measure(device, compile=True, compile_attack=True, naive=False,
-                                      variants=("pgd-at",))
-        result["vit_b14_224_pgdat_img_per_s_compiled_attack_proposal"] = \
-            proposal["pgd-at_img_per_s"]
+        proposal = train_step.measure(
+            device, compile=True, compile_attack=True, naive=False, variants=("pgd-at",)
+        )
+        result["vit_b14_224_pgdat_img_per_s_compiled_attack_proposal"] = proposal[
+            "pgd-at_img_per_s"
+        ]
     seconds["train_step"] = time.perf_counter() - start
 
     if gpu:
@@ -87,7 +144,9 @@ def run(device: torch.device, workdir: Path, tiny: bool = False, compile: bool =
 
 
 def _check_required(result: dict) -> None:
-    bad = [k for k in REQUIRED if not isinstance(result.get(k), float) or not math.isfinite(result[k])]
+    bad = [
+        k for k in REQUIRED if not isinstance(result.get(k), float) or not math.isfinite(result[k])
+    ]
     if bad:
         raise SystemExit(f"benchmark result lacks finite values for: {', '.join(bad)}")
 
@@ -99,15 +158,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="smallest sizes (smoke test)")
     parser.add_argument("--no-compile", action="store_true", help="GPU mode: stay eager")
     parser.add_argument("--workdir", type=Path, help="keep inputs and artifacts here")
-    parser.add_argument("--preprocess-images", type=int,
-                        help="images in the timed preprocess run (warm-up: 1/8 of them)")
+    parser.add_argument(
+        "--preprocess-images",
+        type=int,
+        help="images in the timed preprocess run (warm-up: 1/8 of them)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bury the figures
     device = common.pick_device(args.device)
     common.configure_threads(device, args.threads)
     with tempfile.TemporaryDirectory(prefix="daat-bench-") as tmp:
-        result = run(device, args.workdir or Path(tmp), tiny=args.tiny,
-                     compile=not args.no_compile, preprocess_images=args.preprocess_images)
+        result = run(
+            device,
+            args.workdir or Path(tmp),
+            tiny=args.tiny,
+            compile=not args.no_compile,
+            preprocess_images=args.preprocess_images,
+        )
     _check_required(result)
     print(f"# mode {result['mode']}, {sum(result['bench_seconds'].values()):.0f} s; goals:")
     for goal, met in result["goals"].items():

@@ -9,6 +9,7 @@ The Python API (each name is imported on first use, so ``import daat`` stays lig
     art = daat.open_artifact("artifacts/shards-...")
     g = daat.depth_saliency(depth, grid=(14, 14))  # G(x) from depth maps [B, H, W]
 """
+
 __version__ = "0.1.0"
 __all__ = ["load_model", "load_run", "open_artifact", "depth_saliency", "attention_map", "Run"]
 
@@ -16,6 +17,7 @@ __all__ = ["load_model", "load_run", "open_artifact", "depth_saliency", "attenti
 def __getattr__(name: str):
     if name in __all__:
         from daat import api
+
         return getattr(api, name)
     raise AttributeError(f"module 'daat' has no attribute {name!r}")
 

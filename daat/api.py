@@ -3,6 +3,7 @@
 Like ``cli.py`` this sits on top of every stage: it may import from ``daat.train`` and
 ``daat.eval``, and nothing in the stages imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,11 @@ import torch
 from daat.errors import DaatError
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               checkpoint: str | os.PathLike | None = None) -> torch.nn.Module:
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+) -> torch.nn.Module:
     """The trained classifier, in eval mode on ``device``, taking images [B, 3, H, W] in [0,1]
     (its normalisation is its first layer) and returning logits [B, classes].
 
@@ -33,6 +37,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     path = Path(path)
     if (path / MANIFEST).is_file():
         from daat.train.checkpoint import load_model_for_eval
+
         model, _, _ = load_model_for_eval(path, checkpoint, device)
         return model
     if checkpoint is not None:
@@ -42,8 +47,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     robust = path / ROBUST if path.is_dir() else path
     if robust.is_file() and robust.suffix == ".pt2":
         return torch.export.load(robust).module().to(device)
-    raise DaatError(f"{path} is neither a run directory (no manifest.json), a `daat export` folder "
-                    f"(no {CONFIG} or {ROBUST}) nor a .pt2 file")
+    raise DaatError(
+        f"{path} is neither a run directory (no manifest.json), a `daat export` folder "
+        f"(no {CONFIG} or {ROBUST}) nor a .pt2 file"
+    )
 
 
 def _load_timm_folder(path: Path, device) -> torch.nn.Module:
@@ -59,8 +66,10 @@ def _load_timm_folder(path: Path, device) -> torch.nn.Module:
     try:
         vit = timm.create_model(f"local-dir:{path}", pretrained=True)
     except (RuntimeError, ValueError, OSError) as e:
-        raise DaatError(f"{path}: timm cannot load this folder ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from e
+        raise DaatError(
+            f"{path}: timm cannot load this folder ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]})"
+        ) from e
     # DaatViT reads mean/std from the pretrained_cfg: the normalisation becomes its first layer.
     return DaatViT(vit, aggregate).to(device).eval()
 
@@ -70,6 +79,7 @@ def open_artifact(path: str | os.PathLike):
     ``.kind``, ``.complete``, ``.config`` (its resolved config as a dict), ``.manifest``,
     ``.file(relpath)``. Raises ``ArtifactError`` naming the problem if it is not one."""
     from daat.artifacts import open_artifact as open_
+
     return open_(path)
 
 
@@ -104,6 +114,7 @@ def load_run(path: str | os.PathLike) -> Run:
     config_file = art.path / CONFIG_FILE
     if config_file.is_file():
         import yaml
+
         cfg = config_mod.from_dict(yaml.safe_load(config_file.read_text()))
     else:
         cfg = config_mod.from_dict(art.config)
@@ -118,14 +129,24 @@ def load_run(path: str | os.PathLike) -> Run:
                     raise DaatError(f"{metrics_file}:{number}: not JSON: {e}") from e
     ckpt_dir = art.path / ckpt.CKPT_DIR
     checkpoints = sorted(ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
-    return Run(path=art.path, id=art.id, complete=art.complete, config=cfg, metrics=metrics,
-               checkpoints=checkpoints, lineage=list(art.manifest.get("lineage", [])),
-               final_metrics=dict(art.extra.get("final_metrics") or {}))
+    return Run(
+        path=art.path,
+        id=art.id,
+        complete=art.complete,
+        config=cfg,
+        metrics=metrics,
+        checkpoints=checkpoints,
+        lineage=list(art.manifest.get("lineage", [])),
+        final_metrics=dict(art.extra.get("final_metrics") or {}),
+    )
 
 
-def depth_saliency(x: torch.Tensor, grid: int | tuple[int, int] | torch.nn.Module,
-                   depth_model: str | None = None,
-                   device: str | torch.device = "cpu") -> torch.Tensor:
+def depth_saliency(
+    x: torch.Tensor,
+    grid: int | tuple[int, int] | torch.nn.Module,
+    depth_model: str | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """G = N(pool(E(depth))) (the paper's Eq. 1) on a patch grid: each map sums to 1.
 
     ``x`` is a depth map [H, W] or a batch [B, H, W]; with ``depth_model`` (a hub id or a local
@@ -138,16 +159,21 @@ def depth_saliency(x: torch.Tensor, grid: int | tuple[int, int] | torch.nn.Modul
     grid = _grid(grid)
     if depth_model is not None:
         if x.dim() != 4 or x.shape[1] != 3:
-            raise DaatError(f"depth_saliency with depth_model expects images [B, 3, H, W] in "
-                            f"[0,1], got {tuple(x.shape)}")
+            raise DaatError(
+                f"depth_saliency with depth_model expects images [B, 3, H, W] in "
+                f"[0,1], got {tuple(x.shape)}"
+            )
         from daat.depth import load_depth_model
+
         with torch.no_grad():
             x = load_depth_model(depth_model, device)(x.to(device))
     elif x.dim() == 2:
         return g_of_depth(x[None], grid)[0].reshape(grid)
     if x.dim() != 3:
-        raise DaatError(f"depth_saliency expects depth maps [B, H, W] (or images [B, 3, H, W] "
-                        f"with depth_model=...), got {tuple(x.shape)}")
+        raise DaatError(
+            f"depth_saliency expects depth maps [B, H, W] (or images [B, 3, H, W] "
+            f"with depth_model=...), got {tuple(x.shape)}"
+        )
     return g_of_depth(x, grid).reshape(-1, *grid)
 
 
@@ -167,9 +193,13 @@ def attention_map(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     model's ``attention_aggregate`` over blocks), for a model from ``load_model`` and images
     [B, 3, H, W] in [0,1]. No gradient is kept."""
     if not hasattr(model, "forward_train"):
-        raise DaatError(f"attention_map needs a model from daat.load_model on a run or a timm "
-                        f"export folder; {type(model).__name__} has no attention tap (a "
-                        f"--format robust export has none)")
-    from daat.eval.attention import attention_map as tap, to_grid
+        raise DaatError(
+            f"attention_map needs a model from daat.load_model on a run or a timm "
+            f"export folder; {type(model).__name__} has no attention tap (a "
+            f"--format robust export has none)"
+        )
+    from daat.eval.attention import attention_map as tap
+    from daat.eval.attention import to_grid
+
     attention, _ = tap(model, x)
     return to_grid(attention, model.grid)

@@ -14,6 +14,7 @@ Removal contract:
   hidden ``.removing-<id>`` and drops its manifest, so an interrupted removal never leaves
   something that looks like an artifact (``gc`` finishes such leftovers).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -21,9 +22,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from daat.artifacts import MANIFEST, Artifact, ArtifactError, list_artifacts, open_artifact
 from daat.errors import DaatError
@@ -39,7 +40,7 @@ def format_time(iso: str | None) -> str:
     if not iso:
         return "unknown time"
     try:
-        when = _dt.datetime.fromisoformat(iso).astimezone(_dt.timezone.utc)
+        when = _dt.datetime.fromisoformat(iso).astimezone(_dt.UTC)
     except ValueError:
         return iso
     return when.strftime("%Y-%m-%d %H:%M UTC")
@@ -96,9 +97,11 @@ def _run_facts(art: Artifact) -> str:
     done = len({int(r["epoch"]) for r in epochs})
     last = art.extra.get("final_metrics") or (epochs[-1] if epochs else {})
     steps = last.get("val_pgd_steps", art.config.get("train", {}).get("val_pgd_steps", 10))
-    return (f"preset {art.config.get('preset') or '-'} · seed {art.config.get('seed', '?')} · "
-            f"epochs {done}/{total} · clean {_pct(last.get('val_clean_acc'))} · "
-            f"PGD-{steps} {_pct(last.get('val_pgd_acc'))} (training-time val)")
+    return (
+        f"preset {art.config.get('preset') or '-'} · seed {art.config.get('seed', '?')} · "
+        f"epochs {done}/{total} · clean {_pct(last.get('val_clean_acc'))} · "
+        f"PGD-{steps} {_pct(last.get('val_pgd_acc'))} (training-time val)"
+    )
 
 
 def _eval_facts(art: Artifact) -> str:
@@ -123,8 +126,10 @@ def describe(art: Artifact) -> str:
     when = art.finished or art.manifest.get("updated")
     facts = _FACTS.get(art.kind, lambda a: f"{len(a.manifest['files'])} files")(art)
     lineage = ", ".join(art.manifest.get("lineage", [])) or "-"
-    return (f"{art.id:<24} {art.manifest['status']:<10} {format_time(when):<20} {facts} "
-            f"· lineage: {lineage}")
+    return (
+        f"{art.id:<24} {art.manifest['status']:<10} {format_time(when):<20} {facts} "
+        f"· lineage: {lineage}"
+    )
 
 
 # -- busy ------------------------------------------------------------------------------------
@@ -152,8 +157,10 @@ def busy_reason(art: Artifact) -> str | None:
     if not art.complete:
         age = time.time() - _last_write(art.path)
         if age < ACTIVE_S:
-            return (f"incomplete and written to {age / 60:.0f} min ago: a stage may still be "
-                    f"making it (retry after {ACTIVE_S // 60} min without writes)")
+            return (
+                f"incomplete and written to {age / 60:.0f} min ago: a stage may still be "
+                f"making it (retry after {ACTIVE_S // 60} min without writes)"
+            )
     return None
 
 
@@ -211,8 +218,9 @@ def resolve(target: str | os.PathLike, root: Path | None = None) -> Artifact:
         raise ArtifactError(f"{path} is not an artifact directory")
     art = open_artifact(path)
     if path.resolve().name != art.id:
-        raise ArtifactError(f"{path}: directory name differs from its manifest id {art.id}; "
-                            f"refusing")
+        raise ArtifactError(
+            f"{path}: directory name differs from its manifest id {art.id}; refusing"
+        )
     if root is not None and path.resolve().parent != root.resolve():
         raise ArtifactError(f"{path} is not directly under {root}; refusing")
     return art
@@ -248,11 +256,22 @@ def plan_rm(targets: list[str]) -> list[Plan]:
         gone = {a.id for a in chosen}
         plan = Plan(root)
         for art in chosen:
-            users = sorted({a.id for a in arts if a.id not in gone and art.id in
-                            lineage_closure(by_id, a.manifest.get("lineage", []))})
+            users = sorted(
+                {
+                    a.id
+                    for a in arts
+                    if a.id not in gone
+                    and art.id in lineage_closure(by_id, a.manifest.get("lineage", []))
+                }
+            )
             if users:
-                plan.refused.append((art.path, f"named in the lineage of {', '.join(users)} "
-                                               f"(which stays); remove those too, or keep it"))
+                plan.refused.append(
+                    (
+                        art.path,
+                        f"named in the lineage of {', '.join(users)} "
+                        f"(which stays); remove those too, or keep it",
+                    )
+                )
             else:
                 _add(plan, art, "named on the command line")
         plans.append(plan)
@@ -272,12 +291,18 @@ def plan_gc(root: str | os.PathLike, keep: list[str] = ()) -> Plan:
     plan = Plan(root)
     for art in arts:
         if art.id not in protected and art.path.name == art.id:
-            _add(plan, art, "not kept and no kept artifact names it" if keep else
-                 "incomplete, and no complete artifact names it")
+            _add(
+                plan,
+                art,
+                "not kept and no kept artifact names it"
+                if keep
+                else "incomplete, and no complete artifact names it",
+            )
     for leftover in sorted(root.glob(f"{REMOVING_PREFIX}*")):
         if leftover.is_dir() and not leftover.is_symlink():
-            plan.remove.append(Removal(leftover, "left by an interrupted removal",
-                                       bytes=_tree_bytes(leftover)))
+            plan.remove.append(
+                Removal(leftover, "left by an interrupted removal", bytes=_tree_bytes(leftover))
+            )
     return plan
 
 
@@ -292,7 +317,9 @@ def remove(plan: Plan) -> list[Path]:
             now = open_artifact(path)
             busy = busy_reason(now) or (
                 "its manifest changed since the plan was made; plan again"
-                if now.manifest != item.art.manifest else None)
+                if now.manifest != item.art.manifest
+                else None
+            )
             if busy:
                 plan.refused.append((path, busy))
                 continue

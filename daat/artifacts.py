@@ -16,6 +16,7 @@ signature: it catches edits and damage, not someone who recomputes it). File ent
 paths inside the artifact. One process writes an artifact at a time (``create_or_open`` takes its
 writer lock, ``daat/locks.py``); any number read it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,10 @@ import os
 import platform
 import tempfile
 import warnings
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 from daat.errors import DaatError
 from daat.locks import WriterLock
@@ -36,8 +38,16 @@ from daat.locks import WriterLock
 SCHEMA_VERSION = 2  # 2: the manifest carries its own digest
 MANIFEST = "manifest.json"
 DIGEST = "digest"
-_VERSIONED_PACKAGES = ("daat", "torch", "timm", "transformers", "webdataset", "zarr", "numpy",
-                       "pillow")
+_VERSIONED_PACKAGES = (
+    "daat",
+    "torch",
+    "timm",
+    "transformers",
+    "webdataset",
+    "zarr",
+    "numpy",
+    "pillow",
+)
 
 
 class ArtifactError(DaatError):
@@ -65,7 +75,7 @@ def manifest_digest(manifest: dict) -> str:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str]:
@@ -151,8 +161,9 @@ class Artifact:
     def content_digest(self) -> str:
         """sha256 over the recorded files (path, sha256, size): it changes when any file's bytes
         do, so a key that includes it can never name the same result for other content."""
-        return content_key({rel: [e["sha256"], e["bytes"]]
-                            for rel, e in self.manifest["files"].items()})
+        return content_key(
+            {rel: [e["sha256"], e["bytes"]] for rel, e in self.manifest["files"].items()}
+        )
 
     def __repr__(self) -> str:
         return f"Artifact({self.id}, {self.manifest['status']}, {self.path})"
@@ -175,7 +186,9 @@ class Artifact:
         self.manifest[DIGEST] = manifest_digest(self.manifest)
         atomic_write_json(self.path / MANIFEST, self.manifest)
 
-    def record_file(self, relpath: str, samples: int | None = None, sha256: str | None = None) -> dict:
+    def record_file(
+        self, relpath: str, samples: int | None = None, sha256: str | None = None
+    ) -> dict:
         """Hash ``relpath`` (already in place) into the manifest; does not save."""
         if _unsafe_relpath(relpath):
             raise ArtifactError(f"{self.id}: file entry {relpath!r} is not a plain relative path")
@@ -225,9 +238,16 @@ class Artifact:
         return _file_problem(self.path, relpath, entry)
 
 
-def create_or_open(out_root: str | os.PathLike, kind: str, determining: dict, *,
-                   config: dict, lineage: list[str] = (), extra: dict | None = None,
-                   lock: bool = True) -> Artifact:
+def create_or_open(
+    out_root: str | os.PathLike,
+    kind: str,
+    determining: dict,
+    *,
+    config: dict,
+    lineage: list[str] = (),
+    extra: dict | None = None,
+    lock: bool = True,
+) -> Artifact:
     """Return the artifact with this content key under ``out_root``, creating it if absent.
 
     A complete one is returned as is, unlocked (the caller reuses it); an incomplete or new one
@@ -250,11 +270,24 @@ def create_or_open(out_root: str | os.PathLike, kind: str, determining: dict, *,
             if art.manifest[DIGEST] is None:
                 _upgrade(art)
         else:
-            art = Artifact(path, {
-                "schema": SCHEMA_VERSION, "kind": kind, "id": art_id, "key": key,
-                "status": "incomplete", "created": _now(), "updated": _now(),
-                "lineage": list(lineage), "config": config, "determining": determining,
-                "versions": package_versions(), "files": {}, "extra": dict(extra or {})})
+            art = Artifact(
+                path,
+                {
+                    "schema": SCHEMA_VERSION,
+                    "kind": kind,
+                    "id": art_id,
+                    "key": key,
+                    "status": "incomplete",
+                    "created": _now(),
+                    "updated": _now(),
+                    "lineage": list(lineage),
+                    "config": config,
+                    "determining": determining,
+                    "versions": package_versions(),
+                    "files": {},
+                    "extra": dict(extra or {}),
+                },
+            )
             art.save()
     except BaseException:
         if held is not None:
@@ -276,16 +309,22 @@ def _upgrade(art: Artifact) -> None:
     file it lists (a complete artifact is only trusted again if all its files still match)."""
     problems = _manifest_problems(art.manifest, digest=False)
     if art.complete:
-        problems += [p for rel, entry in sorted(art.manifest["files"].items())
-                     if (p := _file_problem(art.path, rel, entry))]
+        problems += [
+            p
+            for rel, entry in sorted(art.manifest["files"].items())
+            if (p := _file_problem(art.path, rel, entry))
+        ]
     if problems:
-        raise ArtifactError(f"{art.path} was made by an older daat and cannot be upgraded: "
-                            f"{problems[0]}; delete it and run the command again")
+        raise ArtifactError(
+            f"{art.path} was made by an older daat and cannot be upgraded: "
+            f"{problems[0]}; delete it and run the command again"
+        )
     art.save()
 
 
-def open_artifact(path: str | os.PathLike, kind: str | None = None,
-                  require_complete: bool = False) -> Artifact:
+def open_artifact(
+    path: str | os.PathLike, kind: str | None = None, require_complete: bool = False
+) -> Artifact:
     """Open an artifact for reading: the manifest must parse, match its digest and list only
     files inside the artifact."""
     path = Path(path)
@@ -314,8 +353,10 @@ def _read_manifest(path: Path, allow_old: bool = False, check: bool = True) -> d
         if field not in manifest:
             raise ArtifactError(f"{manifest_path}: manifest lacks '{field}'")
     if not isinstance(manifest["schema"], int) or manifest["schema"] > SCHEMA_VERSION:
-        raise ArtifactError(f"{manifest_path}: schema {manifest['schema']} is newer than this "
-                            f"daat understands ({SCHEMA_VERSION}); upgrade daat")
+        raise ArtifactError(
+            f"{manifest_path}: schema {manifest['schema']} is newer than this "
+            f"daat understands ({SCHEMA_VERSION}); upgrade daat"
+        )
     if manifest["schema"] < SCHEMA_VERSION and allow_old:
         manifest.setdefault(DIGEST, None)
         return manifest
@@ -329,16 +370,23 @@ def _manifest_problems(manifest: dict, digest: bool = True) -> list[str]:
     """Problems of the manifest itself: its digest (unless ``digest=False``), its file entries."""
     problems = []
     if digest and (manifest.get("schema", 0) < SCHEMA_VERSION or not manifest.get(DIGEST)):
-        problems.append("manifest has no digest (written by an older daat); run the command that "
-                        "made it again to re-verify its files and upgrade it")
+        problems.append(
+            "manifest has no digest (written by an older daat); run the command that "
+            "made it again to re-verify its files and upgrade it"
+        )
     elif digest and manifest[DIGEST] != manifest_digest(manifest):
-        problems.append("manifest digest does not match its fields: the manifest was edited or "
-                        "damaged after it was written; remake the artifact (delete it and run the "
-                        "command again)")
+        problems.append(
+            "manifest digest does not match its fields: the manifest was edited or "
+            "damaged after it was written; remake the artifact (delete it and run the "
+            "command again)"
+        )
     if not isinstance(manifest["files"], dict):
         return problems + ["manifest 'files' is not a mapping"]
-    return problems + [f"file entry {rel!r} points outside the artifact; refusing it"
-                       for rel in manifest["files"] if _unsafe_relpath(rel)]
+    return problems + [
+        f"file entry {rel!r} points outside the artifact; refusing it"
+        for rel in manifest["files"]
+        if _unsafe_relpath(rel)
+    ]
 
 
 def _unsafe_relpath(rel: Any) -> bool:
@@ -385,8 +433,9 @@ def _file_problem(root: Path, relpath: str, entry: dict) -> str | None:
         return f"{relpath}: {size} bytes, manifest says {entry.get('bytes')}"
     digest = sha256_file(full)
     if digest != entry.get("sha256"):
-        return (f"{relpath}: sha256 {digest[:12]}… differs from manifest "
-                f"{entry.get('sha256')!s:.12}…")
+        return (
+            f"{relpath}: sha256 {digest[:12]}… differs from manifest {entry.get('sha256')!s:.12}…"
+        )
     return None
 
 
@@ -399,8 +448,11 @@ def verify(path: str | os.PathLike) -> list[str]:
     if manifest["status"] != "complete":
         problems.append(f"status is '{manifest['status']}', not complete")
     if isinstance(manifest["files"], dict):
-        problems += [p for rel, entry in sorted(manifest["files"].items())
-                     if not _unsafe_relpath(rel) and (p := _file_problem(path, rel, entry))]
+        problems += [
+            p
+            for rel, entry in sorted(manifest["files"].items())
+            if not _unsafe_relpath(rel) and (p := _file_problem(path, rel, entry))
+        ]
     return problems
 
 
@@ -424,8 +476,10 @@ class FileGuard:
             elif not full.is_file():
                 problems.append(f"{rel}: missing")
             elif full.stat().st_size != entry["bytes"]:
-                problems.append(f"{rel}: {full.stat().st_size} bytes, manifest says "
-                                f"{entry['bytes']} (truncated or changed since it was made)")
+                problems.append(
+                    f"{rel}: {full.stat().st_size} bytes, manifest says "
+                    f"{entry['bytes']} (truncated or changed since it was made)"
+                )
         return problems
 
     def verify(self, rank: int = 0, world_size: int = 1) -> list[str]:
@@ -433,8 +487,11 @@ class FileGuard:
         return [p for rel in self.relpaths[rank::world_size] if (p := self._check(rel))]
 
     def recheck(self) -> list[str]:
-        return [p for rel, stat in list(self._stats.items())
-                if _stat(self.art.path / rel) != stat and (p := self._check(rel))]
+        return [
+            p
+            for rel, stat in list(self._stats.items())
+            if _stat(self.art.path / rel) != stat and (p := self._check(rel))
+        ]
 
     def _check(self, rel: str) -> str | None:
         before = _stat(self.art.path / rel)  # taken first: a write during hashing shows later

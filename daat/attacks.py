@@ -21,11 +21,12 @@ Preconditions (not checked, to avoid a sync per batch): ``x`` in [0,1]; ``genera
 ``x.device``; pass the bare module, not a DDP wrapper (its reducer expects weight gradients).
 Do not call under ``torch.inference_mode`` (gradients are needed; plain ``no_grad`` is fine).
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class PGDResult:
     x_adv: torch.Tensor  # [B, C, H, W], detached, dtype of x
     fooled_any: torch.Tensor  # [B] bool: misclassified at any iterate whose forward was computed
-    zero_grad: torch.Tensor  # [B] bool: input gradient exactly all-zero at some step (masking/underflow)
+    zero_grad: (
+        torch.Tensor
+    )  # [B] bool: input gradient exactly all-zero at some step (masking/underflow)
 
     @property
     def zero_grad_count(self) -> torch.Tensor:
@@ -50,10 +53,14 @@ def ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 
 
-def random_init(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_init(
+    x: torch.Tensor, eps: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The first iterate x_0: uniform in the eps-ball (fp32 draw, exactly as documented above),
     clipped to [0,1]."""
-    delta = (torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32) * 2 - 1) * eps
+    delta = (
+        torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32) * 2 - 1
+    ) * eps
     return (x.float() + delta).clamp(0.0, 1.0)
 
 
@@ -73,7 +80,9 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
 
 def _validate(x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int) -> None:
     if x.dim() < 2 or not x.is_floating_point():
-        raise ValueError(f"pgd: x must be a floating batch [B, ...], got {tuple(x.shape)} {x.dtype}")
+        raise ValueError(
+            f"pgd: x must be a floating batch [B, ...], got {tuple(x.shape)} {x.dtype}"
+        )
     if y.shape != x.shape[:1]:
         raise ValueError(f"pgd: y must have shape [{x.shape[0]}], got {tuple(y.shape)}")
     if eps < 0 or alpha < 0:
@@ -82,16 +91,27 @@ def _validate(x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps:
         raise ValueError(f"pgd: steps must be a non-negative integer, got {steps!r}")
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def _autocast(
+    device: torch.device, amp_dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager:
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
-        random_start: bool = True, generator: torch.Generator | None = None,
-        amp_dtype: torch.dtype | None = None, loss_fn: LossFn | None = None,
-        check_final: bool = False) -> PGDResult:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+    amp_dtype: torch.dtype | None = None,
+    loss_fn: LossFn | None = None,
+    check_final: bool = False,
+) -> PGDResult:
     """L-inf PGD maximising ``loss_fn`` (default summed CE) of ``model(x) -> logits``; see the
     module docstring for the exact iteration. ``fooled_any`` covers x_0 .. x_{steps-1} (the
     iterates whose forward the attack computes); ``check_final=True`` adds one no-grad forward on
@@ -119,8 +139,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     return PGDResult(x_adv, fooled, zero)
 
 
-def _first_iterate(x32: torch.Tensor, eps: float, steps: int, start: bool,
-                   generator: torch.Generator | None) -> torch.Tensor:
+def _first_iterate(
+    x32: torch.Tensor, eps: float, steps: int, start: bool, generator: torch.Generator | None
+) -> torch.Tensor:
     if start and steps > 0:
         return random_init(x32, eps, generator)
     return x32.clone()

@@ -1,6 +1,7 @@
 """``daat`` command line. Thin: parse, load config, call one stage function, print the artifact path
 last. Heavy imports (torch, timm, transformers) happen inside the commands so ``--help`` is instant.
 """
+
 from __future__ import annotations
 
 import sys
@@ -8,18 +9,32 @@ import sys
 import click
 
 CONFIG_OPTION = click.option(
-    "--config", "configs", multiple=True, metavar="PRESET_OR_YAML",
-    help="Preset name (see `daat config presets`) or YAML file; repeatable, later ones win.")
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="PRESET_OR_YAML",
+    help="Preset name (see `daat config presets`) or YAML file; repeatable, later ones win.",
+)
 SET_OPTION = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-    help="Override one config key, e.g. --set train.epochs=5 --set attack.eps=4/255; repeatable.")
-OUT_OPTION = click.option("--out", default="artifacts", show_default=True,
-                          type=click.Path(file_okay=False), help="Directory that holds artifacts.")
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one config key, e.g. --set train.epochs=5 --set attack.eps=4/255; repeatable.",
+)
+OUT_OPTION = click.option(
+    "--out",
+    default="artifacts",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory that holds artifacts.",
+)
 
 
 def _print_result(path) -> None:
     """The artifact path, last line of stdout, once: under torchrun only rank 0 prints it."""
     import os
+
     if os.environ.get("RANK", "0") == "0":
         click.echo(str(path))
 
@@ -27,6 +42,7 @@ def _print_result(path) -> None:
 def _load_config(configs, overrides, base=None):
     """The resolved config; a ConfigError reaches ``_fail_cleanly``, which prints it as one line."""
     from daat import config as config_mod
+
     return config_mod.load(configs, overrides, base=base)
 
 
@@ -39,6 +55,7 @@ def _fail_cleanly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from daat.errors import DaatError, from_worker, one_line, storage_problem
+
         try:
             return fn(*args, **kwargs)
         except DaatError as e:
@@ -50,12 +67,15 @@ def _fail_cleanly(fn):
         except Exception as e:
             if not from_worker(e):
                 raise
-            message = (f"{type(e).__name__}: {one_line(e)}; rerun with --set data.num_workers=0 "
-                       f"for the full traceback")
+            message = (
+                f"{type(e).__name__}: {one_line(e)}; rerun with --set data.num_workers=0 "
+                f"for the full traceback"
+            )
         # A progress bar a failed stage left open ends without a newline on a terminal.
         lead = "\n" if sys.stderr.isatty() else ""
         click.echo(f"{lead}error: {message}", err=True)
         sys.exit(2)
+
     return wrapper
 
 
@@ -65,13 +85,15 @@ def _writable(out: str) -> None:
     from pathlib import Path
 
     from daat.errors import DaatError
+
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".daat-write-test-"):
             pass
     except OSError as e:
-        raise DaatError(f"--out {out} is not writable ({e.strerror}); choose a directory you can "
-                        f"write to") from e
+        raise DaatError(
+            f"--out {out} is not writable ({e.strerror}); choose a directory you can write to"
+        ) from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -92,12 +114,23 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--card", required=True, metavar="CARD",
-              help="Data card: a name (synthetic, imagenet100), a YAML file, or an ImageFolder dir.")
-@click.option("--root", type=click.Path(exists=True, file_okay=False),
-              help="Directory holding the card's images (not needed for synthetic).")
-@click.option("--depth", "depth_model", metavar="MODEL",
-              help="Depth model: oracle, a hub id (Intel/dpt-hybrid-midas) or a local directory.")
+@click.option(
+    "--card",
+    required=True,
+    metavar="CARD",
+    help="Data card: a name (synthetic, imagenet100), a YAML file, or an ImageFolder dir.",
+)
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory holding the card's images (not needed for synthetic).",
+)
+@click.option(
+    "--depth",
+    "depth_model",
+    metavar="MODEL",
+    help="Depth model: oracle, a hub id (Intel/dpt-hybrid-midas) or a local directory.",
+)
 @OUT_OPTION
 @CONFIG_OPTION
 @SET_OPTION
@@ -122,17 +155,29 @@ def preprocess(card, root, depth_model, out, configs, overrides):
     cfg = _load_config(configs, list(overrides) + extra)
     _writable(out)
     from daat.pipeline.preprocess import run
+
     _print_result(run(cfg, out).path)
 
 
 @main.command()
-@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Shard artifact made by `daat preprocess`.")
-@click.option("--use-cached-depth", is_flag=True,
-              help="Force depth.target=cached: G(x) from the shards, the depth model never loads.")
-@click.option("--depth", "depth_model", metavar="MODEL",
-              help="Depth model for online G(x_adv) (default: the one the shards were made with; "
-                   "another needs --set depth.allow_other_model=true).")
+@click.option(
+    "--shards",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Shard artifact made by `daat preprocess`.",
+)
+@click.option(
+    "--use-cached-depth",
+    is_flag=True,
+    help="Force depth.target=cached: G(x) from the shards, the depth model never loads.",
+)
+@click.option(
+    "--depth",
+    "depth_model",
+    metavar="MODEL",
+    help="Depth model for online G(x_adv) (default: the one the shards were made with; "
+    "another needs --set depth.allow_other_model=true).",
+)
 @OUT_OPTION
 @CONFIG_OPTION
 @SET_OPTION
@@ -153,19 +198,31 @@ def train(shards, use_cached_depth, depth_model, out, configs, overrides):
     cfg = _load_config(configs, list(overrides) + extra)
     _writable(out)
     from daat.train.loop import run
+
     _print_result(run(cfg, shards, out).path)
 
 
 @main.command()
-@click.option("--run", "--run-dir", "run_dir", required=True,
-              type=click.Path(exists=True, file_okay=False),
-              help="Run artifact made by `daat train` (--run-dir under torchrun, whose own parser "
-                   "takes --run as its --run-path).")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint file inside the run (default: the final/latest one).")
-@click.option("--shards", type=click.Path(exists=True, file_okay=False),
-              help="Evaluate on this shard artifact's val split instead of the run's own "
-                   "(same classes; recorded in the evaluation's manifest).")
+@click.option(
+    "--run",
+    "--run-dir",
+    "run_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Run artifact made by `daat train` (--run-dir under torchrun, whose own parser "
+    "takes --run as its --run-path).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Checkpoint file inside the run (default: the final/latest one).",
+)
+@click.option(
+    "--shards",
+    type=click.Path(exists=True, file_okay=False),
+    help="Evaluate on this shard artifact's val split instead of the run's own "
+    "(same classes; recorded in the evaluation's manifest).",
+)
 @OUT_OPTION
 @CONFIG_OPTION
 @SET_OPTION
@@ -184,19 +241,32 @@ def evaluate(run_dir, checkpoint, shards, out, configs, overrides):
     """
     _writable(out)
     from daat.eval.evaluate import run
+
     _print_result(run(run_dir, checkpoint, list(configs), list(overrides), out, shards).path)
 
 
 @main.command()
 @click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder to write (replaced if it holds a previous export).")
-@click.option("--format", "fmt", type=click.Choice(["timm", "robust"]), default="timm",
-              show_default=True,
-              help="timm: hub folder (model.safetensors + config.json + model card); robust: "
-                   "torch.export file taking [0,1] images, normalisation included.")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False),
-              help="Checkpoint file inside the run (default: checkpoints/final.pt).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder to write (replaced if it holds a previous export).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["timm", "robust"]),
+    default="timm",
+    show_default=True,
+    help="timm: hub folder (model.safetensors + config.json + model card); robust: "
+    "torch.export file taking [0,1] images, normalisation included.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Checkpoint file inside the run (default: checkpoints/final.pt).",
+)
 @_fail_cleanly
 def export(run_dir, out, fmt, checkpoint):
     """Export a trained run's model for timm / the Hugging Face hub, or for attack libraries.
@@ -209,6 +279,7 @@ def export(run_dir, out, fmt, checkpoint):
     The same run exported twice gives the same bytes. The folder is printed as the last line.
     """
     from daat.export import export as run
+
     _print_result(run(run_dir, out, fmt, checkpoint))
 
 
@@ -226,14 +297,20 @@ def report(artifacts, out):
     """
     _writable(out)
     from daat.eval.report import run
+
     _print_result(run(list(artifacts), out))
 
 
 @main.command()
-@click.option("--out", default="quickstart_out", show_default=True,
-              type=click.Path(file_okay=False))
-@click.option("--jobs", type=click.IntRange(1), default=None,
-              help="Steps run at once (default: 2 when 2+ cores are free, else 1).")
+@click.option(
+    "--out", default="quickstart_out", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=None,
+    help="Steps run at once (default: 2 when 2+ cores are free, else 1).",
+)
 @_fail_cleanly
 def quickstart(out, jobs):
     """All stages end to end on the built-in synthetic data, on a CPU, in minutes.
@@ -245,6 +322,7 @@ def quickstart(out, jobs):
     """
     _writable(out)
     from daat.eval.quickstart import run
+
     _print_result(run(out, jobs))
 
 
@@ -274,6 +352,7 @@ def artifacts_list(directory):
     """
     from daat.artifact_admin import describe
     from daat.artifacts import list_artifacts
+
     for art in list_artifacts(directory):
         click.echo(describe(art))
 
@@ -282,6 +361,7 @@ def _carry_out(plans, yes: bool, all_or_nothing: bool) -> None:
     """Print each removal plan; remove only with --yes (and, for rm, only if nothing was refused).
     Exit 1 when rm refused a target."""
     from daat.artifact_admin import human_bytes, remove
+
     blocked = all_or_nothing and any(p.refused for p in plans)
     act = yes and not blocked
     for plan in plans:
@@ -301,8 +381,9 @@ def _carry_out(plans, yes: bool, all_or_nothing: bool) -> None:
         sys.exit(1)
     if not act:
         count, total = sum(len(p.remove) for p in plans), sum(p.total_bytes for p in plans)
-        click.echo(f"dry run: nothing removed; add --yes to remove {count} item(s), "
-                   f"{human_bytes(total)}")
+        click.echo(
+            f"dry run: nothing removed; add --yes to remove {count} item(s), {human_bytes(total)}"
+        )
 
 
 @artifacts.command("rm")
@@ -319,13 +400,18 @@ def artifacts_rm(targets, yes):
       daat artifacts rm artifacts/eval-0123456789abcdef --yes
     """
     from daat.artifact_admin import plan_rm
+
     _carry_out(plan_rm(list(targets)), yes, all_or_nothing=True)
 
 
 @artifacts.command("gc")
 @click.argument("directory", default="artifacts", type=click.Path(file_okay=False))
-@click.option("--keep", multiple=True, metavar="ARTIFACT",
-              help="Keep only these (and what their lineage names); repeatable.")
+@click.option(
+    "--keep",
+    multiple=True,
+    metavar="ARTIFACT",
+    help="Keep only these (and what their lineage names); repeatable.",
+)
 @click.option("--yes", is_flag=True, help="Really remove (default: dry run, print only).")
 @_fail_cleanly
 def artifacts_gc(directory, keep, yes):
@@ -340,6 +426,7 @@ def artifacts_gc(directory, keep, yes):
       daat artifacts gc artifacts/ --keep eval-0123456789abcdef --yes
     """
     from daat.artifact_admin import plan_gc
+
     _carry_out([plan_gc(directory, list(keep))], yes, all_or_nothing=False)
 
 
@@ -355,6 +442,7 @@ def artifacts_show(artifact):
     import json
 
     from daat.artifacts import ArtifactError, open_artifact
+
     try:
         click.echo(json.dumps(open_artifact(artifact).manifest, indent=2))
     except ArtifactError as e:
@@ -373,12 +461,14 @@ def artifacts_verify(artifact):
     """
     from daat.artifacts import ArtifactError, open_artifact, verify
     from daat.errors import DaatError
+
     try:
         problems = verify(artifact)
     except ArtifactError as e:
         raise click.ClickException(str(e)) from e
     if not problems and open_artifact(artifact).kind == "shards":
         from daat.pipeline.shards import open_shards
+
         try:
             open_shards(artifact)
         except DaatError as e:
@@ -410,6 +500,7 @@ def config_presets():
       daat config presets
     """
     from daat.config import preset_names
+
     for name in preset_names():
         click.echo(name)
 
@@ -426,6 +517,7 @@ def config_show(configs, overrides):
       daat config show --config pgd-at --set train.epochs=10
     """
     from daat.config import show
+
     click.echo(show(_load_config(configs, overrides)), nl=False)
 
 

@@ -2,6 +2,7 @@
 (parse, call one function, print the artifact path last). ``daat.cli`` builds it with its own
 option and error helpers (``group(...)``), so this module never imports ``daat.cli``.
 """
+
 from __future__ import annotations
 
 import click
@@ -19,6 +20,7 @@ class _SpecGroup(click.Group):
 
 def group(out_option, fail_cleanly, print_result, writable) -> click.Group:
     """The ``experiment`` group, made with ``daat.cli``'s ``--out`` option and helpers."""
+
     @click.group(cls=_SpecGroup)
     def experiment():
         """A grid of runs (cards x methods x seeds x grid values) with statistics over seeds.
@@ -36,11 +38,18 @@ def group(out_option, fail_cleanly, print_result, writable) -> click.Group:
     @experiment.command("run")
     @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
     @out_option
-    @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
-                  help="Cells run at once; the cores are split between them.")
-    @click.option("--print-commands", is_flag=True,
-                  help="Print one self-contained command per cell (for a cluster scheduler) and "
-                       "stop.")
+    @click.option(
+        "--jobs",
+        default=1,
+        show_default=True,
+        type=click.IntRange(1),
+        help="Cells run at once; the cores are split between them.",
+    )
+    @click.option(
+        "--print-commands",
+        is_flag=True,
+        help="Print one self-contained command per cell (for a cluster scheduler) and stop.",
+    )
     @fail_cleanly
     def experiment_run(spec, out, jobs, print_commands):
         """Run an experiment spec (also reachable as `daat experiment SPEC`).
@@ -50,16 +59,18 @@ def group(out_option, fail_cleanly, print_result, writable) -> click.Group:
           daat experiment experiments/table1-synthetic.yaml --jobs 2 --out artifacts
         """
         from daat.eval import experiment as exp
+
         loaded = exp.load_spec(spec)
         steps = exp.plan(loaded)
         if print_commands:
             click.echo("\n".join(exp.commands(loaded, steps, out)))
             return
         writable(out)
-        from daat.eval import experiment_report, jobs as jobs_mod
+        from daat.eval import experiment_report
+        from daat.eval import jobs as jobs_mod
+
         jobs_mod.run_steps(loaded, steps, out, jobs, jobs_mod.threads_per_job(jobs))
         print_result(experiment_report.collect(loaded, steps, out).path)
-
 
     @experiment.command("collect")
     @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
@@ -75,9 +86,9 @@ def group(out_option, fail_cleanly, print_result, writable) -> click.Group:
         """
         from daat.eval import experiment as exp
         from daat.eval import experiment_report
+
         loaded = exp.load_spec(spec)
         print_result(experiment_report.collect(loaded, exp.plan(loaded), out).path)
-
 
     @experiment.command("cell")
     @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
@@ -95,6 +106,7 @@ def group(out_option, fail_cleanly, print_result, writable) -> click.Group:
         """
         writable(out)
         from daat.eval import experiment as exp
+
         loaded = exp.load_spec(spec)
         print_result(exp.run_step(loaded, exp.plan(loaded), step, out).path)
 

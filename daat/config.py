@@ -10,6 +10,7 @@ every number must be finite, ranges are stated beside the field they bound. ε a
 ``4/255`` (in YAML files and ``--set`` alike); a value above 1 is refused with the fraction to
 write instead. YAML files may not repeat a key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,14 +72,23 @@ class DataConfig:
     min_image_side: int = 8  # inputs whose short side is below this many pixels are skipped
 
     def check(self, where: str = "data") -> None:
-        _rule(bool(self.card.strip()), f"{where}.card", "a card name, YAML file or directory",
-              self.card)
-        _rule(bool(self.splits) and len(set(self.splits)) == len(self.splits),
-              f"{where}.splits", "a non-empty list without repeats", self.splits)
+        _rule(
+            bool(self.card.strip()),
+            f"{where}.card",
+            "a card name, YAML file or directory",
+            self.card,
+        )
+        _rule(
+            bool(self.splits) and len(set(self.splits)) == len(self.splits),
+            f"{where}.splits",
+            "a non-empty list without repeats",
+            self.splits,
+        )
         _positive(self, where, "resize_short", "shard_size", "max_image_pixels", "min_image_side")
         _non_negative(self, where, "num_workers")
-        _rule(1 <= self.jpeg_quality <= 100, f"{where}.jpeg_quality", "in 1..100",
-              self.jpeg_quality)
+        _rule(
+            1 <= self.jpeg_quality <= 100, f"{where}.jpeg_quality", "in 1..100", self.jpeg_quality
+        )
 
 
 @dataclass
@@ -101,16 +111,26 @@ class DepthConfig:
     online_epochs: list[int] = field(default_factory=list)  # mixed: [start, end) epochs online
 
     def check(self, where: str = "depth") -> None:
-        _rule(self.model is None or bool(self.model.strip()), f"{where}.model",
-              "a depth model name or null", self.model)
+        _rule(
+            self.model is None or bool(self.model.strip()),
+            f"{where}.model",
+            "a depth model name or null",
+            self.model,
+        )
         _positive(self, where, "batch_size")
         _non_negative(self, where, "online_every")
         epochs = self.online_epochs
-        _rule(not epochs or (len(epochs) == 2 and 0 <= epochs[0] < epochs[1]),
-              f"{where}.online_epochs", "[] or [start, end) with 0 <= start < end", epochs)
+        _rule(
+            not epochs or (len(epochs) == 2 and 0 <= epochs[0] < epochs[1]),
+            f"{where}.online_epochs",
+            "[] or [start, end) with 0 <= start < end",
+            epochs,
+        )
         if self.target == "mixed" and self.online_every == 0 and not epochs:
-            raise ConfigError(f"{where}.target=mixed needs {where}.online_every > 0 or "
-                              f"{where}.online_epochs=[start, end]")
+            raise ConfigError(
+                f"{where}.target=mixed needs {where}.online_every > 0 or "
+                f"{where}.online_epochs=[start, end]"
+            )
 
 
 @dataclass
@@ -131,17 +151,24 @@ class ModelConfig:
 
     def check(self, where: str = "model") -> None:
         _rule(bool(self.name.strip()), f"{where}.name", "a timm architecture", self.name)
-        _positive(self, where, "img_size", "patch_size", "embed_dim", "depth", "num_heads",
-                  "init_values")
+        _positive(
+            self, where, "img_size", "patch_size", "embed_dim", "depth", "num_heads", "init_values"
+        )
         if self.img_size % self.patch_size:
-            raise ConfigError(f"{where}.img_size {self.img_size} is not a multiple of "
-                              f"{where}.patch_size {self.patch_size}")
+            raise ConfigError(
+                f"{where}.img_size {self.img_size} is not a multiple of "
+                f"{where}.patch_size {self.patch_size}"
+            )
         if self.embed_dim and self.num_heads and self.embed_dim % self.num_heads:
-            raise ConfigError(f"{where}.embed_dim {self.embed_dim} is not a multiple of "
-                              f"{where}.num_heads {self.num_heads}")
+            raise ConfigError(
+                f"{where}.embed_dim {self.embed_dim} is not a multiple of "
+                f"{where}.num_heads {self.num_heads}"
+            )
         if self.stem == "conv" and self.pretrained:
-            raise ConfigError(f"{where}.stem=conv has no pretrained weights: set "
-                              f"{where}.pretrained=false or {where}.stem=patch")
+            raise ConfigError(
+                f"{where}.stem=conv has no pretrained weights: set "
+                f"{where}.pretrained=false or {where}.stem=patch"
+            )
 
 
 @dataclass
@@ -172,13 +199,19 @@ class LossConfig:
 
     def check(self, where: str = "loss") -> None:
         _non_negative(self, where, "lam", "gamma0")
-        _rule(0 <= self.s_warmup_frac <= 1, f"{where}.s_warmup_frac", "in [0, 1]",
-              self.s_warmup_frac)
+        _rule(
+            0 <= self.s_warmup_frac <= 1, f"{where}.s_warmup_frac", "in [0, 1]", self.s_warmup_frac
+        )
         _rule(0 < self.gamma_frac <= 1, f"{where}.gamma_frac", "in (0, 1]", self.gamma_frac)
-        _rule(bool(self.teacher.strip()), f"{where}.teacher", "a teacher name or path",
-              self.teacher)
-        _rule(self.teacher_arch is None or bool(self.teacher_arch.strip()),
-              f"{where}.teacher_arch", "a timm architecture or null", self.teacher_arch)
+        _rule(
+            bool(self.teacher.strip()), f"{where}.teacher", "a teacher name or path", self.teacher
+        )
+        _rule(
+            self.teacher_arch is None or bool(self.teacher_arch.strip()),
+            f"{where}.teacher_arch",
+            "a timm architecture or null",
+            self.teacher_arch,
+        )
 
 
 @dataclass
@@ -193,10 +226,13 @@ class OptimConfig:
     def check(self, where: str = "optim") -> None:
         _positive(self, where, "lr")
         _non_negative(self, where, "min_lr", "weight_decay", "warmup_epochs", "grad_clip")
-        _rule(self.min_lr <= self.lr, f"{where}.min_lr", f"<= {where}.lr ({self.lr})",
-              self.min_lr)
-        _rule(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{where}.betas",
-              "two numbers in [0, 1)", self.betas)
+        _rule(self.min_lr <= self.lr, f"{where}.min_lr", f"<= {where}.lr ({self.lr})", self.min_lr)
+        _rule(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"{where}.betas",
+            "two numbers in [0, 1)",
+            self.betas,
+        )
 
 
 @dataclass
@@ -218,30 +254,65 @@ class TrainConfig:
     # Start from a finished run's weights: run:/path/to/run-... | run:standard ("" = scratch)
     init_from: str = ""
     finetune_epochs: int = 0  # epochs of a run that starts from init_from (0 = train.epochs)
-    ema_decay: float = 0.0  # an EMA of the weights (decay per step), validated and evaluated (0 = off)
+    ema_decay: float = (
+        0.0  # an EMA of the weights (decay per step), validated and evaluated (0 = off)
+    )
     # Metrics sinks: jsonl (metrics.jsonl, required) plus tensorboard | mlflow | wandb trackers,
     # each from its extra (pip install 'daat[tensorboard]'); only rank 0 logs.
     loggers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = field(
-        default_factory=lambda: ["jsonl"])
+        default_factory=lambda: ["jsonl"]
+    )
     tracker_project: str = "daat"  # MLflow experiment and W&B project name
     mlflow_uri: str | None = None  # MLflow tracking URI (None = a file store in <run>/mlruns)
     wandb_mode: Literal["offline", "online"] = "offline"  # offline: upload later (wandb sync)
 
     def check(self, where: str = "train") -> None:
-        _positive(self, where, "epochs", "batch_size", "samples_per_epoch", "ckpt_every_steps",
-                  "log_every_steps", "val_every_epochs")
-        _non_negative(self, where, "keep_step_checkpoints", "keep_epoch_checkpoints",
-                      "val_samples", "val_pgd_steps", "finetune_epochs")
+        _positive(
+            self,
+            where,
+            "epochs",
+            "batch_size",
+            "samples_per_epoch",
+            "ckpt_every_steps",
+            "log_every_steps",
+            "val_every_epochs",
+        )
+        _non_negative(
+            self,
+            where,
+            "keep_step_checkpoints",
+            "keep_epoch_checkpoints",
+            "val_samples",
+            "val_pgd_steps",
+            "finetune_epochs",
+        )
         _rule(0 <= self.ema_decay < 1, f"{where}.ema_decay", "in [0, 1)", self.ema_decay)
-        _rule(not self.init_from or self.init_from.startswith("run:"), f"{where}.init_from",
-              "run:/path/to/run-... or run:standard", self.init_from)
+        _rule(
+            not self.init_from or self.init_from.startswith("run:"),
+            f"{where}.init_from",
+            "run:/path/to/run-... or run:standard",
+            self.init_from,
+        )
         scale = self.rrc_scale
-        _rule(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, f"{where}.rrc_scale",
-              "[low, high] with 0 < low <= high <= 1", scale)
-        _rule("jsonl" in self.loggers, f"{where}.loggers", "a list that includes 'jsonl' "
-              "(daat report and resume read metrics.jsonl; add trackers beside it)", self.loggers)
-        _rule(len(set(self.loggers)) == len(self.loggers), f"{where}.loggers",
-              "a list without repeats", self.loggers)
+        _rule(
+            len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+            f"{where}.rrc_scale",
+            "[low, high] with 0 < low <= high <= 1",
+            scale,
+        )
+        _rule(
+            "jsonl" in self.loggers,
+            f"{where}.loggers",
+            "a list that includes 'jsonl' "
+            "(daat report and resume read metrics.jsonl; add trackers beside it)",
+            self.loggers,
+        )
+        _rule(
+            len(set(self.loggers)) == len(self.loggers),
+            f"{where}.loggers",
+            "a list without repeats",
+            self.loggers,
+        )
 
 
 @dataclass
@@ -249,7 +320,8 @@ class EvalConfig:
     batch_size: int = 128
     # Fig. 3c's PGD-100 radii, increasing
     eps_grid: list[PixelFraction] = field(
-        default_factory=lambda: [k / 255 for k in (1, 2, 4, 6, 8, 10)])
+        default_factory=lambda: [k / 255 for k in (1, 2, 4, 6, 8, 10)]
+    )
     pgd_steps: int = 10  # the Table 1 PGD
     pgd_long_steps: int = 100  # the Fig. 3c PGD
     n_samples: int = 0  # val samples evaluated (0 = all)
@@ -267,19 +339,34 @@ class EvalConfig:
     seed: int = 0  # attack randomness; fixed (not the run's seed) so runs face identical attacks
 
     def check(self, where: str = "eval") -> None:
-        _positive(self, where, "batch_size", "pgd_steps", "pgd_long_steps", "chunk_size", "eps",
-                  "alpha", "pgd_long_alpha_frac")
+        _positive(
+            self,
+            where,
+            "batch_size",
+            "pgd_steps",
+            "pgd_long_steps",
+            "chunk_size",
+            "eps",
+            "alpha",
+            "pgd_long_alpha_frac",
+        )
         _non_negative(self, where, "n_samples", "n_autoattack", "n_figures", "n_pgd_long")
         grid = self.eps_grid
-        _rule(bool(grid) and grid[0] > 0 and all(a < b for a, b in zip(grid, grid[1:])),
-              f"{where}.eps_grid", "positive and strictly increasing", grid)
-        _rule(all(e > 0 for e in self.figure_eps), f"{where}.figure_eps", "positive",
-              self.figure_eps)
+        _rule(
+            bool(grid) and grid[0] > 0 and all(a < b for a, b in zip(grid, grid[1:])),
+            f"{where}.eps_grid",
+            "positive and strictly increasing",
+            grid,
+        )
+        _rule(
+            all(e > 0 for e in self.figure_eps), f"{where}.figure_eps", "positive", self.figure_eps
+        )
         if self.depth_model is not None and self.depth_model.strip().lower() == "oracle":
             raise ConfigError(
                 f"config key '{where}.depth_model': 'oracle' depth exists only for the clean "
                 "synthetic renders, not for x_adv; give a depth network (hub id or directory) or "
-                "leave it empty")
+                "leave it empty"
+            )
 
 
 @dataclass
@@ -326,8 +413,12 @@ def upgrade_saved(data: dict) -> dict:
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     ev = data.get("eval")
     if isinstance(ev, dict):
-        radii = [r for key in _EVAL_RADII if key in ev
-                 for r in (ev[key] if isinstance(ev[key], list) else [ev[key]])]
+        radii = [
+            r
+            for key in _EVAL_RADII
+            if key in ev
+            for r in (ev[key] if isinstance(ev[key], list) else [ev[key]])
+        ]
         if any(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 1 for r in radii):
             for key in (k for k in _EVAL_RADII if k in ev):
                 value = ev[key]
@@ -381,8 +472,9 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        raise ConfigError(f"config key '{path}' must be one of "
-                          f"{', '.join(map(str, args))}; got {value!r}")
+        raise ConfigError(
+            f"config key '{path}' must be one of {', '.join(map(str, args))}; got {value!r}"
+        )
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -452,7 +544,8 @@ def _check_fraction(value: float, path: str) -> None:
     if value > 1:
         raise ConfigError(
             f"config key '{path}' = {value:g} is above 1: ε and α are fractions of the [0, 1] "
-            f"pixel range, so write {value:g}/255 for {value:g} grey levels")
+            f"pixel range, so write {value:g}/255 for {value:g} grey levels"
+        )
     if value < 0:
         raise ConfigError(f"config key '{path}' must be in [0, 1], got {value:g}")
 
@@ -492,8 +585,9 @@ def apply_override(cfg: Config, assignment: str) -> None:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("daat.configs").iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[:-5] for p in resources.files("daat.configs").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -510,8 +604,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             marker = repr(key)
             line = key_node.start_mark.line + 1
             if marker in seen:
-                raise DuplicateKeyError(f"key {key!r} appears twice (lines {seen[marker]} and "
-                                        f"{line}); keep one")
+                raise DuplicateKeyError(
+                    f"key {key!r} appears twice (lines {seen[marker]} and {line}); keep one"
+                )
             seen[marker] = line
         return super().construct_mapping(node, deep)
 
@@ -547,8 +642,11 @@ def read_yaml(source: str) -> dict:
     return data
 
 
-def load(configs: typing.Sequence[str] = (), overrides: typing.Sequence[str] = (),
-         base: dict | None = None) -> Config:
+def load(
+    configs: typing.Sequence[str] = (),
+    overrides: typing.Sequence[str] = (),
+    base: dict | None = None,
+) -> Config:
     """Defaults (or ``base``, e.g. a run's saved config), then each preset/file in order (later
     wins), then each ``--set`` in order; then every section checks itself."""
     cfg = from_dict(base) if base is not None else Config()
@@ -587,8 +685,10 @@ class _ShowDumper(yaml.SafeDumper):
     pass
 
 
-_ShowDumper.add_representer(_Shown, lambda dumper, value: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", str(value), style=""))
+_ShowDumper.add_representer(
+    _Shown,
+    lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", str(value), style=""),
+)
 
 
 def _shown(value: float) -> _Shown | float:
@@ -622,5 +722,6 @@ def show(cfg: Config) -> str:
 def print_resolved(cfg: Config, label: str) -> None:
     """The resolved config on stderr, as every command prints it before it works."""
     import sys
+
     sys.stderr.write(f"# resolved config ({label})\n{show(cfg)}")
     sys.stderr.flush()

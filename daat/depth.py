@@ -21,23 +21,27 @@ it (sharper depth edges than bilinear, and E is an edge detector); anti-aliased 
 shrinking, since the model output (e.g. 384 px) is often larger than the stored image (64 px)
 and plain bicubic downsampling would alias depth edges into spurious Sobel responses.
 """
+
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from daat.depth_ref import (
+    DepthModelError,
+    dir_hash,
+    is_oracle,  # noqa: F401
+    resolve,
+)
 from daat.dist import cuda_paths
-
-from daat.depth_ref import (ORACLE, DepthModelError, dir_hash, is_oracle,  # noqa: F401
-                            resolve)
 
 OUTPUT_MODE = "bicubic"
 # PIL resampling codes stored in preprocessor_config.json -> F.interpolate modes (as
@@ -74,30 +78,41 @@ class Preprocessing:
     def from_processor(cls, proc: Any, where: str) -> Preprocessing:
         # Other depth processors (GLPN, ZoeDepth, DepthPro...) size and pad differently.
         if not type(proc).__name__.startswith("DPTImageProcessor"):
-            raise DepthModelError(f"{where}: image processor {type(proc).__name__} is not "
-                                  "supported (DPT, DPT-Hybrid, DINOv2-DPT and Depth Anything use "
-                                  "DPTImageProcessor)")
+            raise DepthModelError(
+                f"{where}: image processor {type(proc).__name__} is not "
+                "supported (DPT, DPT-Hybrid, DINOv2-DPT and Depth Anything use "
+                "DPTImageProcessor)"
+            )
         resize = None
         if getattr(proc, "do_resize", False):
             height, width = _size_field(proc.size, "height"), _size_field(proc.size, "width")
             if not height or not width:
-                raise DepthModelError(f"{where}: preprocessor size {proc.size!r} has no "
-                                      "height and width")
+                raise DepthModelError(
+                    f"{where}: preprocessor size {proc.size!r} has no height and width"
+                )
             resize = (int(height), int(width))
         scale = 255.0 * float(proc.rescale_factor) if getattr(proc, "do_rescale", False) else 255.0
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         if getattr(proc, "do_normalize", False):
-            mean, std = _triple(proc.image_mean, "image_mean", where), _triple(
-                proc.image_std, "image_std", where)
+            mean, std = (
+                _triple(proc.image_mean, "image_mean", where),
+                _triple(proc.image_std, "image_std", where),
+            )
         pad = None
         if getattr(proc, "do_pad", False):
             pad = getattr(proc, "size_divisor", None)
             if not isinstance(pad, int) or pad <= 0:
                 raise DepthModelError(f"{where}: do_pad is set but size_divisor is {pad!r}")
-        return cls(resize=resize, keep_aspect_ratio=bool(getattr(proc, "keep_aspect_ratio", False)),
-                   multiple=int(getattr(proc, "ensure_multiple_of", None) or 1),
-                   mode=_interp_mode(getattr(proc, "resample", 3), where), scale=scale,
-                   mean=mean, std=std, pad_multiple=pad)
+        return cls(
+            resize=resize,
+            keep_aspect_ratio=bool(getattr(proc, "keep_aspect_ratio", False)),
+            multiple=int(getattr(proc, "ensure_multiple_of", None) or 1),
+            mode=_interp_mode(getattr(proc, "resample", 3), where),
+            scale=scale,
+            mean=mean,
+            std=std,
+            pad_multiple=pad,
+        )
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """transformers' ``get_resize_output_image_size`` (DPT), or the input size unresized."""
@@ -110,8 +125,10 @@ class Preprocessing:
                 scale_h = scale_w
             else:
                 scale_w = scale_h
-        return (_constrain_to_multiple(scale_h * height, self.multiple),
-                _constrain_to_multiple(scale_w * width, self.multiple))
+        return (
+            _constrain_to_multiple(scale_h * height, self.multiple),
+            _constrain_to_multiple(scale_w * width, self.multiple),
+        )
 
     def padding(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) centre padding of a resized image."""
@@ -141,8 +158,9 @@ def _interp_mode(resample: Any, where: str) -> str:
         return value
     if isinstance(value, int) and not isinstance(value, bool) and value in _RESAMPLE_MODES:
         return _RESAMPLE_MODES[value]
-    raise DepthModelError(f"{where}: resample={resample!r} is not supported "
-                          "(nearest, bilinear and bicubic are)")
+    raise DepthModelError(
+        f"{where}: resample={resample!r} is not supported (nearest, bilinear and bicubic are)"
+    )
 
 
 def _constrain_to_multiple(value: float, multiple: int) -> int:
@@ -191,8 +209,9 @@ def preprocess(images: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     return x
 
 
-def restore_size(raw: torch.Tensor, spec: Preprocessing,
-                 input_size: tuple[int, int]) -> torch.Tensor:
+def restore_size(
+    raw: torch.Tensor, spec: Preprocessing, input_size: tuple[int, int]
+) -> torch.Tensor:
     """Model output [B,h,w] -> [B,H,W] at the input's size: undo centre padding (on the output
     resized to the padded input), then resize bicubic (anti-aliased when shrinking)."""
     x = raw.float().unsqueeze(1)
@@ -200,7 +219,7 @@ def restore_size(raw: torch.Tensor, spec: Preprocessing,
     top, bottom, left, right = spec.padding(*resized)
     if top or bottom or left or right:
         padded = (resized[0] + top + bottom, resized[1] + left + right)
-        x = _resize_output(x, padded)[..., top:top + resized[0], left:left + resized[1]]
+        x = _resize_output(x, padded)[..., top : top + resized[0], left : left + resized[1]]
     return _resize_output(x, input_size).squeeze(1)
 
 
@@ -220,9 +239,16 @@ class DepthModel:
     grad, which inference tensors forbid).
     """
 
-    def __init__(self, model: torch.nn.Module, spec: Preprocessing, model_id: str,
-                 device: torch.device, amp: bool = True, channels_last: bool = True,
-                 compile: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec: Preprocessing,
+        model_id: str,
+        device: torch.device,
+        amp: bool = True,
+        channels_last: bool = True,
+        compile: bool = False,
+    ):
         self.model_id = model_id
         self.spec = spec
         self.device = torch.device(device)
@@ -237,8 +263,10 @@ class DepthModel:
         self._net = torch.compile(model) if compile else model
 
     def __repr__(self) -> str:
-        return (f"DepthModel({self.model_id!r}, input_size={self.input_size}, "
-                f"device={self.device}, amp={self.amp}, output={self.output_kind})")
+        return (
+            f"DepthModel({self.model_id!r}, input_size={self.input_size}, "
+            f"device={self.device}, amp={self.amp}, output={self.output_kind})"
+        )
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> pixel_values on the model's device (what the HF processor gives)."""
@@ -250,14 +278,19 @@ class DepthModel:
     def forward_raw(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The network on prepared pixel_values -> predicted_depth [B,h,w] float32, in chunks
         small enough for 32-bit-indexed kernels (``max_batch``)."""
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.amp
+            else contextlib.nullcontext()
+        )
         if self.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         step = self.max_batch(*pixel_values.shape[-2:])
         with torch.no_grad(), autocast:
-            parts = [self._net(pixel_values=pixel_values[i:i + step]).predicted_depth.float()
-                     for i in range(0, pixel_values.shape[0], step)]
+            parts = [
+                self._net(pixel_values=pixel_values[i : i + step]).predicted_depth.float()
+                for i in range(0, pixel_values.shape[0], step)
+            ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @staticmethod
@@ -275,20 +308,26 @@ class DepthModel:
                 return restore_size(raw, self.spec, tuple(batch.shape[-2:]))
         if isinstance(images, (list, tuple)):
             return self._call_list(list(images))
-        raise TypeError(f"images must be a [B,3,H,W] tensor or a list of [3,H,W] tensors, "
-                        f"got {type(images).__name__}")
+        raise TypeError(
+            f"images must be a [B,3,H,W] tensor or a list of [3,H,W] tensors, "
+            f"got {type(images).__name__}"
+        )
 
     def _call_list(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, image in enumerate(images):
             if not isinstance(image, torch.Tensor) or image.dim() != 3:
-                raise ValueError(f"images[{i}] must be a [3,H,W] tensor, got "
-                                 f"{getattr(image, 'shape', type(image).__name__)}")
+                raise ValueError(
+                    f"images[{i}] must be a [3,H,W] tensor, got "
+                    f"{getattr(image, 'shape', type(image).__name__)}"
+                )
             by_shape[tuple(image.shape[-2:])].append(i)
         out: list[torch.Tensor | None] = [None] * len(images)
         with torch.no_grad():
-            prepared = {shape: self.preprocess(torch.stack([images[i] for i in idx]))
-                        for shape, idx in by_shape.items()}
+            prepared = {
+                shape: self.preprocess(torch.stack([images[i] for i in idx]))
+                for shape, idx in by_shape.items()
+            }
             by_model_shape: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)
             for shape, pixels in prepared.items():
                 by_model_shape[tuple(pixels.shape[-2:])].append(shape)
@@ -297,7 +336,7 @@ class DepthModel:
                 start = 0
                 for shape in shapes:
                     idx = by_shape[shape]
-                    depth = restore_size(raw[start:start + len(idx)], self.spec, shape)
+                    depth = restore_size(raw[start : start + len(idx)], self.spec, shape)
                     start += len(idx)
                     for j, i in enumerate(idx):
                         out[i] = depth[j]
@@ -308,8 +347,9 @@ def _check_batch(images: torch.Tensor) -> torch.Tensor:
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape [B,3,H,W], got {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise TypeError(f"images must be float in [0,1], got {images.dtype} "
-                        "(divide uint8 images by 255)")
+        raise TypeError(
+            f"images must be float in [0,1], got {images.dtype} (divide uint8 images by 255)"
+        )
     if images.numel():  # one device sync per call; cheap next to the network
         low, high = torch.stack(torch.aminmax(images.detach())).tolist()
         if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
@@ -329,8 +369,13 @@ def _output_kind(config: Any) -> str:
     return "relative_inverse_depth"
 
 
-def load_depth_model(name: str, device: torch.device | str, amp: bool = True,
-                     channels_last: bool = True, compile: bool = False) -> DepthModel:
+def load_depth_model(
+    name: str,
+    device: torch.device | str,
+    amp: bool = True,
+    channels_last: bool = True,
+    compile: bool = False,
+) -> DepthModel:
     """Load a frozen depth model from a hub id or a local ``save_pretrained`` directory.
 
     A hub id already in the Hugging Face cache loads from the cache without network access
@@ -344,28 +389,46 @@ def load_depth_model(name: str, device: torch.device | str, amp: bool = True,
         raise OracleDepthError(
             "depth model 'oracle' is not a network: it is the synthetic dataset's exact depth, "
             "which the synthetic card supplies with the data (the preprocess pipeline handles "
-            "it); pass a hub id or a local directory to load a depth network")
+            "it); pass a hub id or a local directory to load a depth network"
+        )
     source, local = resolve(name)
     where = f"depth model '{name}'"
     hub_kwargs, commit = ({}, None) if local else _hub_access(name)
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     try:
-        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=False,
-                                                       **hub_kwargs)
+        processor = AutoImageProcessor.from_pretrained(
+            source, trust_remote_code=False, **hub_kwargs
+        )
         # use_safetensors=None: model.safetensors when present, else .bin via weights_only load.
         model = AutoModelForDepthEstimation.from_pretrained(
-            source, trust_remote_code=False, use_safetensors=None, weights_only=True,
-            dtype=torch.float32, **hub_kwargs)
+            source,
+            trust_remote_code=False,
+            use_safetensors=None,
+            weights_only=True,
+            dtype=torch.float32,
+            **hub_kwargs,
+        )
     except (OSError, ValueError, KeyError) as e:
-        hint = ("" if local else " If this machine is offline, pass a local directory saved "
-                "with save_pretrained instead.")
+        hint = (
+            ""
+            if local
+            else " If this machine is offline, pass a local directory saved "
+            "with save_pretrained instead."
+        )
         raise DepthModelError(f"could not load {where}: {e}{hint}") from e
     spec = Preprocessing.from_processor(processor, where)
     version = dir_hash(Path(source)) if local else (commit or "")[:12]
     model_id = f"{name}@{version}" if version else name
-    return DepthModel(model, spec, model_id, torch.device(device), amp=amp,
-                      channels_last=channels_last, compile=compile)
+    return DepthModel(
+        model,
+        spec,
+        model_id,
+        torch.device(device),
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile,
+    )
 
 
 def _hub_access(name: str) -> tuple[dict[str, Any], str | None]:
@@ -377,19 +440,22 @@ def _hub_access(name: str) -> tuple[dict[str, Any], str | None]:
     try:
         cached = try_to_load_from_cache(name, "config.json")
     except ValueError as e:
-        raise DepthModelError(f"depth model '{name}' is neither a local directory nor a valid "
-                              f"hub id: {e}") from e
+        raise DepthModelError(
+            f"depth model '{name}' is neither a local directory nor a valid hub id: {e}"
+        ) from e
     if isinstance(cached, str):
         return {"local_files_only": True}, Path(cached).parent.name  # .../snapshots/<commit>/
     if constants.HF_HUB_OFFLINE:
         raise DepthModelError(
             f"depth model '{name}' is not a local directory and not in the Hugging Face cache "
-            "(HF_HUB_OFFLINE is set); pass a local directory saved with save_pretrained")
+            "(HF_HUB_OFFLINE is set); pass a local directory saved with save_pretrained"
+        )
     try:
         info = HfApi().model_info(name, timeout=HUB_TIMEOUT_S)
     except Exception as e:  # noqa: BLE001 -- any failure here is re-raised as a named error
         raise DepthModelError(
             f"depth model '{name}' is not a local directory, not in the Hugging Face cache, and "
             f"could not be found on the hub ({type(e).__name__}: {e}). Offline? Pass a local "
-            "directory saved with save_pretrained.") from e
+            "directory saved with save_pretrained."
+        ) from e
     return {"revision": info.sha} if info.sha else {}, info.sha

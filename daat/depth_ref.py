@@ -1,5 +1,6 @@
 """Naming depth models without loading them (no torch import): the oracle, local directories
 versus hub ids, and the identity that goes into content keys."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,12 +26,16 @@ def resolve(name: str) -> tuple[str, bool]:
     if path.is_dir():
         for needed in HASHED_FILES:
             if not (path / needed).is_file():
-                raise DepthModelError(f"depth model directory {path} has no {needed} (save both "
-                                      "the model and its image processor with save_pretrained)")
+                raise DepthModelError(
+                    f"depth model directory {path} has no {needed} (save both "
+                    "the model and its image processor with save_pretrained)"
+                )
         return str(path), True
     if path.exists():
-        raise DepthModelError(f"depth model '{name}' is a file; expected a hub id or a "
-                              "directory written by save_pretrained")
+        raise DepthModelError(
+            f"depth model '{name}' is a file; expected a hub id or a "
+            "directory written by save_pretrained"
+        )
     if looks_like_path(name):
         raise DepthModelError(f"depth model directory not found: {name}")
     return name, False
@@ -38,15 +43,22 @@ def resolve(name: str) -> tuple[str, bool]:
 
 def looks_like_path(name: str) -> bool:
     # Hub ids are 'repo' or 'org/repo'; anything else with separators is meant as a path.
-    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
-            or name.endswith("/"))
+    return (
+        name.startswith(("/", ".", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or name.endswith("/")
+    )
 
 
 def dir_hash(path: Path) -> str:
     """Short sha256 over the config, processor config and weight files of a local model."""
     digest = hashlib.sha256()
-    files = sorted(p for p in path.iterdir()
-                   if p.is_file() and (p.name in HASHED_FILES or p.suffix in WEIGHT_SUFFIXES))
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and (p.name in HASHED_FILES or p.suffix in WEIGHT_SUFFIXES)
+    )
     for file in files:
         digest.update(file.name.encode() + b"\0")
         with open(file, "rb") as f:

@@ -1,9 +1,11 @@
 """torch.distributed set-up shared by every stage (torchrun env vars; gloo on CPU, nccl on CUDA)."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -36,8 +38,9 @@ def init(device: torch.device | None = None) -> DistInfo:
     if not torch_dist.is_initialized():
         cuda = device is not None and device.type == "cuda"
         torch_dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(),
-                    int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(
+        torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def barrier() -> None:

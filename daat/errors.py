@@ -1,4 +1,5 @@
 """Errors raised at the project's boundaries; the CLI prints them as one line and exits 2."""
+
 from __future__ import annotations
 
 import errno
@@ -42,9 +43,9 @@ def one_line(error: BaseException) -> str:
 
 _STORAGE_FIXES = {
     errno.ENOSPC: "free space there (or point --out at another disk) and rerun the same "
-                  "command: finished work is reused",
+    "command: finished work is reused",
     errno.EDQUOT: "free space within your quota (or point --out elsewhere) and rerun the same "
-                  "command: finished work is reused",
+    "command: finished work is reused",
     errno.EROFS: "point --out at a writable file system",
     errno.EACCES: "fix that path's permissions or choose a writable --out",
     errno.EPERM: "fix that path's permissions or choose a writable --out",

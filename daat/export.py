@@ -19,6 +19,7 @@ Load it with ``torch.export.load("model.pt2").module()``.
 Exports are deterministic: the same run exported twice gives the same bytes. ``out`` is replaced
 as a whole (a folder holding anything but a previous export is refused).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,12 @@ class ExportError(DaatError):
     """The run cannot be exported in the requested format (the message says why)."""
 
 
-def export(run_dir: str | os.PathLike, out: str | os.PathLike, fmt: str = "timm",
-           checkpoint: str | os.PathLike | None = None) -> Path:
+def export(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    fmt: str = "timm",
+    checkpoint: str | os.PathLike | None = None,
+) -> Path:
     """Write the run's model to ``out`` in ``fmt`` (``timm`` | ``robust``); returns ``out``."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (formats: {', '.join(FORMATS)})")
@@ -87,8 +92,10 @@ def _check_target(out: Path) -> None:
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
         if foreign:
-            raise ExportError(f"--out {out} holds files that are not a daat export "
-                              f"({', '.join(foreign[:3])}); choose an empty or new directory")
+            raise ExportError(
+                f"--out {out} holds files that are not a daat export "
+                f"({', '.join(foreign[:3])}); choose an empty or new directory"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
@@ -98,20 +105,25 @@ def timm_state_dict(model) -> dict:
     state = model.state_dict()
     outside = sorted(k for k in state if not k.startswith("vit.") and k not in ("mean", "std"))
     if outside:
-        raise ExportError(_not_timm(f"it has weights outside the timm ViT "
-                                    f"({', '.join(outside[:3])})"))
-    return {k[len("vit."):]: v.detach().contiguous() for k, v in state.items()
-            if k.startswith("vit.")}
+        raise ExportError(
+            _not_timm(f"it has weights outside the timm ViT ({', '.join(outside[:3])})")
+        )
+    return {
+        k[len("vit.") :]: v.detach().contiguous() for k, v in state.items() if k.startswith("vit.")
+    }
 
 
 def _not_timm(why: str) -> str:
-    return (f"this run's model cannot be expressed as a plain timm model: {why}. Export it with "
-            "--format robust (a torch.export file of the whole model) instead")
+    return (
+        f"this run's model cannot be expressed as a plain timm model: {why}. Export it with "
+        "--format robust (a torch.export file of the whole model) instead"
+    )
 
 
 def _float32_list(t) -> list[float]:
     """The shortest decimals that round-trip each float32 value (0.485, not 0.48500001430511475)."""
     import numpy as np
+
     return [float(str(np.float32(v))) for v in t.flatten().tolist()]
 
 
@@ -120,8 +132,12 @@ def timm_config(model, cfg, shards: dict | None) -> dict:
     from daat.models import timm_model_args
 
     if cfg.model.stem != "patch":
-        raise ExportError(_not_timm(f"it has a convolutional stem (model.stem={cfg.model.stem}), "
-                                    "which timm's VisionTransformer cannot build from config.json"))
+        raise ExportError(
+            _not_timm(
+                f"it has a convolutional stem (model.stem={cfg.model.stem}), "
+                "which timm's VisionTransformer cannot build from config.json"
+            )
+        )
     import timm
 
     vit = model.vit
@@ -142,10 +158,13 @@ def timm_config(model, cfg, shards: dict | None) -> dict:
         "first_conv": arch_cfg.get("first_conv"),
         "classifier": arch_cfg.get("classifier"),
         "description": "Depth-Aware Adversarial Training (daat) student; takes images in [0,1] "
-                       "normalised with mean/std",
+        "normalised with mean/std",
     }
-    config = {"architecture": architecture, "num_classes": num_classes,
-              "num_features": int(vit.num_features)}
+    config = {
+        "architecture": architecture,
+        "num_classes": num_classes,
+        "num_features": int(vit.num_features),
+    }
     if isinstance(getattr(vit, "global_pool", None), str) and vit.global_pool:
         config["global_pool"] = vit.global_pool
     if shards is not None:
@@ -171,6 +190,7 @@ def _write_timm(model, cfg, shards: dict | None, folder: Path) -> None:
 def check_inputs(model, seed: int = 0):
     """A fixed batch of [0,1] images for ``model`` (the same on every call)."""
     import torch
+
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(_CHECK_BATCH, *model.input_size, generator=gen)
 
@@ -183,8 +203,12 @@ def _check_timm(model, folder: Path, run_id: str) -> None:
     try:
         rebuilt = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
-        raise ExportError(f"{run_id}: " + _not_timm(f"timm cannot rebuild it ({type(e).__name__}: "
-                                                    f"{str(e).splitlines()[0][:200]})")) from e
+        raise ExportError(
+            f"{run_id}: "
+            + _not_timm(
+                f"timm cannot rebuild it ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            )
+        ) from e
     x = check_inputs(model)
     cfg = rebuilt.pretrained_cfg
     mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
@@ -193,8 +217,12 @@ def _check_timm(model, folder: Path, run_id: str) -> None:
         expected, got = model(x), rebuilt((x - mean) / std)
     diff = (expected - got).abs().max().item()
     if got.shape != expected.shape or not diff <= _CHECK_ATOL:
-        raise ExportError(f"{run_id}: " + _not_timm(f"timm's rebuild gives different logits (max "
-                                                    f"|diff| {diff:.3g} > {_CHECK_ATOL})"))
+        raise ExportError(
+            f"{run_id}: "
+            + _not_timm(
+                f"timm's rebuild gives different logits (max |diff| {diff:.3g} > {_CHECK_ATOL})"
+            )
+        )
 
 
 def _shard_facts(shards_dir: Path) -> dict | None:
@@ -205,12 +233,18 @@ def _shard_facts(shards_dir: Path) -> dict | None:
     try:
         shards = open_shards(shards_dir)
     except DaatError as e:
-        print(f"warning: exporting without label names: cannot open the run's shards ({e})",
-              file=sys.stderr)
+        print(
+            f"warning: exporting without label names: cannot open the run's shards ({e})",
+            file=sys.stderr,
+        )
         return None
     card = shards.extra.get("card") or {}
-    return {"labels": shards.classes, "names": dict(card.get("class_names") or {}),
-            "card": card.get("name", "?"), "key": shards.manifest.get("key", "?")}
+    return {
+        "labels": shards.classes,
+        "names": dict(card.get("class_names") or {}),
+        "card": card.get("name", "?"),
+        "key": shards.manifest.get("key", "?"),
+    }
 
 
 # -- torch.export file ----------------------------------------------------------------------
@@ -234,20 +268,28 @@ def model_card(run, cfg, model, fmt: str, shards: dict | None) -> str:
     extra = run.extra
     final = extra.get("final_metrics") or {}
     _, h, w = model.input_size
-    rows = [("run", run.id), ("run key", run.manifest.get("key", "?")),
-            ("shards", lineage[0] if lineage else "?"),
-            ("shards key", shards["key"] if shards else "? (shards not found)"),
-            ("other inputs", ", ".join(lineage[1:]) or "-"),
-            ("depth model", extra.get("depth_model", "?")),
-            ("teacher", extra.get("teacher") or "-"),
-            ("preset", cfg.preset or "-"), ("data card", shards["card"] if shards else "?"),
-            ("training steps", extra.get("steps", "?")),
-            ("daat", run.manifest.get("versions", {}).get("daat", "?"))]
+    rows = [
+        ("run", run.id),
+        ("run key", run.manifest.get("key", "?")),
+        ("shards", lineage[0] if lineage else "?"),
+        ("shards key", shards["key"] if shards else "? (shards not found)"),
+        ("other inputs", ", ".join(lineage[1:]) or "-"),
+        ("depth model", extra.get("depth_model", "?")),
+        ("teacher", extra.get("teacher") or "-"),
+        ("preset", cfg.preset or "-"),
+        ("data card", shards["card"] if shards else "?"),
+        ("training steps", extra.get("steps", "?")),
+        ("daat", run.manifest.get("versions", {}).get("daat", "?")),
+    ]
     if final:
-        rows += [("val clean accuracy", f"{final.get('val_clean_acc', float('nan')):.4f}"),
-                 (f"val PGD-{final.get('val_pgd_steps', '?')} accuracy",
-                  f"{final.get('val_pgd_acc', float('nan')):.4f} at eps "
-                  f"{final.get('val_eps', float('nan')) * 255:.3g}/255 (L-inf, [0,1] pixels)")]
+        rows += [
+            ("val clean accuracy", f"{final.get('val_clean_acc', float('nan')):.4f}"),
+            (
+                f"val PGD-{final.get('val_pgd_steps', '?')} accuracy",
+                f"{final.get('val_pgd_acc', float('nan')):.4f} at eps "
+                f"{final.get('val_eps', float('nan')) * 255:.3g}/255 (L-inf, [0,1] pixels)",
+            ),
+        ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     mean = ", ".join(f"{v:g}" for v in _float32_list(model.mean))
     std = ", ".join(f"{v:g}" for v in _float32_list(model.std))
@@ -293,16 +335,16 @@ Evaluation preprocessing in daat: resize the short side (bicubic), centre-crop t
 
 _INPUT = {
     "timm": "Pixel values in [0,1], then normalised with mean ({mean}) and std ({std}), as "
-            "`pretrained_cfg` says (timm's `resolve_data_config` + `create_transform` do it).",
+    "`pretrained_cfg` says (timm's `resolve_data_config` + `create_transform` do it).",
     "robust": "Pixel values in [0,1]; the normalisation (mean ({mean}), std ({std})) is inside "
-              "the model (RobustBench convention).",
+    "the model (RobustBench convention).",
 }
 _USAGE = {
     "timm": "import timm, torch\n"
-            "model = timm.create_model(\"local-dir:PATH_TO_THIS_FOLDER\", pretrained=True).eval()\n"
-            "cfg = timm.data.resolve_data_config({}, model=model)\n"
-            "transform = timm.data.create_transform(**cfg)  # PIL image -> normalised tensor",
+    'model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True).eval()\n'
+    "cfg = timm.data.resolve_data_config({}, model=model)\n"
+    "transform = timm.data.create_transform(**cfg)  # PIL image -> normalised tensor",
     "robust": "import torch\n"
-              "model = torch.export.load(\"model.pt2\").module()  # takes [B, 3, H, W] in [0,1]\n"
-              "logits = model(images)",
+    'model = torch.export.load("model.pt2").module()  # takes [B, 3, H, W] in [0,1]\n'
+    "logits = model(images)",
 }

@@ -6,11 +6,13 @@ that are not config beside them: the shard artifact its card (minus ``card_ignor
 fingerprints and the format versions; a run the content digest of its shards; an evaluation the
 run id, the checkpoint's sha256 and the content digest of the shards it reads.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 Keys = dict[str, tuple[str, ...]]  # section ("" = top level) -> key names; () = whole section
 
@@ -73,44 +75,78 @@ def _runs_by_lineage(d: dict) -> None:
 RULES: dict[str, KeyRules] = {
     # What is stored: inputs, their resize/encoding and the depth model behind the saliency.
     "shards": KeyRules(
-        keep={"data": ("card", "splits", "resize_short", "center_crop", "jpeg_quality",
-                       "shard_size", "max_image_pixels", "min_image_side"),
-              "depth": ("model",)},
-        drop={}, card_ignore=("description", "licence", "class_names")),
+        keep={
+            "data": (
+                "card",
+                "splits",
+                "resize_short",
+                "center_crop",
+                "jpeg_quality",
+                "shard_size",
+                "max_image_pixels",
+                "min_image_side",
+            ),
+            "depth": ("model",),
+        },
+        drop={},
+        card_ignore=("description", "licence", "class_names"),
+    ),
     # What a run learns. Left out: how it executes or reports (and ``data``, which the shards'
     # id and content digest stand for), and settings its other settings switch off, so e.g. the
     # ``run:standard`` teacher and a ``standard`` preset run share one key. A run that starts from
     # another is keyed with the epochs it trains (``as_trained``).
     "run": KeyRules(
         keep=None,
-        drop={"": ("preset", "device", "data", "eval"),
-              "train": ("log_every_steps", "ckpt_every_steps", "keep_step_checkpoints",
-                        "keep_epoch_checkpoints", "compile", "loggers", "tracker_project",
-                        "mlflow_uri", "wandb_mode"),
-              "depth": ("batch_size", "channels_last", "compile", "allow_other_model")},
-        drop_if=((_no_attack, {"attack": ("alpha", "random_start", "amp", "eps_warmup_epochs")}),
-                 (_from_scratch, {"train": ("finetune_epochs",)}),
-                 (_no_align, {"": ("depth",), "loss": ("s_schedule", "s_warmup_frac")}),
-                 (_cached_target, {"depth": ("model", "amp", "online_every", "online_epochs")}),
-                 (_no_feat, {"loss": ("teacher", "teacher_arch", "gamma_frac")})),
-        rewrite=(_runs_by_lineage,), resolve=as_trained),
+        drop={
+            "": ("preset", "device", "data", "eval"),
+            "train": (
+                "log_every_steps",
+                "ckpt_every_steps",
+                "keep_step_checkpoints",
+                "keep_epoch_checkpoints",
+                "compile",
+                "loggers",
+                "tracker_project",
+                "mlflow_uri",
+                "wandb_mode",
+            ),
+            "depth": ("batch_size", "channels_last", "compile", "allow_other_model"),
+        },
+        drop_if=(
+            (_no_attack, {"attack": ("alpha", "random_start", "amp", "eps_warmup_epochs")}),
+            (_from_scratch, {"train": ("finetune_epochs",)}),
+            (_no_align, {"": ("depth",), "loss": ("s_schedule", "s_warmup_frac")}),
+            (_cached_target, {"depth": ("model", "amp", "online_every", "online_epochs")}),
+            (_no_feat, {"loss": ("teacher", "teacher_arch", "gamma_frac")}),
+        ),
+        rewrite=(_runs_by_lineage,),
+        resolve=as_trained,
+    ),
     # What an evaluation measures; the rest of its config is its run's (only ``free`` may differ).
     "eval": KeyRules(
-        keep={"eval": ()}, drop={"eval": ("batch_size",)},
-        free=frozenset({"preset", "device", "eval", "data.num_workers"})),
+        keep={"eval": ()},
+        drop={"eval": ("batch_size",)},
+        free=frozenset({"preset", "device", "eval", "data.num_workers"}),
+    ),
 }
 
 
 def determining(kind: str, cfg: Any) -> dict:
     """The config keys that decide an artifact of ``kind`` (a ``Config`` or its dict)."""
     from daat import config as config_mod
+
     full = copy.deepcopy(cfg if isinstance(cfg, dict) else config_mod.to_dict(cfg))
     rules = RULES[kind]
     if rules.resolve is not None:
         full = rules.resolve(full)
-    out = full if rules.keep is None else {
-        section: dict(full[section]) if not names else {k: full[section][k] for k in names}
-        for section, names in rules.keep.items()}
+    out = (
+        full
+        if rules.keep is None
+        else {
+            section: dict(full[section]) if not names else {k: full[section][k] for k in names}
+            for section, names in rules.keep.items()
+        }
+    )
     for drop in (rules.drop, *(keys for applies, keys in rules.drop_if if applies(full))):
         for section, names in drop.items():
             target = out if section == "" else out.get(section, {})

@@ -9,6 +9,7 @@ Within one process the lock is re-entrant: a stage that reuses another stage's a
 ``run:standard`` teacher) or a test that opens an artifact twice does not lock itself out. Forked
 children (data loader workers, the shard writer) do not inherit it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -30,13 +31,13 @@ class ArtifactInUse(DaatError):
 class WriterLock:
     """A held writer lock; ``release`` (or process exit) frees it."""
 
-    _held: dict[str, "WriterLock"] = {}  # real path of the artifact -> this process's lock
+    _held: dict[str, WriterLock] = {}  # real path of the artifact -> this process's lock
 
     def __init__(self, directory: Path, fd: int):
         self.directory, self._fd, self._depth = directory, fd, 1
 
     @classmethod
-    def acquire(cls, directory: str | os.PathLike) -> "WriterLock":
+    def acquire(cls, directory: str | os.PathLike) -> WriterLock:
         """Take the lock of ``directory`` (which must exist) or raise ``ArtifactInUse`` at once."""
         directory = Path(directory)
         key = os.path.realpath(directory)
@@ -50,16 +51,22 @@ class WriterLock:
         except BlockingIOError:
             holder = _holder(fd, wait=True)
             os.close(fd)
-            raise ArtifactInUse(f"{directory} is in use by {holder or 'another process'}; wait "
-                                f"for it to finish, or stop it") from None
+            raise ArtifactInUse(
+                f"{directory} is in use by {holder or 'another process'}; wait "
+                f"for it to finish, or stop it"
+            ) from None
         except OSError as e:
             os.close(fd)
-            raise DaatError(f"{directory}: cannot take the writer lock ({e.strerror}); put --out "
-                            f"on a file system that supports flock") from e
+            raise DaatError(
+                f"{directory}: cannot take the writer lock ({e.strerror}); put --out "
+                f"on a file system that supports flock"
+            ) from e
         stale = _holder(fd, wait=False)
         if stale:  # a clean release empties the file: this holder was killed
-            sys.stderr.write(f"note: {directory}: taking over the lock of {stale}, which "
-                             f"ended without releasing it\n")
+            sys.stderr.write(
+                f"note: {directory}: taking over the lock of {stale}, which "
+                f"ended without releasing it\n"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} (host {socket.gethostname()})\n".encode(), 0)
         lock = cls(directory, fd)

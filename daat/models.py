@@ -10,13 +10,15 @@ only the CLS row from each block's qkv projection output (captured by a forward 
 matmul), which costs O(N) per head instead of the O(N^2) map. The hooks are registered once and
 are inert (an attribute test) except inside ``forward_train(..., need_attention=True)``.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import timm
 import torch
@@ -29,7 +31,9 @@ from daat.errors import DaatError, DataError
 
 AGGREGATES = ("mean", "last", "rollout")
 DEFAULT_TEACHER_ARCH = "vit_base_patch14_dinov2"
-TEACHER_SPEC_KEY = "daat_teacher"  # safetensors metadata / checkpoint key holding the teacher's arch
+TEACHER_SPEC_KEY = (
+    "daat_teacher"  # safetensors metadata / checkpoint key holding the teacher's arch
+)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -55,7 +59,9 @@ def _cls_and_patches(tokens: torch.Tensor, num_prefix: int) -> torch.Tensor:
     return torch.cat([tokens[:, :1], tokens[:, num_prefix:]], dim=1)
 
 
-def _split_qk(attn: Attention, qkv: torch.Tensor, all_queries: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_qk(
+    attn: Attention, qkv: torch.Tensor, all_queries: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q (CLS only unless ``all_queries``) and k from a qkv output laid out as timm's Attention does:
     [B, N, 3*H*hd] -> (3, H, hd); q_norm/k_norm act on the head dim, as in timm. fp32 for the softmax."""
     b, n, _ = qkv.shape
@@ -98,8 +104,14 @@ class _TapSink:
         self.first = 0  # blocks before this index are not recorded ("last" records one block)
 
 
-def _tap_hook(sink: _TapSink, index: int, attn: Attention, _module: nn.Module, _inputs: tuple,
-              qkv: torch.Tensor) -> None:
+def _tap_hook(
+    sink: _TapSink,
+    index: int,
+    attn: Attention,
+    _module: nn.Module,
+    _inputs: tuple,
+    qkv: torch.Tensor,
+) -> None:
     if sink.rows is not None and index >= sink.first:
         sink.rows.append(_attention_rows(attn, qkv, all_queries=sink.full))
 
@@ -110,7 +122,9 @@ class DaatViT(nn.Module):
     def __init__(self, vit: nn.Module, aggregate: str = "mean"):
         super().__init__()
         if aggregate not in AGGREGATES:
-            raise ConfigError(f"model.attention_aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+            raise ConfigError(
+                f"model.attention_aggregate must be one of {AGGREGATES}, got {aggregate!r}"
+            )
         _check_tappable(vit)
         _norm_buffers(self, vit)
         self.vit = vit
@@ -143,20 +157,24 @@ class DaatViT(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         size = tuple(self.vit.patch_embed.img_size)
         if x.dim() != 4 or tuple(x.shape[-2:]) != size:
-            raise ValueError(f"DaatViT expects images [B, 3, {size[0]}, {size[1]}] in [0,1] "
-                             f"(model.img_size), got {tuple(x.shape)}")
+            raise ValueError(
+                f"DaatViT expects images [B, 3, {size[0]}, {size[1]}] in [0,1] "
+                f"(model.img_size), got {tuple(x.shape)}"
+            )
         return (x - self.mean) / self.std
 
-    def forward(self, x: torch.Tensor, need_attention: bool = False,
-                need_tokens: bool = False) -> torch.Tensor | Outputs:
+    def forward(
+        self, x: torch.Tensor, need_attention: bool = False, need_tokens: bool = False
+    ) -> torch.Tensor | Outputs:
         """Logits; or ``Outputs`` when a tap is requested (so a DDP wrapper, which only routes
         ``forward``, can run the training forward)."""
         if need_attention or need_tokens:
             return self.forward_train(x, need_attention, need_tokens)
         return self.vit(self.normalize(x))
 
-    def forward_train(self, x: torch.Tensor, need_attention: bool = False,
-                      need_tokens: bool = False) -> Outputs:
+    def forward_train(
+        self, x: torch.Tensor, need_attention: bool = False, need_tokens: bool = False
+    ) -> Outputs:
         """One forward pass giving logits, A(x) [B, h*w] and/or final-norm tokens [B, 1+N, D]."""
         with self._tap(need_attention) as rows:
             feats = self.vit.forward_features(self.normalize(x))
@@ -181,13 +199,15 @@ class DaatViT(nn.Module):
 
     def _aggregate(self, rows: list[torch.Tensor]) -> torch.Tensor:
         if len(rows) != (1 if self.aggregate == "last" else len(self.vit.blocks)):
-            raise RuntimeError(f"attention tap saw {len(rows)} blocks; the ViT's forward did not run "
-                               "every block's qkv (gradient checkpointing or a custom block?)")
+            raise RuntimeError(
+                f"attention tap saw {len(rows)} blocks; the ViT's forward did not run "
+                "every block's qkv (gradient checkpointing or a custom block?)"
+            )
         if self.aggregate == "rollout":
             cls_row = _rollout_cls_row(rows)
         else:
             cls_row = torch.stack([r[:, 0] for r in rows]).mean(dim=0)
-        return _unit_mass(cls_row[:, self.num_prefix_tokens:])
+        return _unit_mass(cls_row[:, self.num_prefix_tokens :])
 
 
 def _check_tappable(vit: nn.Module) -> None:
@@ -200,8 +220,10 @@ def _check_tappable(vit: nn.Module) -> None:
         raise ConfigError(f"model {name} uses dynamic_img_size; the tap needs a fixed patch grid")
     for i, block in enumerate(vit.blocks):
         if type(getattr(block, "attn", None)) is not Attention:
-            raise ConfigError(f"model {name} block {i} does not use timm's plain Attention "
-                              f"({type(getattr(block, 'attn', None)).__name__}); the tap reads its qkv layout")
+            raise ConfigError(
+                f"model {name} block {i} does not use timm's plain Attention "
+                f"({type(getattr(block, 'attn', None)).__name__}); the tap reads its qkv layout"
+            )
 
 
 class ConvStem(PatchEmbed):
@@ -213,21 +235,31 @@ class ConvStem(PatchEmbed):
     paper's BatchNorm: the model keeps no batch statistics, so a sample's logits never depend on
     the rest of its batch (training batches [x_adv; x] together; attacks run in eval mode)."""
 
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, bias=True,
-                 **kwargs):
-        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                         embed_dim=embed_dim, bias=bias, **kwargs)
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, bias=True, **kwargs):
+        super().__init__(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            bias=bias,
+            **kwargs,
+        )
         size = self.patch_size[0]
         if size != self.patch_size[1] or size < 2 or size & (size - 1):
-            raise ConfigError(f"model.stem=conv needs model.patch_size to be a power of two "
-                              f">= 2 (one stride-2 conv per halving), got {self.patch_size}")
+            raise ConfigError(
+                f"model.stem=conv needs model.patch_size to be a power of two "
+                f">= 2 (one stride-2 conv per halving), got {self.patch_size}"
+            )
         halvings = size.bit_length() - 1
         layers: list[nn.Module] = []
         width_in = in_chans
         for i in range(halvings):
             width = max(embed_dim >> (halvings - i), 8)
-            layers += [nn.Conv2d(width_in, width, 3, stride=2, padding=1, bias=False),
-                       LayerNorm2d(width), nn.GELU()]
+            layers += [
+                nn.Conv2d(width_in, width, 3, stride=2, padding=1, bias=False),
+                LayerNorm2d(width),
+                nn.GELU(),
+            ]
             width_in = width
         layers.append(nn.Conv2d(width_in, embed_dim, 1, bias=bias))
         self.proj = nn.Sequential(*layers)
@@ -256,13 +288,18 @@ def build_student(model_cfg: ModelConfig, num_classes: int) -> DaatViT:
     if not timm.is_model(model_cfg.name):
         raise ConfigError(f"config key 'model.name': unknown timm model {model_cfg.name!r}")
     try:
-        vit = timm.create_model(model_cfg.name, pretrained=model_cfg.pretrained,
-                                num_classes=num_classes, **timm_model_args(model_cfg))
+        vit = timm.create_model(
+            model_cfg.name,
+            pretrained=model_cfg.pretrained,
+            num_classes=num_classes,
+            **timm_model_args(model_cfg),
+        )
     except (OSError, RuntimeError) as e:
         if not model_cfg.pretrained:
             raise
-        raise DaatError(f"could not load pretrained weights for model.name {model_cfg.name!r} "
-                        f"(offline?): {e}") from e
+        raise DaatError(
+            f"could not load pretrained weights for model.name {model_cfg.name!r} (offline?): {e}"
+        ) from e
     return DaatViT(vit, model_cfg.attention_aggregate)
 
 
@@ -280,7 +317,9 @@ class FeatureProjection(nn.Module):
 
 def build_projection(student_dim: int, teacher_dim: int) -> nn.Module:
     """Identity when the widths match (Eq. 3 compares tokens directly), else a FeatureProjection."""
-    return nn.Identity() if student_dim == teacher_dim else FeatureProjection(student_dim, teacher_dim)
+    return (
+        nn.Identity() if student_dim == teacher_dim else FeatureProjection(student_dim, teacher_dim)
+    )
 
 
 class Teacher(nn.Module):
@@ -299,22 +338,27 @@ class Teacher(nn.Module):
     def embed_dim(self) -> int:
         return self.vit.embed_dim
 
-    def train(self, mode: bool = True) -> "Teacher":
+    def train(self, mode: bool = True) -> Teacher:
         # Frozen: a parent's .train() must not switch on dropout/drop-path in the teacher.
         return super().train(False)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_size or x.shape[-2] != self.in_size:
-            x = F.interpolate(x, size=(self.in_size, self.in_size), mode="bilinear", align_corners=False)
-        tokens = _cls_and_patches(self.vit.forward_features((x - self.mean) / self.std),
-                                  self.vit.num_prefix_tokens)
+            x = F.interpolate(
+                x, size=(self.in_size, self.in_size), mode="bilinear", align_corners=False
+            )
+        tokens = _cls_and_patches(
+            self.vit.forward_features((x - self.mean) / self.std), self.vit.num_prefix_tokens
+        )
         own = tuple(self.vit.patch_embed.grid_size)
         if own == self.grid:
             return tokens
         b, _, d = tokens.shape
         patches = tokens[:, 1:].transpose(1, 2).reshape(b, d, *own)
-        patches = F.interpolate(patches.float(), size=self.grid, mode="bilinear", align_corners=False)
+        patches = F.interpolate(
+            patches.float(), size=self.grid, mode="bilinear", align_corners=False
+        )
         patches = patches.to(tokens.dtype).flatten(2).transpose(1, 2)
         return torch.cat([tokens[:, :1], patches], dim=1)
 
@@ -340,6 +384,7 @@ def read_teacher_spec(path: Path) -> dict:
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
+
             with safe_open(str(path), framework="pt") as f:
                 text = (f.metadata() or {}).get(TEACHER_SPEC_KEY)
         else:
@@ -350,8 +395,13 @@ def read_teacher_spec(path: Path) -> dict:
         raise DataError(f"teacher weights {path}: cannot read ({type(e).__name__}: {e})") from e
 
 
-def build_teacher(name_or_path: str, img_size: int, patch_grid: tuple[int, int],
-                  device: torch.device | str = "cpu", arch_overrides: dict | None = None) -> Teacher:
+def build_teacher(
+    name_or_path: str,
+    img_size: int,
+    patch_grid: tuple[int, int],
+    device: torch.device | str = "cpu",
+    arch_overrides: dict | None = None,
+) -> Teacher:
     """A frozen DINOv2 from a timm hub name (``vit_base_patch14_dinov2.lvd142m``) or local weights
     (a safetensors / torch file, or a timm-style directory). ``arch_overrides`` (``architecture``
     plus timm kwargs such as ``embed_dim``; ``loss.teacher_arch`` gives the architecture) beat the
@@ -372,27 +422,34 @@ def build_teacher(name_or_path: str, img_size: int, patch_grid: tuple[int, int],
     else:
         arch, kwargs, overlay = overrides.pop("architecture", None) or name_or_path, overrides, None
     if not (timm.is_model(arch) or arch.startswith("hf-hub:")):
-        raise DataError(f"teacher {name_or_path!r} is neither an existing weights file/directory "
-                        f"nor a timm model name ({arch!r}) (loss.teacher, loss.teacher_arch)")
+        raise DataError(
+            f"teacher {name_or_path!r} is neither an existing weights file/directory "
+            f"nor a timm model name ({arch!r}) (loss.teacher, loss.teacher_arch)"
+        )
     if overlay is None:
         _check_hub_weights(name_or_path, arch)
     try:
         vit = _create_teacher_vit(arch, img_size, overlay, kwargs)
     except Exception as e:  # hub, network and file errors come in many types; all mean "no teacher"
         raise DaatError(_teacher_problem(name_or_path, arch, e)) from e
-    return Teacher(vit, vit.patch_embed.img_size[0], patch_grid, model_id=str(name_or_path)).to(device)
+    return Teacher(vit, vit.patch_embed.img_size[0], patch_grid, model_id=str(name_or_path)).to(
+        device
+    )
 
 
-_OFFLINE_FIX = ("Offline, set loss.teacher to a local weights file or directory (loss.teacher_arch "
-                "names its timm architecture when the file does not), or 'loss.teacher: "
-                "run:standard' (a standard run on the same shards as the teacher), or "
-                "loss.gamma0=0 to train without L_feat")
+_OFFLINE_FIX = (
+    "Offline, set loss.teacher to a local weights file or directory (loss.teacher_arch "
+    "names its timm architecture when the file does not), or 'loss.teacher: "
+    "run:standard' (a standard run on the same shards as the teacher), or "
+    "loss.gamma0=0 to train without L_feat"
+)
 
 
 def _hub_offline() -> bool:
     import os
 
     from huggingface_hub import constants
+
     flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
     return flag or bool(constants.HF_HUB_OFFLINE)
 
@@ -406,24 +463,28 @@ def _check_hub_weights(name: str, arch: str) -> None:
     from daat.depth import HUB_TIMEOUT_S
 
     pretrained = get_pretrained_cfg(name) or get_pretrained_cfg(arch)
-    hub_id = getattr(pretrained, "hf_hub_id", None) or (arch[len("hf-hub:"):]
-                                                        if arch.startswith("hf-hub:") else None)
+    hub_id = getattr(pretrained, "hf_hub_id", None) or (
+        arch[len("hf-hub:") :] if arch.startswith("hf-hub:") else None
+    )
     if not hub_id:
         return
     hub_id = hub_id.split("@")[0]
-    names = [getattr(pretrained, "hf_hub_filename", None), "model.safetensors",
-             "pytorch_model.bin"]
+    names = [getattr(pretrained, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"]
     if any(isinstance(try_to_load_from_cache(hub_id, n), str) for n in names if n):
         return
     if _hub_offline():
-        raise DaatError(f"teacher {name!r} (loss.teacher) is not in the Hugging Face cache and "
-                        f"HF_HUB_OFFLINE is set. {_OFFLINE_FIX}")
+        raise DaatError(
+            f"teacher {name!r} (loss.teacher) is not in the Hugging Face cache and "
+            f"HF_HUB_OFFLINE is set. {_OFFLINE_FIX}"
+        )
     try:
         HfApi().model_info(hub_id, timeout=HUB_TIMEOUT_S)
     except Exception as e:  # noqa: BLE001 -- any failure here means the weights cannot come
-        raise DaatError(f"teacher {name!r} (loss.teacher) is not in the Hugging Face cache and "
-                        f"the hub is unreachable ({type(e).__name__}: {_first_line(e)}); without "
-                        f"a network set HF_HUB_OFFLINE=1 to fail at once. {_OFFLINE_FIX}") from e
+        raise DaatError(
+            f"teacher {name!r} (loss.teacher) is not in the Hugging Face cache and "
+            f"the hub is unreachable ({type(e).__name__}: {_first_line(e)}); without "
+            f"a network set HF_HUB_OFFLINE=1 to fail at once. {_OFFLINE_FIX}"
+        ) from e
 
 
 def _first_line(error: BaseException) -> str:
@@ -439,40 +500,66 @@ def _teacher_problem(name: str, arch: str, error: Exception) -> str:
     shapes = re.findall(r"size mismatch for ([\w.]+)", text)
     missing = re.search(r"Missing key\(s\) in state_dict: ([^\n]*)", text)
     unexpected = re.search(r"Unexpected key\(s\) in state_dict: ([^\n]*)", text)
-    counts = {"of another shape": len(shapes),
-              "missing": len(re.findall(r'"[^"]+"', missing.group(1))) if missing else 0,
-              "unexpected": len(re.findall(r'"[^"]+"', unexpected.group(1))) if unexpected else 0}
+    counts = {
+        "of another shape": len(shapes),
+        "missing": len(re.findall(r'"[^"]+"', missing.group(1))) if missing else 0,
+        "unexpected": len(re.findall(r'"[^"]+"', unexpected.group(1))) if unexpected else 0,
+    }
     if any(counts.values()):
         example = shapes[0] if shapes else re.findall(r'"([^"]+)"', (missing or unexpected)[1])[0]
         found = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
-        return (f"teacher weights {name!r} do not fit the architecture {arch} (tensors: {found}; "
-                f"e.g. {example}); name the weights' timm architecture with loss.teacher_arch "
-                f"(e.g. vit_small_patch14_dinov2)")
+        return (
+            f"teacher weights {name!r} do not fit the architecture {arch} (tensors: {found}; "
+            f"e.g. {example}); name the weights' timm architecture with loss.teacher_arch "
+            f"(e.g. vit_small_patch14_dinov2)"
+        )
     return f"could not load teacher {name!r} ({arch}): {type(error).__name__}: {_first_line(error)}"
 
 
 def _create_teacher_vit(arch: str, img_size: int, overlay: dict | None, kwargs: dict) -> nn.Module:
     with torch.device("meta"):  # only to read the patch size: no weights are allocated or loaded
-        patch = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs).patch_embed.patch_size[0]
-    return timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay,
-                             img_size=teacher_input_size(img_size, patch), **kwargs)
+        patch = timm.create_model(
+            arch, pretrained=False, num_classes=0, **kwargs
+        ).patch_embed.patch_size[0]
+    return timm.create_model(
+        arch,
+        pretrained=True,
+        num_classes=0,
+        pretrained_cfg_overlay=overlay,
+        img_size=teacher_input_size(img_size, patch),
+        **kwargs,
+    )
 
 
-def save_random_teacher(path: str | Path, embed_dim: int = 32, depth: int = 2, num_heads: int = 2,
-                        patch_size: int = 8, img_size: int = 64,
-                        architecture: str = DEFAULT_TEACHER_ARCH, seed: int = 0) -> Path:
+def save_random_teacher(
+    path: str | Path,
+    embed_dim: int = 32,
+    depth: int = 2,
+    num_heads: int = 2,
+    patch_size: int = 8,
+    img_size: int = 64,
+    architecture: str = DEFAULT_TEACHER_ARCH,
+    seed: int = 0,
+) -> Path:
     """A tiny random DINOv2-like teacher for tests, benchmarks and offline demos. ``*.safetensors``
     -> one file with the architecture in its metadata; ``*.pt``/``*.pth`` -> a torch checkpoint
     dict; anything else -> a timm-style directory (``model.safetensors`` + ``config.json``)."""
     path = Path(path)
-    model_args = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "patch_size": patch_size}
+    model_args = {
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": num_heads,
+        "patch_size": patch_size,
+    }
     with torch.random.fork_rng(devices=[]):  # a fixed seed without disturbing the caller's RNG
         torch.manual_seed(seed)
-        vit = timm.create_model(architecture, pretrained=False, num_classes=0, img_size=img_size,
-                                **model_args)
+        vit = timm.create_model(
+            architecture, pretrained=False, num_classes=0, img_size=img_size, **model_args
+        )
     state = {k: v.contiguous() for k, v in vit.state_dict().items()}
     spec = json.dumps({"architecture": architecture, "model_args": model_args})
     from safetensors.torch import save_file
+
     if path.suffix == ".safetensors":
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(path), metadata={TEACHER_SPEC_KEY: spec})
@@ -482,5 +569,7 @@ def save_random_teacher(path: str | Path, embed_dim: int = 32, depth: int = 2, n
     else:
         path.mkdir(parents=True, exist_ok=True)
         save_file(state, str(path / "model.safetensors"))
-        (path / "config.json").write_text(json.dumps(json.loads(spec) | {"num_classes": 0}, indent=2))
+        (path / "config.json").write_text(
+            json.dumps(json.loads(spec) | {"num_classes": 0}, indent=2)
+        )
     return path

@@ -9,6 +9,7 @@ Every function is batched, runs on whatever device its input lives on and works 
 autograd (a flat region gives a zero gradient, never NaN). Inputs must be finite; E and G are
 non-negative.
 """
+
 from __future__ import annotations
 
 import torch
@@ -91,8 +92,10 @@ def unit_mass(x: torch.Tensor, eps: float = UNIFORM_EPS) -> torch.Tensor:
     in the input's dtype.
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
-        raise ValueError(f"unit_mass expects a floating tensor [B,...], got "
-                         f"{getattr(x, 'shape', type(x).__name__)}")
+        raise ValueError(
+            f"unit_mass expects a floating tensor [B,...], got "
+            f"{getattr(x, 'shape', type(x).__name__)}"
+        )
     work = x.float() if x.element_size() < 4 else x
     flat = work.reshape(work.shape[0], -1)
     # Divide by the per-sample maximum first so the sum cannot overflow for huge values.

@@ -2,6 +2,7 @@
 shape's axis is local y), in class order, with the radius of a sphere about the local origin that
 encloses each one (it bounds the sphere tracing in ``daat.synthetic``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -69,8 +70,27 @@ def _octahedron(x, y, z):
     return (np.abs(x) + np.abs(y) + np.abs(z) - 0.9) / np.sqrt(3.0)
 
 
-SDFS = (_sphere, _cube, _cylinder, _cone, _torus, _pyramid, _capsule, _ellipsoid, _prism,
-        _octahedron)
-BOUNDS = (0.8, 0.52 * 3 ** 0.5, float(np.hypot(0.5, 0.62)), float(np.hypot(0.62, 0.7)), 0.82,
-          float(np.sqrt(2 * 0.58 ** 2 + 0.5 ** 2)), 0.81, 0.9,
-          float(np.sqrt(0.72 ** 2 + 0.4 ** 2 + 0.55 ** 2)), 0.9)
+SDFS = (
+    _sphere,
+    _cube,
+    _cylinder,
+    _cone,
+    _torus,
+    _pyramid,
+    _capsule,
+    _ellipsoid,
+    _prism,
+    _octahedron,
+)
+BOUNDS = (
+    0.8,
+    0.52 * 3**0.5,
+    float(np.hypot(0.5, 0.62)),
+    float(np.hypot(0.62, 0.7)),
+    0.82,
+    float(np.sqrt(2 * 0.58**2 + 0.5**2)),
+    0.81,
+    0.9,
+    float(np.sqrt(0.72**2 + 0.4**2 + 0.55**2)),
+    0.9,
+)

@@ -11,6 +11,7 @@ Images are anti-aliased along silhouettes; depth is not (it stays the pixel-cent
 
 Everything is a pure function of (seed, label, size, texture): no global state, no I/O.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,18 @@ from daat.shapes import BOUNDS, SDFS
 from daat.textures import TEXTURES, Texture, albedo, sample_texture
 
 RENDER_VERSION = 1  # bump whenever a change alters rendered pixels (it is part of the data key)
-CLASSES: tuple[str, ...] = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid", "capsule",
-                            "ellipsoid", "prism", "octahedron")
+CLASSES: tuple[str, ...] = (
+    "sphere",
+    "cube",
+    "cylinder",
+    "cone",
+    "torus",
+    "pyramid",
+    "capsule",
+    "ellipsoid",
+    "prism",
+    "octahedron",
+)
 CUE_CONFLICT = "cue_conflict"  # val-like split: class i's shape wearing class j's spurious texture
 SPLITS = ("train", "val", CUE_CONFLICT)
 SPEC_KEYS = ("n_train_per_class", "n_val_per_class", "size", "spurious", "seed")
@@ -69,6 +80,7 @@ class Scene:
 
 # --- scene sampling --------------------------------------------------------------------------
 
+
 def _rot(axis: int, angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     i, j = [(1, 2), (2, 0), (0, 1)][axis]
@@ -87,14 +99,15 @@ def _check_label(label: int) -> None:
 
 
 def _check_texture(texture: int | None) -> None:
-    if texture is not None and (not isinstance(texture, (int, np.integer))
-                                or not 0 <= texture < len(TEXTURES)):
-        raise DataError(f"synthetic texture must be None or an integer in [0, {len(TEXTURES)}), "
-                        f"got {texture!r}")
+    if texture is not None and (
+        not isinstance(texture, (int, np.integer)) or not 0 <= texture < len(TEXTURES)
+    ):
+        raise DataError(
+            f"synthetic texture must be None or an integer in [0, {len(TEXTURES)}), got {texture!r}"
+        )
 
 
-def sample_scene(seed: int, label: int, texture: int | None = None,
-                 clutter: float = 1.0) -> Scene:
+def sample_scene(seed: int, label: int, texture: int | None = None, clutter: float = 1.0) -> Scene:
     """The scene parameters of (seed, label); ``texture`` forces the object's texture family;
     ``clutter`` scales the wall pattern's contrast (0: plain wall, the object's shape stands out)."""
     _check_label(label)
@@ -114,17 +127,32 @@ def sample_scene(seed: int, label: int, texture: int | None = None,
     shininess = float(rng.uniform(8, 40))
     tex = sample_texture(rng, family if texture is None else int(texture), 1.0, 1.0)
     tilt, azimuth = rng.uniform(0, np.radians(35)), rng.uniform(0, 2 * np.pi)
-    normal = (float(np.sin(tilt) * np.cos(azimuth)), float(np.sin(tilt) * np.sin(azimuth)),
-              float(np.cos(tilt)))
+    normal = (
+        float(np.sin(tilt) * np.cos(azimuth)),
+        float(np.sin(tilt) * np.sin(azimuth)),
+        float(np.cos(tilt)),
+    )
     # The wall clears the object's bounding sphere by a random gap: never intersects it.
     offset = float(np.dot(normal, (x, y, z)) + scale * BOUNDS[label] + rng.uniform(0.4, 3.5))
     wall_tex = sample_texture(rng, int(rng.integers(len(TEXTURES))), 0.5, 0.55 * clutter)
-    return Scene(int(label), tuple(float(v) for v in rotation.ravel()), scale, (x, y, z),
-                 tuple(float(v) for v in light), ambient, specular, shininess, tex, normal, offset,
-                 wall_tex)
+    return Scene(
+        int(label),
+        tuple(float(v) for v in rotation.ravel()),
+        scale,
+        (x, y, z),
+        tuple(float(v) for v in light),
+        ambient,
+        specular,
+        shininess,
+        tex,
+        normal,
+        offset,
+        wall_tex,
+    )
 
 
 # --- rendering -------------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=8)
 def _camera_rays(size: int) -> np.ndarray:
@@ -217,8 +245,9 @@ def render_scene(scene: Scene, size: int) -> tuple[np.ndarray, np.ndarray]:
     is_wall = np.ones(size * size, bool)
     is_wall[obj] = False
     colour[is_wall] = _shade_wall(scene, sdf, bound, rot, centre, dirs[is_wall] * t[is_wall, None])
-    colour[obj] = _shade_object(scene, sdf, rot, origin + t_hit[hit, None] * local_dirs[obj],
-                                dirs[obj])
+    colour[obj] = _shade_object(
+        scene, sdf, rot, origin + t_hit[hit, None] * local_dirs[obj], dirs[obj]
+    )
     # Silhouette anti-aliasing: a missed ray passing within half a pixel of the object takes the
     # share of the pixel the object would cover. Depth stays that of the pixel-centre ray.
     cover = np.clip(0.5 - near / pixel, 0, 1)
@@ -226,11 +255,11 @@ def render_scene(scene: Scene, size: int) -> tuple[np.ndarray, np.ndarray]:
     if edge.any():
         rays, alpha = cand[edge], cover[edge, None]
         points = origin + t_near[edge, None] * local_dirs[rays]
-        colour[rays] = (alpha * _shade_object(scene, sdf, rot, points, dirs[rays])
-                        + (1 - alpha) * colour[rays])
+        colour[rays] = (
+            alpha * _shade_object(scene, sdf, rot, points, dirs[rays]) + (1 - alpha) * colour[rays]
+        )
     image = np.clip(colour, 0, 1) ** (1 / 2.2)
-    return ((image * 255 + 0.5).astype(np.uint8).reshape(size, size, 3),
-            depth.reshape(size, size))
+    return ((image * 255 + 0.5).astype(np.uint8).reshape(size, size, 3), depth.reshape(size, size))
 
 
 def _shade_object(scene: Scene, sdf, rot: np.ndarray, p: np.ndarray, dirs: np.ndarray):
@@ -244,8 +273,9 @@ def _shade_object(scene: Scene, sdf, rot: np.ndarray, p: np.ndarray, dirs: np.nd
     return albedo(scene.texture, p[:, 0], p[:, 1], p[:, 2]) * shade[:, None] + spec[:, None]
 
 
-def _shade_wall(scene: Scene, sdf, bound: float, rot: np.ndarray, centre: np.ndarray,
-                points: np.ndarray) -> np.ndarray:
+def _shade_wall(
+    scene: Scene, sdf, bound: float, rot: np.ndarray, centre: np.ndarray, points: np.ndarray
+) -> np.ndarray:
     normal, light = np.array(scene.wall_normal), np.array(scene.light)
     e1 = np.cross(normal, (0.0, 1.0, 0.0))
     e1 /= np.linalg.norm(e1)
@@ -264,8 +294,9 @@ def _shade_wall(scene: Scene, sdf, bound: float, rot: np.ndarray, centre: np.nda
     return wall * (scene.ambient + (1 - scene.ambient) * lit)[:, None]
 
 
-def render(seed: int, label: int, size: int = 64, texture: int | None = None,
-           clutter: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def render(
+    seed: int, label: int, size: int = 64, texture: int | None = None, clutter: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Scene ``seed`` of class ``label``: (uint8 HxWx3 image, float32 HxW depth along camera z)."""
     if not isinstance(size, (int, np.integer)) or size < 4:
         raise DataError(f"synthetic image size must be an integer >= 4, got {size!r}")
@@ -277,6 +308,7 @@ def render_item(item: SyntheticItem, size: int) -> tuple[np.ndarray, np.ndarray]
 
 
 # --- the dataset -----------------------------------------------------------------------------
+
 
 def validate_spec(spec: dict, where: str = "synthetic spec") -> dict:
     """The spec with defaults filled in; a missing, unknown or badly typed key is a DataError."""
@@ -306,12 +338,15 @@ def validate_spec(spec: dict, where: str = "synthetic spec") -> dict:
     out["clutter"] = float(clutter)
     pairs = out.get("n_cue_conflict_per_pair", 0)
     if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 0:
-        raise DataError(f"{where}: key 'n_cue_conflict_per_pair' must be an integer >= 0, "
-                        f"got {pairs!r}")
+        raise DataError(
+            f"{where}: key 'n_cue_conflict_per_pair' must be an integer >= 0, got {pairs!r}"
+        )
     if pairs and not out["spurious"]:
-        raise DataError(f"{where}: key 'n_cue_conflict_per_pair' needs 'spurious: true' (the "
-                        f"cue-conflict split sets shapes against the textures spurious train ties "
-                        f"to classes)")
+        raise DataError(
+            f"{where}: key 'n_cue_conflict_per_pair' needs 'spurious: true' (the "
+            f"cue-conflict split sets shapes against the textures spurious train ties "
+            f"to classes)"
+        )
     return out
 
 
@@ -353,8 +388,10 @@ def items(spec: dict, split: str) -> list[SyntheticItem]:
     if split not in SPLITS:
         raise DataError(f"synthetic split must be one of {SPLITS}, got '{split}'")
     if split == CUE_CONFLICT and not spec.get("n_cue_conflict_per_pair"):
-        raise DataError(f"the synthetic '{CUE_CONFLICT}' split needs a spurious spec with "
-                        f"n_cue_conflict_per_pair > 0")
+        raise DataError(
+            f"the synthetic '{CUE_CONFLICT}' split needs a spurious spec with "
+            f"n_cue_conflict_per_pair > 0"
+        )
     pairs = cue_conflict_pairs()
     out = []
     for index in range(split_size(spec, split)):
@@ -366,6 +403,7 @@ def items(spec: dict, split: str) -> list[SyntheticItem]:
         elif spec["spurious"] and split == "train":
             coin = np.random.default_rng([seed, 1]).random()
             texture = spurious_texture(label) if coin < spec["spurious_rate"] else None
-        out.append(SyntheticItem(split, index, label, seed, texture, spec["clutter"],
-                                 texture_class))
+        out.append(
+            SyntheticItem(split, index, label, seed, texture, spec["clutter"], texture_class)
+        )
     return out

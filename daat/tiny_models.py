@@ -16,6 +16,7 @@ The weights are re-drawn with fan-in scaling (and a positive bias on the last he
 because transformers' default init (std 0.02) makes these tiny nets output ~1e-8 everywhere,
 which would make every consistency test pass trivially.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,14 +41,16 @@ def _wake(model: nn.Module, seed: int) -> None:
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator)
-                                    / math.sqrt(fan_in))
+                module.weight.copy_(
+                    torch.randn(module.weight.shape, generator=generator) / math.sqrt(fan_in)
+                )
                 if module.bias is not None:
                     module.bias.zero_()
             elif isinstance(module, nn.ConvTranspose2d):
                 fan_in = module.weight.shape[0] * module.weight[0, 0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator)
-                                    / math.sqrt(fan_in))
+                module.weight.copy_(
+                    torch.randn(module.weight.shape, generator=generator) / math.sqrt(fan_in)
+                )
                 if module.bias is not None:
                     module.bias.zero_()
         # The heads end in ReLU: a positive bias keeps most output pixels alive (non-zero).
@@ -71,19 +74,33 @@ def _check_size(image_size: int, multiple: int, name: str) -> None:
         raise ValueError(f"{name}: image_size {image_size} must be a multiple of {multiple}")
 
 
-def _square_processor(image_size: int, keep_aspect_ratio: bool, multiple: int,
-                      mean: tuple[float, ...], std: tuple[float, ...]):
+def _square_processor(
+    image_size: int,
+    keep_aspect_ratio: bool,
+    multiple: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+):
     from transformers import DPTImageProcessor
 
     return DPTImageProcessor(
-        do_resize=True, size={"height": image_size, "width": image_size},
-        keep_aspect_ratio=keep_aspect_ratio, ensure_multiple_of=multiple, resample=_BICUBIC,
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-        image_mean=list(mean), image_std=list(std), do_pad=False)
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        keep_aspect_ratio=keep_aspect_ratio,
+        ensure_multiple_of=multiple,
+        resample=_BICUBIC,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(mean),
+        image_std=list(std),
+        do_pad=False,
+    )
 
 
-def save_tiny_dpt(path: str | Path, hybrid: bool = False, image_size: int = 64,
-                  seed: int = 0) -> Path:
+def save_tiny_dpt(
+    path: str | Path, hybrid: bool = False, image_size: int = 64, seed: int = 0
+) -> Path:
     """A tiny DPT (ViT backbone, like Intel/dpt-large) or, with ``hybrid``, a tiny DPT-Hybrid
     (BiT ResNet stem + ViT, like Intel/dpt-hybrid-midas). The processor resizes every image to
     ``image_size`` x ``image_size`` (the hub models use 384; DPT's ViT neck needs a square grid
@@ -91,16 +108,34 @@ def save_tiny_dpt(path: str | Path, hybrid: bool = False, image_size: int = 64,
     from transformers import DPTConfig, DPTForDepthEstimation
 
     _check_size(image_size, _DPT_PATCH, "save_tiny_dpt")
-    common = dict(_TINY_VIT, **_NECK, image_size=image_size, patch_size=_DPT_PATCH,
-                  backbone_out_indices=[0, 1, 2, 3], fusion_hidden_size=32)
+    common = dict(
+        _TINY_VIT,
+        **_NECK,
+        image_size=image_size,
+        patch_size=_DPT_PATCH,
+        backbone_out_indices=[0, 1, 2, 3],
+        fusion_hidden_size=32,
+    )
     if hybrid:
         # The BiT stem + 3 stages have stride 16, so the ViT sees an image_size/16 grid.
         grid = image_size // _DPT_PATCH
-        bit = dict(global_padding="same", layer_type="bottleneck", depths=[1, 1, 1],
-                   out_features=["stage1", "stage2", "stage3"], embedding_dynamic_padding=True,
-                   hidden_sizes=[16, 16, 32], embedding_size=16, num_groups=2)
-        config = DPTConfig(**common, is_hybrid=True, backbone_config=bit, backbone=None,
-                           backbone_featmap_shape=[1, 32, grid, grid])
+        bit = dict(
+            global_padding="same",
+            layer_type="bottleneck",
+            depths=[1, 1, 1],
+            out_features=["stage1", "stage2", "stage3"],
+            embedding_dynamic_padding=True,
+            hidden_sizes=[16, 16, 32],
+            embedding_size=16,
+            num_groups=2,
+        )
+        config = DPTConfig(
+            **common,
+            is_hybrid=True,
+            backbone_config=bit,
+            backbone=None,
+            backbone_featmap_shape=[1, 32, grid, grid],
+        )
     else:
         config = DPTConfig(**common)
     model = DPTForDepthEstimation(config)
@@ -112,8 +147,14 @@ def save_tiny_dpt(path: str | Path, hybrid: bool = False, image_size: int = 64,
 def _tiny_dinov2(image_size: int, **extra):
     from transformers import Dinov2Config
 
-    return Dinov2Config(**_TINY_VIT, patch_size=_DINOV2_PATCH, image_size=image_size,
-                        out_indices=[1, 2, 3, 4], reshape_hidden_states=False, **extra)
+    return Dinov2Config(
+        **_TINY_VIT,
+        patch_size=_DINOV2_PATCH,
+        image_size=image_size,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False,
+        **extra,
+    )
 
 
 def save_tiny_dpt_dinov2(path: str | Path, seed: int = 0) -> Path:
@@ -127,14 +168,24 @@ def save_tiny_dpt_dinov2(path: str | Path, seed: int = 0) -> Path:
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
     backbone = _tiny_dinov2(5 * _DINOV2_PATCH, apply_layernorm=False)
-    config = DPTConfig(backbone_config=backbone, **_NECK, fusion_hidden_size=32,
-                       use_bias_in_fusion_residual=False, add_projection=False)
+    config = DPTConfig(
+        backbone_config=backbone,
+        **_NECK,
+        fusion_hidden_size=32,
+        use_bias_in_fusion_residual=False,
+        add_projection=False,
+    )
     model = DPTForDepthEstimation(config)
     _wake(model, seed)
     processor = DPTImageProcessor(
-        do_resize=False, do_rescale=False, do_normalize=True,
-        image_mean=[123.675, 116.28, 103.53], image_std=[58.395, 57.12, 57.375],
-        do_pad=True, size_divisor=_DINOV2_PATCH)
+        do_resize=False,
+        do_rescale=False,
+        do_normalize=True,
+        image_mean=[123.675, 116.28, 103.53],
+        image_std=[58.395, 57.12, 57.375],
+        do_pad=True,
+        size_divisor=_DINOV2_PATCH,
+    )
     return _save(model, processor, path)
 
 
@@ -147,9 +198,14 @@ def save_tiny_depth_anything(path: str | Path, image_size: int = 64, seed: int =
 
     _check_size(image_size, 1, "save_tiny_depth_anything")
     backbone = _tiny_dinov2(max(1, round(image_size / _DINOV2_PATCH)) * _DINOV2_PATCH)
-    config = DepthAnythingConfig(backbone_config=backbone, patch_size=_DINOV2_PATCH,
-                                 reassemble_hidden_size=_TINY_VIT["hidden_size"], **_NECK,
-                                 fusion_hidden_size=16, head_hidden_size=8)
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=_DINOV2_PATCH,
+        reassemble_hidden_size=_TINY_VIT["hidden_size"],
+        **_NECK,
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
     model = DepthAnythingForDepthEstimation(config)
     _wake(model, seed)
     processor = _square_processor(image_size, True, _DINOV2_PATCH, IMAGENET_MEAN, IMAGENET_STD)

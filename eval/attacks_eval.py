@@ -16,13 +16,14 @@
 Randomness is seeded per (eval seed, task, chunk) so a resumed or multi-rank evaluation gives the
 same numbers as one uninterrupted process.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -80,15 +81,30 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def clean(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Outcome:
     logits = predict(model, x)
     pred = logits.argmax(dim=1)
-    return Outcome(pred.cpu(), (pred == y).cpu(), margins(logits, y).cpu(),
-                   torch.zeros_like(y, dtype=torch.bool).cpu(), x)
+    return Outcome(
+        pred.cpu(),
+        (pred == y).cpu(),
+        margins(logits, y).cpu(),
+        torch.zeros_like(y, dtype=torch.bool).cpu(),
+        x,
+    )
 
 
-def pgd_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tensor, *,
-             eps: float, alpha: float, steps: int, generator: torch.Generator) -> Outcome:
+def pgd_eval(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean_correct: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    generator: torch.Generator,
+) -> Outcome:
     """PGD-``steps`` (L∞, random start), scored worst case over iterates; fp32 throughout."""
-    result = attacks.pgd(model, x, y, eps, alpha, steps, random_start=True, generator=generator,
-                         amp_dtype=None)
+    result = attacks.pgd(
+        model, x, y, eps, alpha, steps, random_start=True, generator=generator, amp_dtype=None
+    )
     x_adv = result.x_adv.detach()
     _check_ball(x, x_adv, eps, f"PGD-{steps}")
     logits = predict(model, x_adv)
@@ -99,9 +115,17 @@ def pgd_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_correct: 
     return Outcome(pred.cpu(), correct.cpu(), margins(logits, y).cpu(), zero_grad.cpu(), x_adv)
 
 
-def pgd_until_fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     clean_correct: torch.Tensor, *, eps: float, alpha: float, steps: int,
-                     generator: torch.Generator) -> Outcome:
+def pgd_until_fooled(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean_correct: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    generator: torch.Generator,
+) -> Outcome:
     """PGD-``steps`` as daat.attacks.pgd, each sample stopped at the first iterate that fools it.
 
     x_adv is, per sample, that fooling iterate, or the final iterate if none fooled it.
@@ -140,19 +164,26 @@ def _check_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: float, name: str) -> 
     dist = (x_adv - x).abs().amax().item()
     low, high = x_adv.min().item(), x_adv.max().item()
     if dist > eps + _LINF_SLACK or low < 0.0 or high > 1.0:
-        raise DaatError(f"{name} left the threat model: ||x_adv - x||_inf = {dist:.6g} "
-                        f"(eps {eps:.6g}), x_adv range [{low:.4g}, {high:.4g}]")
+        raise DaatError(
+            f"{name} left the threat model: ||x_adv - x||_inf = {dist:.6g} "
+            f"(eps {eps:.6g}), x_adv range [{low:.4g}, {high:.4g}]"
+        )
 
 
-def build_autoattack(model: nn.Module, eps: float, seed: int, device: torch.device,
-                     num_classes: int, version: str = "standard"):
+def build_autoattack(
+    model: nn.Module,
+    eps: float,
+    seed: int,
+    device: torch.device,
+    num_classes: int,
+    version: str = "standard",
+):
     """A ``pyautoattack.AutoAttack`` for L∞; targeted attacks capped at num_classes - 1 targets."""
     from pyautoattack import AutoAttack
 
     if version != "standard":
         raise DaatError(f"eval.autoattack_version '{version}' is not supported; use 'standard'")
-    adversary = AutoAttack(model, norm="Linf", eps=eps, version=version, seed=seed,
-                           device=device)
+    adversary = AutoAttack(model, norm="Linf", eps=eps, version=version, seed=seed, device=device)
     # 'standard' attacks 9 target classes, which needs 10 classes; smaller problems use all others.
     n_targets = min(adversary.apgd_targeted.n_target_classes, num_classes - 1)
     adversary.apgd_targeted.n_target_classes = n_targets
@@ -161,8 +192,16 @@ def build_autoattack(model: nn.Module, eps: float, seed: int, device: torch.devi
     return adversary
 
 
-def autoattack_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
-                    num_classes: int, batch_size: int) -> Outcome:
+def autoattack_eval(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    seed: int,
+    num_classes: int,
+    batch_size: int,
+) -> Outcome:
     """AutoAttack standard on one batch of samples; robust = clean correct and not broken by AA."""
     adversary = build_autoattack(model, eps, seed, x.device, num_classes)
     with frozen(model):
@@ -173,5 +212,6 @@ def autoattack_eval(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: 
     pred = logits.argmax(dim=1)
     clean_pred = predict(model, x).argmax(dim=1)
     correct = (clean_pred == y) & (pred == y)
-    return Outcome(pred.cpu(), correct.cpu(), margins(logits, y).cpu(),
-                   torch.zeros_like(correct).cpu(), x_adv)
+    return Outcome(
+        pred.cpu(), correct.cpu(), margins(logits, y).cpu(), torch.zeros_like(correct).cpu(), x_adv
+    )

@@ -18,6 +18,7 @@ chosen class logit averaged over patches, α_d = mean_i ∂y_c/∂T_id; the map 
 ReLU(Σ_d α_d T_id), then divided by its maximum so clean and adversarial maps share a [0, 1]
 scale (an all-zero map stays zero).
 """
+
 from __future__ import annotations
 
 import math
@@ -76,8 +77,9 @@ def top_mass(attention: torch.Tensor, saliency: torch.Tensor, frac: float = 0.2)
     """Per-sample share of ``attention``'s mass on the top-``frac`` patches of ``saliency``."""
     a, g = _flat(attention), _flat(saliency)
     if a.shape != g.shape:
-        raise ValueError(f"attention {tuple(a.shape)} and saliency {tuple(g.shape)} differ "
-                         f"in shape")
+        raise ValueError(
+            f"attention {tuple(a.shape)} and saliency {tuple(g.shape)} differ in shape"
+        )
     k = top_k_count(a.shape[1], frac)
     idx = g.topk(k, dim=1).indices
     total = a.sum(dim=1)
@@ -107,13 +109,16 @@ def _num_prefix_tokens(model: nn.Module, n_tokens: int, n_patches: int) -> int:
     if prefix is None:
         prefix = n_tokens - n_patches
     if n_tokens - prefix != n_patches:
-        raise DaatError(f"Grad-CAM: {n_tokens} tokens, {prefix} prefix tokens, but the grid has "
-                        f"{n_patches} patches")
+        raise DaatError(
+            f"Grad-CAM: {n_tokens} tokens, {prefix} prefix tokens, but the grid has "
+            f"{n_patches} patches"
+        )
     return prefix
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
-                                                                                 torch.Tensor]:
+def grad_cam(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM [B, h*w] (max-normalised) for class ``target`` [B], and the logits [B, C].
 
     Only the captured tokens get a gradient: the weights are not touched (no .grad is written).
@@ -132,7 +137,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[t
             logits = model(x)
             score = logits.float().gather(1, target.view(-1, 1).long()).sum()
             tokens = captured["tokens"]
-            grads, = torch.autograd.grad(score, tokens)
+            (grads,) = torch.autograd.grad(score, tokens)
     finally:
         handle.remove()
     prefix = _num_prefix_tokens(model, tokens.shape[1], h * w)

@@ -13,6 +13,7 @@ random start, pushed away from the shape label; the decision is read at the fina
 The split is small (C(C-1) pairs x a few images), so it is attacked in one pass after the val
 split (on rank 0, its tars checked against the manifest first), not in resumable chunks.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,9 +33,14 @@ def decisions(pred: np.ndarray, shape: np.ndarray, texture: np.ndarray) -> dict:
     shape_hits = int(np.sum(pred == shape))
     texture_hits = int(np.sum(pred == texture))
     decided = shape_hits + texture_hits
-    return {"shape": shape_hits / n if n else None, "texture": texture_hits / n if n else None,
-            "shape_bias": shape_hits / decided if decided else None,
-            "shape_decisions": shape_hits, "texture_decisions": texture_hits, "n": n}
+    return {
+        "shape": shape_hits / n if n else None,
+        "texture": texture_hits / n if n else None,
+        "shape_bias": shape_hits / decided if decided else None,
+        "shape_decisions": shape_hits,
+        "texture_decisions": texture_hits,
+        "n": n,
+    }
 
 
 def texture_labels(shard_art) -> dict[str, int]:
@@ -44,8 +50,10 @@ def texture_labels(shard_art) -> dict[str, int]:
     out = {}
     for sample in iter_samples(shard_art, CUE_CONFLICT):
         if TEXTURE_LABEL not in sample.meta:
-            raise DaatError(f"{shard_art.path}: cue-conflict sample {sample.key} has no "
-                            f"'{TEXTURE_LABEL}' in its json; preprocess the card again")
+            raise DaatError(
+                f"{shard_art.path}: cue-conflict sample {sample.key} has no "
+                f"'{TEXTURE_LABEL}' in its json; preprocess the card again"
+            )
         out[sample.key] = int(sample.meta[TEXTURE_LABEL])
     return out
 
@@ -58,20 +66,35 @@ def evaluate(model, cfg: Config, shard_art, device: torch.device) -> tuple[dict,
         return None
     problems = shard_art.guard([CUE_CONFLICT]).verify(0, 1)
     if problems:
-        raise ShardFormatError(f"{shard_art.path}/{problems[0]}: the cue-conflict shards no "
-                               f"longer hold what preprocessing wrote; preprocess again")
+        raise ShardFormatError(
+            f"{shard_art.path}/{problems[0]}: the cue-conflict shards no "
+            f"longer hold what preprocessing wrote; preprocess again"
+        )
     ev = cfg.eval
     textures = texture_labels(shard_art)
     keys, shapes, clean_pred, adv_pred = [], [], [], []
-    batches = eval_pipeline(shard_art, split=CUE_CONFLICT, image_size=cfg.model.img_size,
-                            grid=model.grid, batch_size=ev.batch_size)
+    batches = eval_pipeline(
+        shard_art,
+        split=CUE_CONFLICT,
+        image_size=cfg.model.img_size,
+        grid=model.grid,
+        batch_size=ev.batch_size,
+    )
     for k, (batch_keys, x, y, _saliency) in enumerate(batches):
         x, y = x.to(device), y.to(device)
         clean = attacks_eval.clean(model, x, y)
         generator = torch.Generator(device=device)
         generator.manual_seed(attacks_eval.task_seed(ev.seed, TASK, k))
-        adv = attacks_eval.pgd_eval(model, x, y, clean.correct, eps=ev.eps, alpha=ev.alpha,
-                                    steps=ev.pgd_steps, generator=generator)
+        adv = attacks_eval.pgd_eval(
+            model,
+            x,
+            y,
+            clean.correct,
+            eps=ev.eps,
+            alpha=ev.alpha,
+            steps=ev.pgd_steps,
+            generator=generator,
+        )
         keys += list(batch_keys)
         shapes += y.cpu().tolist()
         clean_pred += clean.pred.tolist()
@@ -79,14 +102,22 @@ def evaluate(model, cfg: Config, shard_art, device: torch.device) -> tuple[dict,
     shape = np.asarray(shapes)
     texture = np.asarray([textures[key] for key in keys])
     attack = f"pgd-{ev.pgd_steps}"
-    summary = {"split": CUE_CONFLICT, "n": len(keys),
-               "pairs": len({(int(a), int(b)) for a, b in zip(shape, texture)}),
-               "attack": f"{attack} at eps {style.format_eps(ev.eps)} against the shape label, "
-                         f"decision at the final iterate",
-               "clean": decisions(np.asarray(clean_pred), shape, texture),
-               attack: decisions(np.asarray(adv_pred), shape, texture)}
-    record = {"key": keys, "shape": shape.tolist(), "texture": texture.tolist(),
-              "pred_clean": clean_pred, f"pred_{attack}": adv_pred}
+    summary = {
+        "split": CUE_CONFLICT,
+        "n": len(keys),
+        "pairs": len({(int(a), int(b)) for a, b in zip(shape, texture)}),
+        "attack": f"{attack} at eps {style.format_eps(ev.eps)} against the shape label, "
+        f"decision at the final iterate",
+        "clean": decisions(np.asarray(clean_pred), shape, texture),
+        attack: decisions(np.asarray(adv_pred), shape, texture),
+    }
+    record = {
+        "key": keys,
+        "shape": shape.tolist(),
+        "texture": texture.tolist(),
+        "pred_clean": clean_pred,
+        f"pred_{attack}": adv_pred,
+    }
     return summary, record
 
 

@@ -17,6 +17,7 @@ Multi-GPU (torchrun): the (group, chunk) units of results.py are dealt round-rob
 u % world_size; every rank reads the whole (cheap to decode) val stream but attacks only its own
 units; rank 0 summarises and draws the figures after a barrier.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,11 @@ class Chunk:
     saliency: list[torch.Tensor] = field(default_factory=list)
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (torch.stack(self.images).to(device), torch.tensor(self.labels, device=device),
-                torch.stack(self.saliency).to(device))
+        return (
+            torch.stack(self.images).to(device),
+            torch.tensor(self.labels, device=device),
+            torch.stack(self.saliency).to(device),
+        )
 
 
 def log(message: str) -> None:
@@ -118,14 +122,19 @@ def eval_config(run_art: Artifact, configs: list[str], overrides: list[str]) -> 
         raise config_mod.ConfigError(
             f"config key '{key}' = {mine!r} differs from the run's "
             f"{run_cfg[section][name] if name else run_cfg[section]!r}; evaluate uses the run's "
-            f"model and training settings, so only eval.*, device and data.num_workers may change")
+            f"model and training settings, so only eval.*, device and data.num_workers may change"
+        )
     cfg.preset = run_cfg["preset"]
     return cfg
 
 
 def determining(cfg: Config, run_id: str, ckpt_sha: str, shard_art) -> dict:
-    return {**keys.determining("eval", cfg), "run": run_id, "checkpoint_sha256": ckpt_sha,
-            "shards_content": shard_art.content_digest}
+    return {
+        **keys.determining("eval", cfg),
+        "run": run_id,
+        "checkpoint_sha256": ckpt_sha,
+        "shards_content": shard_art.content_digest,
+    }
 
 
 def eval_shards(run_art: Artifact, shards_dir: Path, given: str | None, num_classes: int):
@@ -141,19 +150,26 @@ def eval_shards(run_art: Artifact, shards_dir: Path, given: str | None, num_clas
         raise DaatError(
             f"{shards_dir} holds {shard_art.id} (content {shard_art.content_digest[:12]}), but "
             f"{run_art.id} was trained on {lineage_id} (content {str(content)[:12]}); its manifest "
-            f"points at other shards. Pass --shards DIR to evaluate on other shards on purpose")
+            f"points at other shards. Pass --shards DIR to evaluate on other shards on purpose"
+        )
     classes = run_art.extra.get("classes")
     if not ours and (shard_art.num_classes != num_classes or shard_art.classes != classes):
-        raise DaatError(f"--shards {given}: classes {shard_art.classes}, but the model was "
-                        f"trained on {num_classes} classes {classes}; evaluation needs the same "
-                        f"classes in the same order")
-    return shard_art, {"id": shard_art.id, "path": str(shard_art.path.resolve()),
-                       "content_digest": shard_art.content_digest,
-                       "source": "run lineage" if ours else "--shards (not the run's own)"}
+        raise DaatError(
+            f"--shards {given}: classes {shard_art.classes}, but the model was "
+            f"trained on {num_classes} classes {classes}; evaluation needs the same "
+            f"classes in the same order"
+        )
+    return shard_art, {
+        "id": shard_art.id,
+        "path": str(shard_art.path.resolve()),
+        "content_digest": shard_art.content_digest,
+        "source": "run lineage" if ours else "--shards (not the run's own)",
+    }
 
 
-def open_eval_artifact(out: str, cfg: Config, run_art: Artifact, shard_art, ckpt_sha: str,
-                       info: dist.DistInfo) -> Artifact:
+def open_eval_artifact(
+    out: str, cfg: Config, run_art: Artifact, shard_art, ckpt_sha: str, info: dist.DistInfo
+) -> Artifact:
     """Rank 0 creates, resumes or reuses the evaluation (holding its writer lock); the others
     open the same one."""
     args = (out, "eval", determining(cfg, run_art.id, ckpt_sha, shard_art))
@@ -163,8 +179,14 @@ def open_eval_artifact(out: str, cfg: Config, run_art: Artifact, shard_art, ckpt
 
 
 # -- streaming the val split into chunks -------------------------------------------------------
-def stream_chunks(batches, val_positions: np.ndarray, store: Store, wanted, figure_pos: set[int],
-                  figures: dict[int, tuple]):
+def stream_chunks(
+    batches,
+    val_positions: np.ndarray,
+    store: Store,
+    wanted,
+    figure_pos: set[int],
+    figures: dict[int, tuple],
+):
     """Yield every group's ``Chunk``s (only ``wanted(group, k)`` ones carry images) from the
     ordered val stream; ``val_positions[p]`` is the val index of evaluated sample p.
 
@@ -203,8 +225,10 @@ def stream_chunks(batches, val_positions: np.ndarray, store: Store, wanted, figu
                     chunks[g] = Chunk(g, chunk.index + 1)
             if pos >= last_pos:
                 return
-    raise DaatError(f"the val stream ended after {seen} samples, before val sample "
-                    f"{val_positions[last_pos]} (are the shards complete?)")
+    raise DaatError(
+        f"the val stream ended after {seen} samples, before val sample "
+        f"{val_positions[last_pos]} (are the shards complete?)"
+    )
 
 
 # -- per-chunk work ----------------------------------------------------------------------------
@@ -216,8 +240,9 @@ def task_title(task: Task) -> str:
     return f"{name} ε={format_eps(task.eps)}"
 
 
-def progress_bars(store: Store, mine: list[tuple[str, int]], info: dist.DistInfo
-                  ) -> dict[str, tqdm]:
+def progress_bars(
+    store: Store, mine: list[tuple[str, int]], info: dist.DistInfo
+) -> dict[str, tqdm]:
     """One bar per task on rank 0 (samples of this rank's chunks, done / total, ETA), unless the
     environment sets TQDM_DISABLE; other ranks get disabled bars."""
     off = not info.is_main or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
@@ -226,17 +251,32 @@ def progress_bars(store: Store, mine: list[tuple[str, int]], info: dist.DistInfo
         units = [k for g, k in mine if g == task.group]
         sizes = [store.bounds(task.group, k)[1] - store.bounds(task.group, k)[0] for k in units]
         done = sum(n for k, n in zip(units, sizes) if store.is_done(task, k))
-        bars[task.name] = tqdm(total=sum(sizes), initial=done, desc=f"{task_title(task):<20}",
-                               unit="img", position=i, leave=True, file=sys.stderr,
-                               dynamic_ncols=True, disable=off)
+        bars[task.name] = tqdm(
+            total=sum(sizes),
+            initial=done,
+            desc=f"{task_title(task):<20}",
+            unit="img",
+            position=i,
+            leave=True,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=off,
+        )
     return bars
 
 
 class ChunkRunner:
     """Runs one chunk's pending tasks and writes them to the store; counts what it computed."""
 
-    def __init__(self, model, store: Store, cfg: Config, device: torch.device, num_classes: int,
-                 bars: dict[str, tqdm]):
+    def __init__(
+        self,
+        model,
+        store: Store,
+        cfg: Config,
+        device: torch.device,
+        num_classes: int,
+        bars: dict[str, tqdm],
+    ):
         self.model, self.store, self.ev = model, store, cfg.eval
         self.device, self.num_classes, self.bars = device, num_classes, bars
         self.computed: dict[str, int] = {t.name: 0 for t in store.tasks}
@@ -248,8 +288,9 @@ class ChunkRunner:
         for task in self.store.pending(chunk.group, chunk.index):
             start = time.perf_counter()
             if task.kind == "clean":
-                self.store.write_samples(chunk.index, np.asarray(chunk.val_index),
-                                         np.asarray(chunk.labels), chunk.keys)
+                self.store.write_samples(
+                    chunk.index, np.asarray(chunk.val_index), np.asarray(chunk.labels), chunk.keys
+                )
                 out = clean
             else:
                 out = self.run_task(task, chunk.index, x, y, g, clean["correct"])
@@ -289,28 +330,50 @@ class ChunkRunner:
     def attack(self, task: Task, k: int, x, y, clean_ok, generator) -> attacks_eval.Outcome:
         if task.kind == "pgd":
             fn = attacks_eval.pgd_until_fooled if task.early_stop else attacks_eval.pgd_eval
-            return fn(self.model, x, y, clean_ok, eps=task.eps, alpha=task.alpha,
-                      steps=task.steps, generator=generator)
+            return fn(
+                self.model,
+                x,
+                y,
+                clean_ok,
+                eps=task.eps,
+                alpha=task.alpha,
+                steps=task.steps,
+                generator=generator,
+            )
         seed = attacks_eval.task_seed(self.ev.seed, task.name, k) % (2**31)
-        return attacks_eval.autoattack_eval(self.model, x, y, eps=task.eps, seed=seed,
-                                            num_classes=self.num_classes,
-                                            batch_size=self.ev.batch_size)
+        return attacks_eval.autoattack_eval(
+            self.model,
+            x,
+            y,
+            eps=task.eps,
+            seed=seed,
+            num_classes=self.num_classes,
+            batch_size=self.ev.batch_size,
+        )
 
     def attention_metrics(self, x, x_adv, g) -> dict[str, np.ndarray]:
         a_clean, _ = attention.attention_map(self.model, x)
         a_adv, _ = attention.attention_map(self.model, x_adv)
-        metrics = {"cos": attention.cosine(a_clean, a_adv),
-                   "cos_g_clean": attention.cosine(a_clean, g),
-                   "cos_g_adv": attention.cosine(a_adv, g),
-                   "js": attention.js_divergence(a_clean, a_adv),
-                   "top_clean": attention.top_mass(a_clean, g, ATTENTION_TOP_FRAC),
-                   "top_adv": attention.top_mass(a_adv, g, ATTENTION_TOP_FRAC)}
+        metrics = {
+            "cos": attention.cosine(a_clean, a_adv),
+            "cos_g_clean": attention.cosine(a_clean, g),
+            "cos_g_adv": attention.cosine(a_adv, g),
+            "js": attention.js_divergence(a_clean, a_adv),
+            "top_clean": attention.top_mass(a_clean, g, ATTENTION_TOP_FRAC),
+            "top_adv": attention.top_mass(a_adv, g, ATTENTION_TOP_FRAC),
+        }
         return {k: v.cpu().numpy() for k, v in metrics.items()}
 
 
 # -- the stage -------------------------------------------------------------------------------
-def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: list[str],
-        out: str, shards: str | None = None) -> Artifact:
+def run(
+    run_dir: str,
+    checkpoint: str | None,
+    configs: list[str],
+    overrides: list[str],
+    out: str,
+    shards: str | None = None,
+) -> Artifact:
     """Evaluate a run's checkpoint on its own shards' val split (or ``shards``, on purpose)."""
     from daat.pipeline.loaders import eval_pipeline, require_intact
     from daat.train.checkpoint import load_model_for_eval
@@ -335,11 +398,25 @@ def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: lis
             return art
         files = shard_art.guard(["val"])
         require_intact(shard_art, files.verify(info.rank, info.world_size), "before evaluating")
-        _evaluate(art, model, cfg, shard_art, eval_pipeline, info, device,
-                  {"run": run_art.id, "checkpoint": str(ckpt_path), "checkpoint_sha256": sha,
-                   "shards": shard_facts, "grid": list(model.grid)},
-                  lambda: require_intact(shard_art, files.verify(info.rank, info.world_size),
-                                         "before writing summary.json"))
+        _evaluate(
+            art,
+            model,
+            cfg,
+            shard_art,
+            eval_pipeline,
+            info,
+            device,
+            {
+                "run": run_art.id,
+                "checkpoint": str(ckpt_path),
+                "checkpoint_sha256": sha,
+                "shards": shard_facts,
+                "grid": list(model.grid),
+            },
+            lambda: require_intact(
+                shard_art, files.verify(info.rank, info.world_size), "before writing summary.json"
+            ),
+        )
         return art
     finally:
         if art is not None:
@@ -348,8 +425,17 @@ def run(run_dir: str, checkpoint: str | None, configs: list[str], overrides: lis
             dist.cleanup()
 
 
-def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info, device,
-              facts: dict, check_shards) -> None:
+def _evaluate(
+    art: Artifact,
+    model,
+    cfg: Config,
+    shard_art,
+    eval_pipeline,
+    info,
+    device,
+    facts: dict,
+    check_shards,
+) -> None:
     from daat.eval import figures as figures_mod
 
     ev = cfg.eval
@@ -357,8 +443,10 @@ def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info,
     val_positions = results.subset_positions(n_val, ev.n_samples, ev.seed)
     n = len(val_positions)
     tasks = results.plan_tasks(ev)
-    subsets = {"long": results.subset_positions(n, ev.n_pgd_long, ev.seed),
-               "autoattack": results.subset_positions(n, ev.n_autoattack, ev.seed)}
+    subsets = {
+        "long": results.subset_positions(n, ev.n_pgd_long, ev.seed),
+        "autoattack": results.subset_positions(n, ev.n_autoattack, ev.seed),
+    }
     zarr_path = art.path / "results.zarr"
     layout = dict(n=n, n_val=n_val, chunk_size=ev.chunk_size, subsets=subsets)
     if info.is_main:
@@ -366,39 +454,62 @@ def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info,
     dist.barrier()
     store = Store.create_or_open(zarr_path, tasks, **layout)  # rank 0 made it; all open it
     units = store.units()
-    pending = {unit: len(store.pending(*unit)) for u, unit in enumerate(units)
-               if u % info.world_size == info.rank}  # this rank's (group, chunk) -> tasks to do
+    pending = {
+        unit: len(store.pending(*unit))
+        for u, unit in enumerate(units)
+        if u % info.world_size == info.rank
+    }  # this rank's (group, chunk) -> tasks to do
     reused = sum(len(store.tasks_of(g)) for g, _ in pending) - sum(pending.values())
 
     def wanted(group: str, k: int) -> bool:
         return pending.get((group, k), 0) > 0
 
-    figure_pos = set(results.subset_positions(n, ev.n_figures, ev.seed).tolist()) if (
-        info.is_main and ev.n_figures and not figures_mod.all_present(art.path, ev)) else set()
-    log(f"{n} of {n_val} val samples; chunks of {ev.chunk_size}; PGD-{ev.pgd_long_steps} on "
+    figure_pos = (
+        set(results.subset_positions(n, ev.n_figures, ev.seed).tolist())
+        if (info.is_main and ev.n_figures and not figures_mod.all_present(art.path, ev))
+        else set()
+    )
+    log(
+        f"{n} of {n_val} val samples; chunks of {ev.chunk_size}; PGD-{ev.pgd_long_steps} on "
         f"{len(subsets['long'])}, AutoAttack on "
         f"{len(subsets['autoattack']) if ev.autoattack else 'none (eval.autoattack=false)'}; "
         f"rank {info.rank}: "
-        f"{sum(pending.values())} chunk-tasks to compute, {reused} already done")
+        f"{sum(pending.values())} chunk-tasks to compute, {reused} already done"
+    )
     if reused and info.is_main:
-        log(resume_line(art.path, f"{reused} of {reused + sum(pending.values())} chunk-tasks "
-                                  f"already done{' by this rank' if info.world_size > 1 else ''}"))
+        log(
+            resume_line(
+                art.path,
+                f"{reused} of {reused + sum(pending.values())} chunk-tasks "
+                f"already done{' by this rank' if info.world_size > 1 else ''}",
+            )
+        )
     bars = progress_bars(store, list(pending), info)
     runner = ChunkRunner(model, store, cfg, device, shard_art.num_classes, bars)
     figure_samples: dict[int, tuple] = {}
-    batches = eval_pipeline(shard_art, split="val", image_size=cfg.model.img_size,
-                            grid=model.grid, batch_size=ev.batch_size, rank=0, world_size=1,
-                            num_workers=cfg.data.num_workers)
+    batches = eval_pipeline(
+        shard_art,
+        split="val",
+        image_size=cfg.model.img_size,
+        grid=model.grid,
+        batch_size=ev.batch_size,
+        rank=0,
+        world_size=1,
+        num_workers=cfg.data.num_workers,
+    )
     for chunk in stream_chunks(batches, val_positions, store, wanted, figure_pos, figure_samples):
         if wanted(chunk.group, chunk.index):
             runner.run(chunk)
     for bar in bars.values():
         bar.close()
-    log(f"rank {info.rank}: computed {sum(runner.computed.values())} chunk-tasks this time "
-        f"({reused} reused from an earlier run); seconds per task: " + ", ".join(
-            f"{k} {v:.0f}" for k, v in runner.seconds.items() if v))
-    counts = dist.all_gather_objects({"computed": runner.computed, "reused": reused,
-                                      "seconds": runner.seconds})
+    log(
+        f"rank {info.rank}: computed {sum(runner.computed.values())} chunk-tasks this time "
+        f"({reused} reused from an earlier run); seconds per task: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in runner.seconds.items() if v)
+    )
+    counts = dist.all_gather_objects(
+        {"computed": runner.computed, "reused": reused, "seconds": runner.seconds}
+    )
     check_shards()  # every rank, its share of the val tars: before anything is summarised
     dist.barrier()
     if info.is_main:
@@ -406,15 +517,27 @@ def _evaluate(art: Artifact, model, cfg: Config, shard_art, eval_pipeline, info,
     dist.barrier()
 
 
-def _finish(art: Artifact, model, cfg: Config, shard_art, store: Store, figure_samples, counts,
-            facts: dict, device) -> None:
+def _finish(
+    art: Artifact,
+    model,
+    cfg: Config,
+    shard_art,
+    store: Store,
+    figure_samples,
+    counts,
+    facts: dict,
+    device,
+) -> None:
     from daat.eval import figures as figures_mod
 
     if not store.all_done():
-        raise DaatError(f"{art.path}: some chunks are still not done after every rank finished: "
-                        f"{store.done_counts()}")
-    fig_files = figures_mod.make_all(art.path, model, cfg.eval, figure_samples,
-                                     figures_mod.display_names(shard_art), device)
+        raise DaatError(
+            f"{art.path}: some chunks are still not done after every rank finished: "
+            f"{store.done_counts()}"
+        )
+    fig_files = figures_mod.make_all(
+        art.path, model, cfg.eval, figure_samples, figures_mod.display_names(shard_art), device
+    )
     data = summary.build(store, cfg, facts, counts, fig_files, shard_art.num_classes)
     summary.shout(data["sanity"]["flags"])
     cue_conflict.add_to(art, data, model, cfg, shard_art, device)
@@ -424,7 +547,12 @@ def _finish(art: Artifact, model, cfg: Config, shard_art, store: Store, figure_s
     for rel in fig_files:
         art.record_file(rel)
     art.write_json("summary.json", data)
-    art.extra.update({"accuracy": data["accuracy"], "n_samples": data["counts"]["evaluated"],
-                      "flags": [f["name"] for f in data["sanity"]["flags"]]})
+    art.extra.update(
+        {
+            "accuracy": data["accuracy"],
+            "n_samples": data["counts"]["evaluated"],
+            "flags": [f["name"] for f in data["sanity"]["flags"]],
+        }
+    )
     art.mark_complete()
     summary.print_table(data)

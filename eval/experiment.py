@@ -28,6 +28,7 @@ finished step leaves a record (the artifact id it made) in the experiment artifa
 ``steps/``; ``collect`` aggregates whatever has finished. Running a step reuses or resumes the
 artifact its config determines, so a rerun after kill -9 continues where it stopped.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,12 +42,31 @@ from typing import Any
 import yaml
 
 from daat import config as config_mod
-from daat.artifacts import Artifact, ArtifactError, atomic_write_json, content_key
-from daat.artifacts import create_or_open, open_artifact
+from daat.artifacts import (
+    Artifact,
+    ArtifactError,
+    atomic_write_json,
+    content_key,
+    create_or_open,
+    open_artifact,
+)
 from daat.errors import DaatError
 
-KEYS = ("name", "cards", "depth", "scale", "methods", "seeds", "grid", "grid_methods", "set",
-        "evaluate", "baseline", "bootstrap", "launcher")
+KEYS = (
+    "name",
+    "cards",
+    "depth",
+    "scale",
+    "methods",
+    "seeds",
+    "grid",
+    "grid_methods",
+    "set",
+    "evaluate",
+    "baseline",
+    "bootstrap",
+    "launcher",
+)
 STANDARD_REF = "run:standard"
 STEPS_DIR = "steps"
 
@@ -76,12 +96,20 @@ class Spec:
     def determining(self) -> dict:
         """What the experiment artifact's key hashes (everything but the spec's location and
         launcher, which change how, not what, is run)."""
-        return {"name": self.name, "cards": list(self.cards), "depth": self.depth,
-                "scale": list(self.scale), "methods": list(self.methods),
-                "seeds": list(self.seeds), "grid": [[k, list(v)] for k, v in self.grid],
-                "grid_methods": list(self.grid_methods), "set": [list(s) for s in self.settings],
-                "evaluate": [list(s) for s in self.evaluate], "baseline": self.baseline,
-                "bootstrap": {"replicates": self.replicates, "seed": self.bootstrap_seed}}
+        return {
+            "name": self.name,
+            "cards": list(self.cards),
+            "depth": self.depth,
+            "scale": list(self.scale),
+            "methods": list(self.methods),
+            "seeds": list(self.seeds),
+            "grid": [[k, list(v)] for k, v in self.grid],
+            "grid_methods": list(self.grid_methods),
+            "set": [list(s) for s in self.settings],
+            "evaluate": [list(s) for s in self.evaluate],
+            "baseline": self.baseline,
+            "bootstrap": {"replicates": self.replicates, "seed": self.bootstrap_seed},
+        }
 
 
 def _as_list(value, key: str, where: str) -> list:
@@ -99,8 +127,10 @@ def _flat_mapping(value, key: str, where: str) -> tuple[tuple[str, Any], ...]:
     if value is None:
         return ()
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise SpecError(f"{where}: key '{key}' must map config keys (like train.epochs) to "
-                        f"values, got {value!r}")
+        raise SpecError(
+            f"{where}: key '{key}' must map config keys (like train.epochs) to "
+            f"values, got {value!r}"
+        )
     return tuple(value.items())
 
 
@@ -143,20 +173,30 @@ def load_spec(path: str | os.PathLike) -> Spec:
     for key, names in (("grid_methods", grid_methods), ("baseline", (baseline,))):
         missing = [m for m in names if m not in methods]
         if missing:
-            raise SpecError(f"{where}: key '{key}' names '{missing[0]}', which is not among "
-                            f"the methods {list(methods)}")
+            raise SpecError(
+                f"{where}: key '{key}' names '{missing[0]}', which is not among "
+                f"the methods {list(methods)}"
+            )
     boot = raw.get("bootstrap") or {}
     if not isinstance(boot, dict) or set(boot) - {"replicates", "seed"}:
         raise SpecError(f"{where}: key 'bootstrap' takes replicates and seed, got {boot!r}")
-    return Spec(path, str(raw.get("name") or path.stem),
-                tuple(_local(str(c), base) for c in _as_list(raw["cards"], "cards", where)),
-                str(raw.get("depth", "oracle")),
-                tuple(_local(str(s), base) for s in _optional_list(raw.get("scale"))),
-                methods, tuple(seeds), tuple((k, tuple(v)) for k, v in grid), grid_methods,
-                _flat_mapping(raw.get("set"), "set", where),
-                _flat_mapping(raw.get("evaluate"), "evaluate", where), baseline,
-                int(boot.get("replicates", 2000)), int(boot.get("seed", 0)),
-                str(raw.get("launcher", "daat")))
+    return Spec(
+        path,
+        str(raw.get("name") or path.stem),
+        tuple(_local(str(c), base) for c in _as_list(raw["cards"], "cards", where)),
+        str(raw.get("depth", "oracle")),
+        tuple(_local(str(s), base) for s in _optional_list(raw.get("scale"))),
+        methods,
+        tuple(seeds),
+        tuple((k, tuple(v)) for k, v in grid),
+        grid_methods,
+        _flat_mapping(raw.get("set"), "set", where),
+        _flat_mapping(raw.get("evaluate"), "evaluate", where),
+        baseline,
+        int(boot.get("replicates", 2000)),
+        int(boot.get("seed", 0)),
+        str(raw.get("launcher", "daat")),
+    )
 
 
 def override(key: str, value: Any) -> str:
@@ -191,17 +231,28 @@ def card_label(card: str) -> str:
 
 
 def prep_config(spec: Spec, card: str) -> config_mod.Config:
-    return config_mod.load(list(spec.scale), [f"data.card={card}", f"depth.model={spec.depth}",
-                                              *(override(k, v) for k, v in spec.settings)])
+    return config_mod.load(
+        list(spec.scale),
+        [
+            f"data.card={card}",
+            f"depth.model={spec.depth}",
+            *(override(k, v) for k, v in spec.settings),
+        ],
+    )
 
 
-def cell_config(spec: Spec, cell: Cell, resolved: dict[str, str] | None = None
-                ) -> config_mod.Config:
+def cell_config(
+    spec: Spec, cell: Cell, resolved: dict[str, str] | None = None
+) -> config_mod.Config:
     """The cell's config; ``resolved`` maps keys that said ``run:standard`` to ``run:run-…``."""
     from daat.train.teacher import standard_config
 
-    overrides = [f"data.card={cell.card}", f"depth.model={spec.depth}", f"seed={cell.seed}",
-                 *(override(k, v) for k, v in spec.settings + cell.grid)]
+    overrides = [
+        f"data.card={cell.card}",
+        f"depth.model={spec.depth}",
+        f"seed={cell.seed}",
+        *(override(k, v) for k, v in spec.settings + cell.grid),
+    ]
     cfg = config_mod.load([cell.method, *spec.scale], overrides)
     if cell.standardised:
         cfg = standard_config(cfg)
@@ -237,6 +288,7 @@ def standard_refs(cfg: config_mod.Config) -> list[str]:
 
 def _run_key(card: str, cfg: config_mod.Config) -> str:
     from daat.keys import determining
+
     return content_key({"card": card, "run": determining("run", cfg)})
 
 
@@ -254,8 +306,9 @@ def plan(spec: Spec) -> list[Step]:
         axes = spec.grid if method in spec.grid_methods else ()
         for values in itertools.product(*(v for _, v in axes)):
             grid = tuple(zip((k for k, _ in axes), values))
-            name = "/".join([card_label(card), Path(method).stem, f"seed{seed}",
-                             *(f"{k}={v}" for k, v in grid)])
+            name = "/".join(
+                [card_label(card), Path(method).stem, f"seed{seed}", *(f"{k}={v}" for k, v in grid)]
+            )
             cells.append(Cell(name, card, method, seed, grid))
     trains: dict[str, Step] = {}  # run key -> the train step that makes it
     pending = []
@@ -264,16 +317,28 @@ def plan(spec: Spec) -> list[Step]:
         key = _run_key(cell.card, cfg)
         train = trains.get(key)
         if train is None:
-            train = trains[key] = Step(f"train:{cell.name}", "train", cell.card, cell,
-                                       [f"preprocess:{card_label(cell.card)}"])
+            train = trains[key] = Step(
+                f"train:{cell.name}",
+                "train",
+                cell.card,
+                cell,
+                [f"preprocess:{card_label(cell.card)}"],
+            )
         steps.append(Step(f"eval:{cell.name}", "eval", cell.card, cell, [train.name]))
         pending.append((cell, cfg, key))
     for cell, cfg, key in pending:
         refs = standard_refs(cfg)
         if not refs:
             continue
-        std = Cell(f"{card_label(cell.card)}/standard/seed{cell.seed}", cell.card, cell.method,
-                   cell.seed, cell.grid, standardised=True, evaluated=False)
+        std = Cell(
+            f"{card_label(cell.card)}/standard/seed{cell.seed}",
+            cell.card,
+            cell.method,
+            cell.seed,
+            cell.grid,
+            standardised=True,
+            evaluated=False,
+        )
         std_key = _run_key(cell.card, cell_config(spec, std))
         if std_key == key:
             continue  # the run is its own standard run: nothing to depend on
@@ -281,14 +346,18 @@ def plan(spec: Spec) -> list[Step]:
         if dep is None:
             taken = {s.name for s in trains.values()}
             name = std.name if f"train:{std.name}" not in taken else f"{std.name}/{std_key[:8]}"
-            dep = trains[std_key] = Step(f"train:{name}", "train", cell.card,
-                                         Cell(name, std.card, std.method, std.seed, std.grid,
-                                              True, False), [f"preprocess:{card_label(std.card)}"])
+            dep = trains[std_key] = Step(
+                f"train:{name}",
+                "train",
+                cell.card,
+                Cell(name, std.card, std.method, std.seed, std.grid, True, False),
+                [f"preprocess:{card_label(std.card)}"],
+            )
         train = trains[key]
         train.refs.update({k: dep.name for k in refs})
         if dep.name not in train.deps:
             train.deps.append(dep.name)
-    steps[len(spec.cards):len(spec.cards)] = list(trains.values())
+    steps[len(spec.cards) : len(spec.cards)] = list(trains.values())
     return steps
 
 
@@ -296,8 +365,13 @@ def plan(spec: Spec) -> list[Step]:
 def experiment_artifact(spec: Spec, out: str | os.PathLike, lock: bool = False) -> Artifact:
     """The experiment's artifact. Steps write only their own record file in it (no lock: many run
     at once); ``collect``, the one writer of its manifest, opens it with ``lock=True``."""
-    return create_or_open(out, "experiment", spec.determining(),
-                          config={**spec.determining(), "spec": str(spec.path)}, lock=lock)
+    return create_or_open(
+        out,
+        "experiment",
+        spec.determining(),
+        config={**spec.determining(), "spec": str(spec.path)},
+        lock=lock,
+    )
 
 
 def record_relpath(step: str) -> str:
@@ -310,8 +384,9 @@ def _record_path(art: Artifact, step: str) -> Path:
 
 
 def write_record(art: Artifact, step: str, made: Artifact) -> None:
-    atomic_write_json(_record_path(art, step), {"step": step, "artifact": made.id,
-                                                "kind": made.kind})
+    atomic_write_json(
+        _record_path(art, step), {"step": step, "artifact": made.id, "kind": made.kind}
+    )
 
 
 def finished(art: Artifact, step: str, out: str | os.PathLike) -> Artifact | None:
@@ -329,8 +404,10 @@ def finished(art: Artifact, step: str, out: str | os.PathLike) -> Artifact | Non
 def _needed(art: Artifact, step: str, out: str, by: str) -> Artifact:
     made = finished(art, step, out)
     if made is None:
-        raise DaatError(f"step '{by}' needs '{step}' to have finished first; run "
-                        f"`daat experiment cell SPEC {step}` (or the whole experiment)")
+        raise DaatError(
+            f"step '{by}' needs '{step}' to have finished first; run "
+            f"`daat experiment cell SPEC {step}` (or the whole experiment)"
+        )
     return made
 
 
@@ -351,18 +428,21 @@ def run_step(spec: Spec, steps: list[Step], name: str, out: str) -> Artifact:
     art = experiment_artifact(spec, out)
     if step.kind == "preprocess":
         from daat.pipeline import preprocess
+
         made = preprocess.run(prep_config(spec, step.card), out)
     elif step.kind == "train":
         from daat.train import loop
+
         shards = _needed(art, step.deps[0], out, name)
-        resolved = {key: f"run:{_needed(art, dep, out, name).id}"
-                    for key, dep in step.refs.items()}
+        resolved = {key: f"run:{_needed(art, dep, out, name).id}" for key, dep in step.refs.items()}
         made = loop.run(cell_config(spec, step.cell, resolved), str(shards.path), out)
     else:
         from daat.eval import evaluate
+
         run = _needed(art, step.deps[0], out, name)
-        made = evaluate.run(str(run.path), None, [],
-                            [override(k, v) for k, v in spec.evaluate], out)
+        made = evaluate.run(
+            str(run.path), None, [], [override(k, v) for k, v in spec.evaluate], out
+        )
     if os.environ.get("RANK", "0") == "0":
         write_record(art, name, made)
     return made
@@ -376,19 +456,32 @@ def commands(spec: Spec, steps: list[Step], out: str) -> list[str]:
     outs = f"--out {shlex.quote(str(Path(out).resolve()))}"
     needed = {d for s in steps if s.kind == "train" for d in s.deps if d.startswith("train:")}
     trains = [s.name.split(":", 1)[1] for s in steps if s.kind == "train"]
-    shared = [s.name.split(":", 1)[1] for s in steps  # cells evaluating another cell's run
-              if s.kind == "eval" and s.name.split(":", 1)[1] not in trains]
-    blocks = [("preprocess each card once", [s.name for s in steps if s.kind == "preprocess"]),
-              ("runs that other runs name with run:standard",
-               [n for n in trains if f"train:{n}" in needed]),
-              ("every other cell (train, then evaluate)",
-               [n for n in trains if f"train:{n}" not in needed]),
-              ("cells whose run another cell trained (evaluate only)", shared)]
-    lines = [f"# {spec.name}: {len(trains) + len(shared)} cells. Run the blocks in order; the "
-             f"lines of a block are independent (one Slurm array each)."]
+    shared = [
+        s.name.split(":", 1)[1]
+        for s in steps  # cells evaluating another cell's run
+        if s.kind == "eval" and s.name.split(":", 1)[1] not in trains
+    ]
+    blocks = [
+        ("preprocess each card once", [s.name for s in steps if s.kind == "preprocess"]),
+        (
+            "runs that other runs name with run:standard",
+            [n for n in trains if f"train:{n}" in needed],
+        ),
+        (
+            "every other cell (train, then evaluate)",
+            [n for n in trains if f"train:{n}" not in needed],
+        ),
+        ("cells whose run another cell trained (evaluate only)", shared),
+    ]
+    lines = [
+        f"# {spec.name}: {len(trains) + len(shared)} cells. Run the blocks in order; the "
+        f"lines of a block are independent (one Slurm array each)."
+    ]
     for number, (what, names) in enumerate([b for b in blocks if b[1]], 1):
         lines.append(f"# block {number}: {what}")
         lines += [f"{base} {shlex.quote(n)} {outs}" for n in names]
-    lines += ["# afterwards (also fine while cells are still missing): aggregate",
-              f"daat experiment collect {shlex.quote(str(spec.path))} {outs}"]
+    lines += [
+        "# afterwards (also fine while cells are still missing): aggregate",
+        f"daat experiment collect {shlex.quote(str(spec.path))} {outs}",
+    ]
     return lines

@@ -21,6 +21,7 @@ depth(x_adv) and their signed difference (Fig. 1a). The depth model's output is 
 depth, whose scale differs between images, so each ROW has one scale for depth(x) and
 depth(x_adv) (one colour bar for both) and its own symmetric scale for the difference.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,8 +36,17 @@ from daat.eval.results import eps_tag
 CONTOUR_LEVEL = 0.3  # |Δ Grad-CAM| on the [0, 1] scale drawn as a red contour
 _CELL = 1.25  # inches per image panel
 _NAME_CHARS = 18  # class names longer than this are cut (with an ellipsis) in panel titles
-_ATTENTION_COLUMNS = ("x (clean)", "Grad-CAM(x)", "x_adv", "Grad-CAM(x_adv)", "Δ Grad-CAM",
-                      "A(x)", "A(x_adv)", "Δ A", "G(x) depth saliency")
+_ATTENTION_COLUMNS = (
+    "x (clean)",
+    "Grad-CAM(x)",
+    "x_adv",
+    "Grad-CAM(x_adv)",
+    "Δ Grad-CAM",
+    "A(x)",
+    "A(x_adv)",
+    "Δ A",
+    "G(x) depth saliency",
+)
 _DEPTH_COLUMNS = ("x", "depth(x)", "x_adv", "depth(x_adv)", "Δ depth")
 
 
@@ -63,7 +73,7 @@ def display_names(shard_art) -> list[str]:
 
 def _name(class_names: list[str], label: int) -> str:
     name = class_names[label] if 0 <= label < len(class_names) else str(label)
-    return name if len(name) <= _NAME_CHARS else name[:_NAME_CHARS - 1] + "…"
+    return name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 1] + "…"
 
 
 def _rgb(x: torch.Tensor) -> np.ndarray:
@@ -74,13 +84,27 @@ def _attack(model, x, y, ev: EvalConfig, eps: float, device) -> torch.Tensor:
     generator = torch.Generator(device=device)
     generator.manual_seed(attacks_eval.task_seed(ev.seed, f"figure_eps{eps_tag(eps)}", 0))
     clean_ok = torch.ones_like(y, dtype=torch.bool)
-    out = attacks_eval.pgd_eval(model, x, y, clean_ok, eps=eps, alpha=eps * ev.alpha / ev.eps,
-                                steps=ev.pgd_steps, generator=generator)
+    out = attacks_eval.pgd_eval(
+        model,
+        x,
+        y,
+        clean_ok,
+        eps=eps,
+        alpha=eps * ev.alpha / ev.eps,
+        steps=ev.pgd_steps,
+        generator=generator,
+    )
     return out.x_adv
 
 
-def make_all(art_path: Path, model, ev: EvalConfig, samples: dict[int, tuple],
-             class_names: list[str], device: torch.device) -> list[str]:
+def make_all(
+    art_path: Path,
+    model,
+    ev: EvalConfig,
+    samples: dict[int, tuple],
+    class_names: list[str],
+    device: torch.device,
+) -> list[str]:
     """Draw every figure (when its samples were collected); return the relpaths that exist."""
     if samples and not all_present(art_path, ev):
         order = sorted(samples)
@@ -90,11 +114,26 @@ def make_all(art_path: Path, model, ev: EvalConfig, samples: dict[int, tuple],
         depth_model = _load_depth(ev, device)
         for eps in ev.figure_eps:
             x_adv = _attack(model, x, y, ev, eps, device)
-            attention_figure(art_path / f"figures/attention_eps{eps_tag(eps)}.png",
-                             model, x, x_adv, y, g, eps, class_names, ev.pgd_steps)
+            attention_figure(
+                art_path / f"figures/attention_eps{eps_tag(eps)}.png",
+                model,
+                x,
+                x_adv,
+                y,
+                g,
+                eps,
+                class_names,
+                ev.pgd_steps,
+            )
             if depth_model is not None:
-                depth_figure(art_path / f"figures/depth_eps{eps_tag(eps)}.png",
-                             depth_model, x, x_adv, eps, ev.pgd_steps)
+                depth_figure(
+                    art_path / f"figures/depth_eps{eps_tag(eps)}.png",
+                    depth_model,
+                    x,
+                    x_adv,
+                    eps,
+                    ev.pgd_steps,
+                )
     return [rel for rel in figure_files(ev) if (art_path / rel).is_file()]
 
 
@@ -117,8 +156,9 @@ def _symmetric(values: np.ndarray) -> float:
     return max(float(np.abs(values).max()), 1e-12)
 
 
-def attention_figure(path: Path, model, x, x_adv, y, g, eps: float, class_names: list[str],
-                     steps: int):
+def attention_figure(
+    path: Path, model, x, x_adv, y, g, eps: float, class_names: list[str], steps: int
+):
     """Draw the Grad-CAM / attention panels for images ``x`` and their PGD-``steps``
     ``x_adv`` at radius ``eps`` (in [0, 1] units) to ``path`` (+ PDF); returns the Figure."""
     grid, size = model.grid, tuple(x.shape[-2:])
@@ -143,46 +183,64 @@ def attention_figure(path: Path, model, x, x_adv, y, g, eps: float, class_names:
             img, img_adv = _rgb(x[i]), _rgb(x_adv[i])
             row = axes[i]
             row[0].imshow(img)
-            row[0].set_xlabel(f"true: {_name(class_names, true)}\npred: {_name(class_names, p)}",
-                              fontsize=6.5, color="black" if p == true else "red")
+            row[0].set_xlabel(
+                f"true: {_name(class_names, true)}\npred: {_name(class_names, p)}",
+                fontsize=6.5,
+                color="black" if p == true else "red",
+            )
             row[1].imshow(img)
-            shown["cam"] = row[1].imshow(cam_up[i], cmap=style.CMAPS["gradcam"], alpha=0.5,
-                                         vmin=0, vmax=1)
+            shown["cam"] = row[1].imshow(
+                cam_up[i], cmap=style.CMAPS["gradcam"], alpha=0.5, vmin=0, vmax=1
+            )
             row[2].imshow(img_adv)
-            row[2].set_xlabel(f"pred: {_name(class_names, pa)}", fontsize=6.5,
-                              color="black" if pa == true else "red")
+            row[2].set_xlabel(
+                f"pred: {_name(class_names, pa)}",
+                fontsize=6.5,
+                color="black" if pa == true else "red",
+            )
             row[3].imshow(img_adv)
-            shown["cam_adv"] = row[3].imshow(cam_adv_up[i], cmap=style.CMAPS["gradcam"],
-                                             alpha=0.5, vmin=0, vmax=1)
-            shown["cam_diff"] = row[4].imshow(cam_diff[i], cmap=style.CMAPS["difference"],
-                                              vmin=-cam_lim, vmax=cam_lim)
+            shown["cam_adv"] = row[3].imshow(
+                cam_adv_up[i], cmap=style.CMAPS["gradcam"], alpha=0.5, vmin=0, vmax=1
+            )
+            shown["cam_diff"] = row[4].imshow(
+                cam_diff[i], cmap=style.CMAPS["difference"], vmin=-cam_lim, vmax=cam_lim
+            )
             if np.abs(cam_diff[i]).max() >= CONTOUR_LEVEL:
-                row[4].contour(np.abs(cam_diff[i]), levels=[CONTOUR_LEVEL], colors="red",
-                               linewidths=0.8)
-            shown["a"] = row[5].imshow(a_grid[i], cmap=style.CMAPS["attention"], vmin=0,
-                                       vmax=a_top)
-            shown["a_adv"] = row[6].imshow(a_adv_grid[i], cmap=style.CMAPS["attention"],
-                                           vmin=0, vmax=a_top)
-            shown["a_diff"] = row[7].imshow(a_diff[i], cmap=style.CMAPS["difference"],
-                                            vmin=-a_lim, vmax=a_lim)
+                row[4].contour(
+                    np.abs(cam_diff[i]), levels=[CONTOUR_LEVEL], colors="red", linewidths=0.8
+                )
+            shown["a"] = row[5].imshow(a_grid[i], cmap=style.CMAPS["attention"], vmin=0, vmax=a_top)
+            shown["a_adv"] = row[6].imshow(
+                a_adv_grid[i], cmap=style.CMAPS["attention"], vmin=0, vmax=a_top
+            )
+            shown["a_diff"] = row[7].imshow(
+                a_diff[i], cmap=style.CMAPS["difference"], vmin=-a_lim, vmax=a_lim
+            )
             row[7].set_xlabel(f"cos(A(x), A(x_adv)) = {cos[i]:.3f}", fontsize=6.5)
-            shown["g"] = row[8].imshow(g_grid[i], cmap=style.CMAPS["saliency"], vmin=0,
-                                       vmax=float(g_grid.max()) or 1.0)
+            shown["g"] = row[8].imshow(
+                g_grid[i], cmap=style.CMAPS["saliency"], vmin=0, vmax=float(g_grid.max()) or 1.0
+            )
             for ax in row:
                 style.bare(ax)
         for j, header in enumerate(_ATTENTION_COLUMNS):
             axes[0, j].set_title(header, fontsize=7.5, fontweight="bold")
-        bars = {1: ("cam", "max-normalised"), 3: ("cam_adv", "max-normalised"),
-                4: ("cam_diff", "adversarial − clean"), 5: ("a", "share of CLS attention"),
-                6: ("a_adv", "share of CLS attention"), 7: ("a_diff", "adversarial − clean"),
-                8: ("g", "share of depth saliency")}
+        bars = {
+            1: ("cam", "max-normalised"),
+            3: ("cam_adv", "max-normalised"),
+            4: ("cam_diff", "adversarial − clean"),
+            5: ("a", "share of CLS attention"),
+            6: ("a_adv", "share of CLS attention"),
+            7: ("a_diff", "adversarial − clean"),
+            8: ("g", "share of depth saliency"),
+        }
         for j, (key, label) in bars.items():
             style.colorbar(fig, shown[key], axes[:, j], label, location="bottom")
         fig.suptitle(
             f"Grad-CAM and attention A(x) under PGD-{steps} at ε = {text}: clean x vs "
             f"adversarial x_adv\nGrad-CAM for the predicted class; Δ = adversarial − clean; "
             f"red contour: |Δ Grad-CAM| ≥ {CONTOUR_LEVEL}; red class name = misclassified; "
-            f"A and G sum to 1 over the {grid[0]}×{grid[1]} patches")
+            f"A and G sum to 1 over the {grid[0]}×{grid[1]} patches"
+        )
         style.save(fig, path)
     return fig
 
@@ -212,8 +270,10 @@ def depth_figure(path: Path, depth_model, x, x_adv, eps: float, steps: int):
             style.colorbar(fig, delta, row[4], "adversarial − clean")
         for j, header in enumerate(_DEPTH_COLUMNS):
             axes[0, j].set_title(header, fontsize=7.5, fontweight="bold")
-        fig.suptitle(f"Depth of x and x_adv (PGD-{steps}, ε = {style.format_eps(eps)}): relative "
-                     f"inverse depth (brighter = nearer),\none colour scale per row for depth(x) "
-                     f"and depth(x_adv); Δ = adversarial − clean")
+        fig.suptitle(
+            f"Depth of x and x_adv (PGD-{steps}, ε = {style.format_eps(eps)}): relative "
+            f"inverse depth (brighter = nearer),\none colour scale per row for depth(x) "
+            f"and depth(x_adv); Δ = adversarial − clean"
+        )
         style.save(fig, path)
     return fig

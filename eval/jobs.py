@@ -11,23 +11,31 @@ Children are forked from a server process that has imported torch, timm and the 
 killed with its parent (PR_SET_PDEATHSIG; the server exits with the runner), so after a kill -9
 of the runner no orphan keeps writing an artifact the rerun is about to resume.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from daat.errors import DaatError
 from daat.eval.experiment import Spec, Step, experiment_artifact, finished
 
 _POLL_S = 0.1
 _LOG_TAIL = 15
-_PRELOAD = ["torch", "timm", "daat.eval.experiment", "daat.pipeline.preprocess",
-            "daat.train.loop", "daat.eval.evaluate", "daat.models"]
+_PRELOAD = [
+    "torch",
+    "timm",
+    "daat.eval.experiment",
+    "daat.pipeline.preprocess",
+    "daat.train.loop",
+    "daat.eval.evaluate",
+    "daat.models",
+]
 
 
 def cores() -> int:
@@ -58,6 +66,7 @@ def threads_per_job(jobs: int, available: int | None = None) -> int:
 def _die_with_parent() -> None:
     import ctypes
     import signal
+
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
@@ -89,6 +98,7 @@ def _child(spec_path: str, step: str, out: str, log: str, threads: int) -> None:
 
     from daat.errors import DaatError
     from daat.eval import experiment
+
     torch.set_num_threads(threads)
     try:
         spec = experiment.load_spec(spec_path)
@@ -109,6 +119,7 @@ def _priority(steps: list[Step]) -> Callable[[Step], tuple]:
         if step.kind == "train":
             return (1 if step.name in named else 2, order[step.name])
         return (rank[step.kind], order[step.name])
+
     return key
 
 
@@ -116,23 +127,31 @@ def say_experiment(message: str) -> None:
     print(f"[experiment] {message}", file=sys.stderr, flush=True)
 
 
-def run_steps(spec: Spec, steps: list[Step], out: str, jobs: int, threads: int,
-              say: Callable[[str], None] = say_experiment) -> None:
+def run_steps(
+    spec: Spec,
+    steps: list[Step],
+    out: str,
+    jobs: int,
+    threads: int,
+    say: Callable[[str], None] = say_experiment,
+) -> None:
     """Run every unfinished step, ``jobs`` at a time with ``threads`` threads each, in
     dependency order. Raises DaatError naming the failed steps and their logs (the finished
     ones stay recorded: a rerun continues)."""
     art = experiment_artifact(spec, out)
     done = {s.name for s in steps if finished(art, s.name, out) is not None}
     waiting = [s for s in steps if s.name not in done]
-    say(f"{len(steps)} steps: {len(done)} already finished (reused), {len(waiting)} to run, "
-        f"{jobs} at a time with {threads} thread(s) each; logs in {art.path / 'logs'}")
+    say(
+        f"{len(steps)} steps: {len(done)} already finished (reused), {len(waiting)} to run, "
+        f"{jobs} at a time with {threads} thread(s) each; logs in {art.path / 'logs'}"
+    )
     priority = _priority(steps)
     running: dict[str, _Running] = {}
     failed: dict[str, str] = {}
     ctx = _context()
     while waiting or running:
         ready = sorted((s for s in waiting if all(d in done for d in s.deps)), key=priority)
-        for step in ready[:max(0, jobs - len(running))]:
+        for step in ready[: max(0, jobs - len(running))]:
             waiting.remove(step)
             running[step.name] = _start(ctx, spec, step, out, art.path / "logs", threads)
             say(f"start {step.name}")
@@ -149,18 +168,24 @@ def run_steps(spec: Spec, steps: list[Step], out: str, jobs: int, threads: int,
             made = finished(art, name, out) if rc == 0 else None
             if made is not None:
                 done.add(name)
-                say(f"done {name} in {seconds:.0f} s{_outcome(made)} ({len(done)}/{len(steps)} "
-                    f"steps finished)")
+                say(
+                    f"done {name} in {seconds:.0f} s{_outcome(made)} ({len(done)}/{len(steps)} "
+                    f"steps finished)"
+                )
             else:
                 failed[name] = str(job.log)
                 tail = job.log.read_text(errors="replace").splitlines()[-_LOG_TAIL:]
-                say(f"FAILED {name} (exit {rc}) after {seconds:.0f} s; the end of {job.log}:\n"
-                    + "\n".join(f"    {line}" for line in tail))
+                say(
+                    f"FAILED {name} (exit {rc}) after {seconds:.0f} s; the end of {job.log}:\n"
+                    + "\n".join(f"    {line}" for line in tail)
+                )
     if failed or waiting:
         blocked = [s.name for s in waiting]
-        raise DaatError(f"{len(failed)} step(s) failed ({', '.join(failed)}; logs: "
-                        f"{', '.join(failed.values())}) and {len(blocked)} could not start; fix "
-                        f"the cause and rerun: finished steps are reused")
+        raise DaatError(
+            f"{len(failed)} step(s) failed ({', '.join(failed)}; logs: "
+            f"{', '.join(failed.values())}) and {len(blocked)} could not start; fix "
+            f"the cause and rerun: finished steps are reused"
+        )
 
 
 def _pct(x) -> str:
@@ -173,8 +198,10 @@ def _outcome(made) -> str:
         val = made.extra.get("final_metrics") or {}
         if "val_clean_acc" not in val:
             return ""
-        return (f": val clean {_pct(val['val_clean_acc'])}, PGD-{val.get('val_pgd_steps')} "
-                f"{_pct(val.get('val_pgd_acc'))} on {val.get('val_n')} images")
+        return (
+            f": val clean {_pct(val['val_clean_acc'])}, PGD-{val.get('val_pgd_steps')} "
+            f"{_pct(val.get('val_pgd_acc'))} on {val.get('val_n')} images"
+        )
     if made.kind == "eval":
         acc = made.extra.get("accuracy") or {}
         parts = [f"{k} {_pct(v)}" for k, v in acc.items() if not isinstance(v, dict)]
@@ -187,9 +214,11 @@ def _start(ctx, spec: Spec, step: Step, out: str, log_dir: Path, threads: int) -
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / (step.name.replace(":", "-").replace("/", "+") + ".log")
     with open(log, "a") as sink:
-        sink.write(f"# daat experiment cell {spec.path} {step.name} --out {out} "
-                   f"({threads} thread(s))\n")
-    proc = ctx.Process(target=_child, args=(str(spec.path), step.name, str(out), str(log),
-                                            threads), name=step.name)
+        sink.write(
+            f"# daat experiment cell {spec.path} {step.name} --out {out} ({threads} thread(s))\n"
+        )
+    proc = ctx.Process(
+        target=_child, args=(str(spec.path), step.name, str(out), str(log), threads), name=step.name
+    )
     proc.start()
     return _Running(step, proc, log, time.perf_counter())

@@ -14,6 +14,7 @@ again is quick, and an interrupted quickstart continues where it stopped. Evalua
 (val subset sizes for PGD-100 and AutoAttack) come from the synthetic preset's ``eval`` section;
 the report states them.
 """
+
 from __future__ import annotations
 
 import sys
@@ -25,15 +26,24 @@ import yaml
 from daat.artifacts import atomic_write_text
 
 METHODS = ("standard", "pgd-at", "daat")
-SPEC = {"name": "quickstart", "cards": ["synthetic"], "depth": "oracle", "scale": ["synthetic"],
-        "methods": list(METHODS), "seeds": [0], "baseline": "pgd-at",
-        # G(x) from the shards: the --use-cached-depth equivalent
-        "set": {"depth.target": "cached"},
-        # 400 val images decode faster than DataLoader workers start
-        "evaluate": {"data.num_workers": 0}}
-WHAT = {"standard": "standard training (also DAAT's stand-in teacher)",
-        "pgd-at": "PGD adversarial training",
-        "daat": "DAAT: PGD-AT + depth-attention alignment + feature alignment"}
+SPEC = {
+    "name": "quickstart",
+    "cards": ["synthetic"],
+    "depth": "oracle",
+    "scale": ["synthetic"],
+    "methods": list(METHODS),
+    "seeds": [0],
+    "baseline": "pgd-at",
+    # G(x) from the shards: the --use-cached-depth equivalent
+    "set": {"depth.target": "cached"},
+    # 400 val images decode faster than DataLoader workers start
+    "evaluate": {"data.num_workers": 0},
+}
+WHAT = {
+    "standard": "standard training (also DAAT's stand-in teacher)",
+    "pgd-at": "PGD adversarial training",
+    "daat": "DAAT: PGD-AT + depth-attention alignment + feature alignment",
+}
 
 
 def say(message: str) -> None:
@@ -42,8 +52,10 @@ def say(message: str) -> None:
 
 def write_spec(root: Path) -> Path:
     path = root / "quickstart.yaml"
-    text = ("# The quickstart as a `daat experiment` spec (written by `daat quickstart`).\n"
-            + yaml.safe_dump(SPEC, sort_keys=False))
+    text = (
+        "# The quickstart as a `daat experiment` spec (written by `daat quickstart`).\n"
+        + yaml.safe_dump(SPEC, sort_keys=False)
+    )
     if not path.is_file() or path.read_text() != text:
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
@@ -64,14 +76,18 @@ def run(out: str, jobs: int | None = None) -> Path:
         jobs = 2 if free >= 2 else 1
     threads = jobs_mod.threads_per_job(jobs, available=free)
     say(f"writing everything under {root} (rerun to reuse/resume)")
-    say(f"{jobs} step(s) at a time, {threads} torch thread(s) each ({free} of "
-        f"{jobs_mod.cores()} cores free; OMP_NUM_THREADS caps the threads, --jobs sets the jobs)")
+    say(
+        f"{jobs} step(s) at a time, {threads} torch thread(s) each ({free} of "
+        f"{jobs_mod.cores()} cores free; OMP_NUM_THREADS caps the threads, --jobs sets the jobs)"
+    )
     say("step 1/4: preprocess the synthetic card (10 classes, 3-D scenes, exact depth = oracle)")
     say("step 2/4: train")
     for method in METHODS:
         say(f"  {method} — {WHAT[method]}")
-    say("step 3/4: evaluate each — clean, PGD-10, PGD-100 over ε, AutoAttack, attention under "
-        "attack, figures")
+    say(
+        "step 3/4: evaluate each — clean, PGD-10, PGD-100 over ε, AutoAttack, attention under "
+        "attack, figures"
+    )
     jobs_mod.run_steps(spec, steps, arts, jobs, threads, say)
     summary = experiment_report.collect(spec, steps, arts)
     say(f"  experiment artifact (results.csv, report.md): {summary.path}")

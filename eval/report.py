@@ -13,6 +13,7 @@ Outputs in ``out``: ``report.md`` with
 - Fig. 3d: clean / PGD-10 / AutoAttack vs λ, when ≥ 2 runs differ only in ``loss.lam``,
 - attention-under-attack numbers, sanity flags, and each eval's Grad-CAM figures (copied in).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,12 +28,18 @@ from daat.errors import DaatError
 from daat.eval import paper, report_figures, style
 from daat.eval.report_figures import lam, method, radius_of_key
 
-METHOD_NAMES = {"standard": "Standard", "pgd-at": "PGD-AT", "daat-no-align": "DAAT w/o L_align",
-                "daat": "DAAT"}
+METHOD_NAMES = {
+    "standard": "Standard",
+    "pgd-at": "PGD-AT",
+    "daat-no-align": "DAAT w/o L_align",
+    "daat": "DAAT",
+}
 METHOD_ORDER = ("standard", "pgd-at", "daat-no-align", "daat")
-CUE_TEXT = ("Each image shows the shape of class i with the texture that the spurious training "
-            "set ties to class j ≠ i; accuracies are the share of predictions equal to i (shape) "
-            "and to j (texture); shape bias = shape / (shape + texture) (Geirhos et al. 2019).")
+CUE_TEXT = (
+    "Each image shows the shape of class i with the texture that the spurious training "
+    "set ties to class j ≠ i; accuracies are the share of predictions equal to i (shape) "
+    "and to j (texture); shape bias = shape / (shape + texture) (Geirhos et al. 2019)."
+)
 
 
 @dataclass
@@ -52,8 +59,10 @@ class Row:
     @property
     def base_label(self) -> str:
         cfg = self.config
-        return (f"{METHOD_NAMES[method(cfg)]} · {cfg.get('preset') or '-'} "
-                f"(seed {cfg.get('seed')}, λ={lam(cfg):g})")
+        return (
+            f"{METHOD_NAMES[method(cfg)]} · {cfg.get('preset') or '-'} "
+            f"(seed {cfg.get('seed')}, λ={lam(cfg):g})"
+        )
 
     @property
     def label(self) -> str:
@@ -73,14 +82,16 @@ def _expand(paths: list[str]) -> list[Artifact]:
             for art in (a for a in listed if not a.complete):
                 print(f"[report] skipping incomplete {art.path}", file=sys.stderr)
             if not arts:
-                raise DaatError(f"{path} is neither a run/eval artifact nor a directory holding "
-                                f"complete ones")
+                raise DaatError(
+                    f"{path} is neither a run/eval artifact nor a directory holding complete ones"
+                )
         else:
             raise DaatError(f"{path} is not an artifact directory")
         for art in arts:
             if art.kind not in ("run", "eval"):
-                raise DaatError(f"{art.path} is a '{art.kind}' artifact; report takes run and eval "
-                                f"artifacts")
+                raise DaatError(
+                    f"{art.path} is a '{art.kind}' artifact; report takes run and eval artifacts"
+                )
             found.setdefault(art.id, art)
     return list(found.values())
 
@@ -101,8 +112,9 @@ def read_metrics(run: Artifact) -> list[dict]:
 
 def read_summary(ev: Artifact) -> dict:
     if not ev.complete:
-        raise DaatError(f"{ev.path} is an incomplete evaluation; rerun `daat evaluate` to "
-                        f"finish it")
+        raise DaatError(
+            f"{ev.path} is an incomplete evaluation; rerun `daat evaluate` to finish it"
+        )
     try:
         return json.loads(ev.file("summary.json").read_text())
     except (ArtifactError, json.JSONDecodeError) as e:
@@ -130,10 +142,18 @@ def gather(paths: list[str]) -> list[Row]:
     for run_id, run in runs.items():
         if run_id not in evaluated:
             rows.append(Row(run, None, {}, read_metrics(run)))
-    rows.sort(key=lambda r: (METHOD_ORDER.index(method(r.config)), lam(r.config),
-                             r.config.get("seed", 0), (r.run or r.eval).id))
-    names = style.unique_labels({i: r.base_label for i, r in enumerate(rows)},
-                                {i: (r.eval or r.run).id[:12] for i, r in enumerate(rows)})
+    rows.sort(
+        key=lambda r: (
+            METHOD_ORDER.index(method(r.config)),
+            lam(r.config),
+            r.config.get("seed", 0),
+            (r.run or r.eval).id,
+        )
+    )
+    names = style.unique_labels(
+        {i: r.base_label for i, r in enumerate(rows)},
+        {i: (r.eval or r.run).id[:12] for i, r in enumerate(rows)},
+    )
     for i, r in enumerate(rows):
         r.name = names[i]
     return rows
@@ -152,19 +172,36 @@ def table_attack(r: Row) -> str:
 def table1(rows: list[Row]) -> list[str]:
     show_paper = any(paper.matches_paper(r.config) for r in rows)
     attacks = sorted({table_attack(r) for r in rows if r.summary}) or ["pgd-10"]
-    head = ["method", "preset", "seed", "λ", "clean", " / ".join(a.upper() for a in attacks),
-            "AutoAttack", "n (clean / AA)", "run", "eval"]
+    head = [
+        "method",
+        "preset",
+        "seed",
+        "λ",
+        "clean",
+        " / ".join(a.upper() for a in attacks),
+        "AutoAttack",
+        "n (clean / AA)",
+        "run",
+        "eval",
+    ]
     if show_paper:
         head.append("paper clean / PGD-10 / AA")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         acc = r.summary.get("accuracy", {})
         counts = r.summary.get("counts", {})
-        cells = [METHOD_NAMES[method(r.config)], f"`{r.config.get('preset') or '-'}`",
-                 str(r.config.get("seed")), f"{lam(r.config):g}", _pct(acc.get("clean")),
-                 _pct(acc.get(table_attack(r))), _pct(acc.get("autoattack")),
-                 f"{counts.get('evaluated', '—')} / {counts.get('autoattack', '—')}",
-                 f"`{r.run.id}`" if r.run else "—", f"`{r.eval.id}`" if r.eval else "not evaluated"]
+        cells = [
+            METHOD_NAMES[method(r.config)],
+            f"`{r.config.get('preset') or '-'}`",
+            str(r.config.get("seed")),
+            f"{lam(r.config):g}",
+            _pct(acc.get("clean")),
+            _pct(acc.get(table_attack(r))),
+            _pct(acc.get("autoattack")),
+            f"{counts.get('evaluated', '—')} / {counts.get('autoattack', '—')}",
+            f"`{r.run.id}`" if r.run else "—",
+            f"`{r.eval.id}`" if r.eval else "not evaluated",
+        ]
         if show_paper:
             ref = paper.paper_row(method(r.config), r.config)
             cells.append(" / ".join(f"{v:.2f}" for v in ref) if ref else "—")
@@ -174,17 +211,25 @@ def table1(rows: list[Row]) -> list[str]:
 
 def same_samples_table(rows: list[Row]) -> list[str]:
     """Every attack on the AutoAttack subset itself, so the attacks compare on the same images."""
-    keys = sorted({k for r in rows for k in r.summary.get("accuracy_on_same_samples", {})
-                   .get("autoattack_subset", {})},
-                  key=lambda k: (k == "autoattack", k != "clean", "@" in k, k))  # weakest first
+    keys = sorted(
+        {
+            k
+            for r in rows
+            for k in r.summary.get("accuracy_on_same_samples", {}).get("autoattack_subset", {})
+        },
+        key=lambda k: (k == "autoattack", k != "clean", "@" in k, k),
+    )  # weakest first
     if not keys:
         return []
     lines = ["| run | " + " | ".join(keys) + " | n |", "|---|" + "---|" * (len(keys) + 1)]
     for r in rows:
         same = r.summary.get("accuracy_on_same_samples", {}).get("autoattack_subset")
         if same:
-            lines.append(f"| {r.label} | " + " | ".join(_pct(same.get(k)) for k in keys)
-                         + f" | {r.summary['counts']['autoattack']} |")
+            lines.append(
+                f"| {r.label} | "
+                + " | ".join(_pct(same.get(k)) for k in keys)
+                + f" | {r.summary['counts']['autoattack']} |"
+            )
     return lines
 
 
@@ -194,47 +239,64 @@ def _num(v) -> str:
 
 def robust_vs_eps_table(rows: list[Row]) -> list[str]:
     """Fig. 3c's numbers: PGD-100 accuracy (%) at each ε of each evaluation."""
-    grids = [(r, k, v) for r in rows for k, v in r.summary.get("accuracy", {}).items()
-             if isinstance(v, dict)]
+    grids = [
+        (r, k, v)
+        for r in rows
+        for k, v in r.summary.get("accuracy", {}).items()
+        if isinstance(v, dict)
+    ]
     if not grids:
         return []
-    radii = [{radius_of_key(e, r.summary): a for e, a in values.items()}
-             for r, _, values in grids]
+    radii = [{radius_of_key(e, r.summary): a for e, a in values.items()} for r, _, values in grids]
     eps = sorted({e for by_radius in radii for e in by_radius})
-    lines = ["| run | attack | " + " | ".join(f"ε={fraction_text(e)}" for e in eps) + " | n |",
-             "|---|---|" + "---|" * (len(eps) + 1)]
+    lines = [
+        "| run | attack | " + " | ".join(f"ε={fraction_text(e)}" for e in eps) + " | n |",
+        "|---|---|" + "---|" * (len(eps) + 1),
+    ]
     for (r, key, _), by_radius in zip(grids, radii):
-        lines.append(f"| {r.label} | {key} | " + " | ".join(_pct(by_radius.get(e)) for e in eps)
-                     + f" | {r.summary.get('counts', {}).get('pgd_long', '—')} |")
+        lines.append(
+            f"| {r.label} | {key} | "
+            + " | ".join(_pct(by_radius.get(e)) for e in eps)
+            + f" | {r.summary.get('counts', {}).get('pgd_long', '—')} |"
+        )
     return lines
 
 
 def attention_table(rows: list[Row]) -> list[str]:
-    lines = ["| run | attack | cos(A(x), G) | cos(A(x_adv), G) | cos(A(x), A(x_adv)) | "
-             "JS(A(x) ‖ A(x_adv)) [nats] | top-20% G mass, clean | top-20% G mass, adv | "
-             "uniform baseline |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | attack | cos(A(x), G) | cos(A(x_adv), G) | cos(A(x), A(x_adv)) | "
+        "JS(A(x) ‖ A(x_adv)) [nats] | top-20% G mass, clean | top-20% G mass, adv | "
+        "uniform baseline |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         att = r.summary.get("attention")
         if not att:
             continue
-        lines.append(f"| {r.label} | {att['attack']} | "
-                     f"{_num(att.get('cos_attention_saliency_clean'))} | "
-                     f"{_num(att.get('cos_attention_saliency_adv'))} | "
-                     f"{_num(att['cos_clean_adv'])} | "
-                     f"{_num(att['js_clean_adv'])} | {_num(att['top20_mass_clean'])} | "
-                     f"{_num(att['top20_mass_adv'])} | {_num(att['top20_uniform_baseline'])} |")
+        lines.append(
+            f"| {r.label} | {att['attack']} | "
+            f"{_num(att.get('cos_attention_saliency_clean'))} | "
+            f"{_num(att.get('cos_attention_saliency_adv'))} | "
+            f"{_num(att['cos_clean_adv'])} | "
+            f"{_num(att['js_clean_adv'])} | {_num(att['top20_mass_clean'])} | "
+            f"{_num(att['top20_mass_adv'])} | {_num(att['top20_uniform_baseline'])} |"
+        )
     return lines
 
 
 def cue_conflict_table(rows: list[Row]) -> list[str]:
     """Shape / texture accuracy and shape bias on the cue-conflict split, clean and attacked."""
-    lines = ["| run | input | shape acc | texture acc | shape bias | n |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| run | input | shape acc | texture acc | shape bias | n |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         cue = r.summary.get("cue_conflict") or {}
         for key, d in ((k, v) for k, v in cue.items() if isinstance(v, dict)):
-            lines.append(f"| {r.label} | {key} | {_pct(d['shape'])} | {_pct(d['texture'])} | "
-                         f"{_num(d['shape_bias'])} | {d['n']} |")
+            lines.append(
+                f"| {r.label} | {key} | {_pct(d['shape'])} | {_pct(d['texture'])} | "
+                f"{_num(d['shape_bias'])} | {d['n']} |"
+            )
     return lines if len(lines) > 2 else []
 
 
@@ -245,12 +307,16 @@ def sanity_lines(rows: list[Row]) -> list[str]:
             continue
         flags = r.summary.get("sanity", {}).get("flags", [])
         if flags:
-            lines.append(f"- **{r.label}: {len(flags)} flag(s)** — the model or the attacks look "
-                         f"broken; do not trust its robust numbers until each is explained:")
+            lines.append(
+                f"- **{r.label}: {len(flags)} flag(s)** — the model or the attacks look "
+                f"broken; do not trust its robust numbers until each is explained:"
+            )
             lines += [f"  - `{f['name']}`: {f['message']}" for f in flags]
         else:
-            lines.append(f"- {r.label}: all sanity checks passed "
-                         f"({', '.join(c['name'] for c in r.summary['sanity']['checks'])}).")
+            lines.append(
+                f"- {r.label}: all sanity checks passed "
+                f"({', '.join(c['name'] for c in r.summary['sanity']['checks'])})."
+            )
     return lines
 
 
@@ -269,10 +335,17 @@ def copy_eval_figures(rows: list[Row], out: Path) -> list[str]:
             if dst.suffix != ".png":
                 continue
             pdf = dst.with_suffix(".pdf")
-            link = f" ([PDF]({pdf.relative_to(out).as_posix()}))" if (
-                src.with_suffix(".pdf").is_file()) else ""
-            lines += [f"**{r.label}** — `{Path(rel).name}`{link}", "",
-                      f"![{r.label} {Path(rel).stem}]({dst.relative_to(out).as_posix()})", ""]
+            link = (
+                f" ([PDF]({pdf.relative_to(out).as_posix()}))"
+                if (src.with_suffix(".pdf").is_file())
+                else ""
+            )
+            lines += [
+                f"**{r.label}** — `{Path(rel).name}`{link}",
+                "",
+                f"![{r.label} {Path(rel).stem}]({dst.relative_to(out).as_posix()})",
+                "",
+            ]
     return lines
 
 
@@ -285,8 +358,13 @@ def attack_text(rows: list[Row]) -> str:
                 alpha = facts.get("alpha")
                 step = f"α = {fraction_text(alpha)}" if isinstance(alpha, float) else f"α = {alpha}"
                 eps = facts.get("eps")
-                radius = (f"ε = {fraction_text(eps)}" if isinstance(eps, float) else
-                          "ε = " + ", ".join(map(fraction_text, eps)) if eps else "")
+                radius = (
+                    f"ε = {fraction_text(eps)}"
+                    if isinstance(eps, float)
+                    else "ε = " + ", ".join(map(fraction_text, eps))
+                    if eps
+                    else ""
+                )
                 text = f"{key}: {facts.get('steps')} steps, {radius}, {step}"
                 if text not in seen:
                     seen.append(text)
@@ -295,29 +373,52 @@ def attack_text(rows: list[Row]) -> str:
 
 def autoattack_eps_text(rows: list[Row]) -> str:
     """The AutoAttack radii the evaluations used, from their summaries."""
-    radii = sorted({r.summary["attacks"]["autoattack"]["eps"] for r in rows
-                    if r.summary.get("attacks", {}).get("autoattack", {}).get("eps") is not None})
+    radii = sorted(
+        {
+            r.summary["attacks"]["autoattack"]["eps"]
+            for r in rows
+            if r.summary.get("attacks", {}).get("autoattack", {}).get("eps") is not None
+        }
+    )
     return "ε = " + " / ".join(map(fraction_text, radii)) if radii else "ε not recorded"
 
 
 def table1_section(rows: list[Row]) -> list[str]:
     md = ["## Table 1: clean / PGD / AutoAttack accuracy (%)", ""] + table1(rows)
-    subsets = sorted({(r.summary["counts"]["evaluated"], r.summary["counts"]["autoattack"],
-                       r.summary["counts"]["val"]) for r in rows if r.summary})
-    md += ["", "Accuracies are on the val split: clean and PGD-10 on the evaluated samples, "
-           f"AutoAttack (pyautoattack `standard`: APGD-CE, APGD-T, FAB-T, Square; L∞, "
-           f"{autoattack_eps_text(rows)}) on a fixed random subset of them, the same for every run — " + "; ".join(
-               f"{e} evaluated of {v} val samples, AutoAttack on {a}" for e, a, v in subsets) + ".",
-           "PGD accuracies are worst case over iterates (random start; " + attack_text(rows) + ")."]
+    subsets = sorted(
+        {
+            (
+                r.summary["counts"]["evaluated"],
+                r.summary["counts"]["autoattack"],
+                r.summary["counts"]["val"],
+            )
+            for r in rows
+            if r.summary
+        }
+    )
+    md += [
+        "",
+        "Accuracies are on the val split: clean and PGD-10 on the evaluated samples, "
+        f"AutoAttack (pyautoattack `standard`: APGD-CE, APGD-T, FAB-T, Square; L∞, "
+        f"{autoattack_eps_text(rows)}) on a fixed random subset of them, the same for every run — "
+        + "; ".join(f"{e} evaluated of {v} val samples, AutoAttack on {a}" for e, a, v in subsets)
+        + ".",
+        "PGD accuracies are worst case over iterates (random start; " + attack_text(rows) + ").",
+    ]
     n_text = "; ".join(f"{e} val images evaluated (AutoAttack on {a})" for e, a, _ in subsets)
-    md += [""] + paper.describe([r.config for r in rows], [r.config.get("seed") for r in rows],
-                                n_text or "not evaluated")
+    md += [""] + paper.describe(
+        [r.config for r in rows], [r.config.get("seed") for r in rows], n_text or "not evaluated"
+    )
     if any(paper.matches_paper(r.config) for r in rows):
         md += ["The last column is the paper's Table 1 for the same method."]
     same = same_samples_table(rows)
     if same:
-        md += ["", "The same attacks on the AutoAttack subset only (accuracy %, identical images "
-               "for every attack, so AA ≤ PGD-100 ≤ PGD-10 ≤ clean is expected):", ""] + same
+        md += [
+            "",
+            "The same attacks on the AutoAttack subset only (accuracy %, identical images "
+            "for every attack, so AA ≤ PGD-100 ≤ PGD-10 ≤ clean is expected):",
+            "",
+        ] + same
     return md
 
 
@@ -336,10 +437,15 @@ def figure3_section(rows: list[Row], out: Path) -> list[str]:
 def render(rows: list[Row], out: Path) -> str:
     md = ["# DAAT report", ""] + table1_section(rows) + [""] + figure3_section(rows, out)
     md += ["", "## Attention under attack", ""] + attention_table(rows)
-    md += ["", "A(x): the student's CLS→patch attention (unit mass); cos(A, G): its cosine with "
-           "the depth saliency G(x) (1 − L_align); JS in nats (max ln 2); "
-           "top-20% G mass: share of A on the 20% patches with the highest depth saliency G(x).",
-           "", "## Sanity checks", ""] + sanity_lines(rows)
+    md += [
+        "",
+        "A(x): the student's CLS→patch attention (unit mass); cos(A, G): its cosine with "
+        "the depth saliency G(x) (1 − L_align); JS in nats (max ln 2); "
+        "top-20% G mass: share of A on the 20% patches with the highest depth saliency G(x).",
+        "",
+        "## Sanity checks",
+        "",
+    ] + sanity_lines(rows)
     cue = cue_conflict_table(rows)
     if cue:
         md += ["", "## Shape vs texture (cue-conflict split)", "", CUE_TEXT, ""] + cue

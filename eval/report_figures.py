@@ -11,6 +11,7 @@ panel, titled by card and model. Every curve is labelled by its run (method, pre
 two curves that would share a label get their artifact id added. Colour = method; runs of one
 method differ in line style and marker.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,11 @@ def setting(cfg: dict) -> tuple[str, str]:
 
 
 def _title(key: tuple[str, str]) -> str:
-    return textwrap.fill(f"data: {key[0]}", 60) + "\n" + textwrap.fill(
-        f"model: {key[1]}", 60, subsequent_indent="    ")
+    return (
+        textwrap.fill(f"data: {key[0]}", 60)
+        + "\n"
+        + textwrap.fill(f"model: {key[1]}", 60, subsequent_indent="    ")
+    )
 
 
 def _series(metrics: list[dict], which: str) -> tuple[list[int], list[float]]:
@@ -79,7 +83,8 @@ def _pgd_label(metrics: list[dict]) -> str:
     steps = {r.get("val_pgd_steps") for r in metrics} - {None}
     eps = sorted({r["val_eps"] for r in metrics if r.get("val_eps") is not None})
     return (f"PGD-{'/'.join(map(str, sorted(steps)))}" if steps else "PGD") + (
-        f" at ε = {', '.join(style.format_eps(e) for e in eps)}" if eps else "")
+        f" at ε = {', '.join(style.format_eps(e) for e in eps)}" if eps else ""
+    )
 
 
 def _grouped(items: list, config_of) -> dict[tuple[str, str], list]:
@@ -99,8 +104,16 @@ def _panels(n: int, title: str):
     return fig, axes
 
 
-def _draw(rows_by_axes: dict, curves, out: Path, name: str, title: str, xlabel: str,
-          ylabel: str = "accuracy (%)", integer_x: bool = False) -> str | None:
+def _draw(
+    rows_by_axes: dict,
+    curves,
+    out: Path,
+    name: str,
+    title: str,
+    xlabel: str,
+    ylabel: str = "accuracy (%)",
+    integer_x: bool = False,
+) -> str | None:
     """One axes per setting; ``curves(ax, items)`` plots them; None if nothing was plotted."""
     if not rows_by_axes:
         return None
@@ -150,15 +163,19 @@ def _per_epoch(rows, out: Path, which: str, key: str) -> str | None:
             ax.plot(xs, ys, label=labels[r.run.id], **style.run_style(m, per_method.get(m, 0)))
             per_method[m] = per_method.get(m, 0) + 1
 
-    return _draw(_grouped(list(runs.values()), lambda r: r.config), curves, out, f"fig{key}",
-                 title, "epoch", integer_x=True)
+    return _draw(
+        _grouped(list(runs.values()), lambda r: r.config),
+        curves,
+        out,
+        f"fig{key}",
+        title,
+        "epoch",
+        integer_x=True,
+    )
 
 
 def _long_key(r) -> str | None:
-    return next((k for k, v in r.summary.get("accuracy", {}).items() if isinstance(v, dict)),
-                None)
-
-
+    return next((k for k, v in r.summary.get("accuracy", {}).items() if isinstance(v, dict)), None)
 
 
 def radius_of_key(key: str, data: dict) -> float:
@@ -177,12 +194,17 @@ def _vs_eps(rows, out: Path) -> str | None:
         ticks = set()
         for r in group:
             long_key, m = _long_key(r), method(r.config)
-            points = sorted((radius_of_key(e, r.summary), 100 * a)
-                            for e, a in r.summary["accuracy"][long_key]
-                            .items() if a is not None)
-            ax.plot([p[0] for p in points], [p[1] for p in points],
-                    label=labels[r.eval.id] + (f" ({long_key})" if len(attacks) > 1 else ""),
-                    **style.run_style(m, per_method.get(m, 0)))
+            points = sorted(
+                (radius_of_key(e, r.summary), 100 * a)
+                for e, a in r.summary["accuracy"][long_key].items()
+                if a is not None
+            )
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                label=labels[r.eval.id] + (f" ({long_key})" if len(attacks) > 1 else ""),
+                **style.run_style(m, per_method.get(m, 0)),
+            )
             per_method[m] = per_method.get(m, 0) + 1
             ticks.update(p[0] for p in points)
         ax.set_xticks(sorted(ticks), [style.format_eps(e) for e in sorted(ticks)])
@@ -190,16 +212,17 @@ def _vs_eps(rows, out: Path) -> str | None:
     title = CAPTIONS["3c"].split(": ", 1)[1]
     if len(attacks) == 1:
         title = title.replace("PGD-100", next(iter(attacks)).upper())
-    return _draw(_grouped(evals, lambda r: r.config), curves, out, "fig3c", title,
-                 "ε (L∞ radius)")
+    return _draw(_grouped(evals, lambda r: r.config), curves, out, "fig3c", title, "ε (L∞ radius)")
 
 
 def lam_group_key(cfg: dict) -> str:
     """Equal for runs that would be one run (same shards key, same run key) but for loss.lam."""
     any_lam = json.loads(json.dumps(cfg))
     any_lam["loss"]["lam"] = 1.0  # nonzero, so the settings λ = 0 switches off stay in the key
-    return json.dumps({"shards": keys.determining("shards", cfg),
-                       "run": keys.determining("run", any_lam)}, sort_keys=True)
+    return json.dumps(
+        {"shards": keys.determining("shards", cfg), "run": keys.determining("run", any_lam)},
+        sort_keys=True,
+    )
 
 
 def lam_groups(rows) -> list[list]:
@@ -217,40 +240,67 @@ def _vs_lam(rows, out: Path) -> str | None:
         return None
     # (summary key, legend name, colour, marker): markers tell coinciding curves apart
     table = sorted({r.summary.get("table_attack", "pgd-10") for g in groups for r in g})[0]
-    metrics = (("clean", "clean", "tab:blue", "o"), (table, table.upper(), "tab:red", "s"),
-               ("autoattack", "AutoAttack", "tab:purple", "^"))
-    radii = sorted({r.summary["attacks"]["autoattack"]["eps"] for g in groups for r in g
-                    if r.summary.get("attacks", {}).get("autoattack", {}).get("eps") is not None})
+    metrics = (
+        ("clean", "clean", "tab:blue", "o"),
+        (table, table.upper(), "tab:red", "s"),
+        ("autoattack", "AutoAttack", "tab:purple", "^"),
+    )
+    radii = sorted(
+        {
+            r.summary["attacks"]["autoattack"]["eps"]
+            for g in groups
+            for r in g
+            if r.summary.get("attacks", {}).get("autoattack", {}).get("eps") is not None
+        }
+    )
     by_axes = {(*setting(g[0].config), i): g for i, g in enumerate(groups)}
 
     def curves(ax, group):
         group = sorted(group, key=lambda r: lam(r.config))
         trained = group[0].base_label.split(" · ")[0]  # the method name, e.g. "DAAT"
         for key, name, color, marker in metrics:
-            points = [(lam(r.config), 100 * r.summary["accuracy"][key]) for r in group
-                      if r.summary["accuracy"].get(key) is not None]  # e.g. AutoAttack off
+            points = [
+                (lam(r.config), 100 * r.summary["accuracy"][key])
+                for r in group
+                if r.summary["accuracy"].get(key) is not None
+            ]  # e.g. AutoAttack off
             if points:
                 ax.plot(*zip(*points), marker=marker, color=color, label=f"{trained} {name}")
         for r in rows:
-            if r.summary and method(r.config) == "pgd-at" and \
-                    setting(r.config) == setting(group[0].config):
+            if (
+                r.summary
+                and method(r.config) == "pgd-at"
+                and setting(r.config) == setting(group[0].config)
+            ):
                 for key, name, color, _ in metrics[1:]:
                     value = r.summary["accuracy"].get(key)
                     if value is not None:
-                        ax.axhline(100 * value, ls="--", lw=0.8, color=color,
-                                   label=f"PGD-AT {name} (seed {r.config.get('seed')})")
+                        ax.axhline(
+                            100 * value,
+                            ls="--",
+                            lw=0.8,
+                            color=color,
+                            label=f"PGD-AT {name} (seed {r.config.get('seed')})",
+                        )
         ax.set_xticks(sorted({lam(r.config) for r in group}))
 
-    titled = {key[:2] if len(by_axes) == 1 else (key[0], f"{key[1]} · group {key[2] + 1}"): g
-              for key, g in by_axes.items()}
+    titled = {
+        key[:2] if len(by_axes) == 1 else (key[0], f"{key[1]} · group {key[2] + 1}"): g
+        for key, g in by_axes.items()
+    }
     title = CAPTIONS["3d"].split(": ", 1)[1] + (
-        f" (attacks at ε = {', '.join(map(style.format_eps, radii))})" if radii else "")
+        f" (attacks at ε = {', '.join(map(style.format_eps, radii))})" if radii else ""
+    )
     return _draw(titled, curves, out, "fig3d", title, "λ (loss.lam)")
 
 
 def draw_all(rows, out: Path) -> dict[str, str]:
     """Draw every panel that the given artifacts support; {panel: PNG relpath} of those drawn
     (each with its PDF beside it)."""
-    drawn = {"3a": _per_epoch(rows, out, "clean", "3a"), "3b": _per_epoch(rows, out, "pgd", "3b"),
-             "3c": _vs_eps(rows, out), "3d": _vs_lam(rows, out)}
+    drawn = {
+        "3a": _per_epoch(rows, out, "clean", "3a"),
+        "3b": _per_epoch(rows, out, "pgd", "3b"),
+        "3c": _vs_eps(rows, out),
+        "3d": _vs_lam(rows, out),
+    }
     return {k: v for k, v in drawn.items() if v}

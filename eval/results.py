@@ -21,6 +21,7 @@ file, and ``done`` has one file per chunk: ranks writing disjoint chunks never s
 Tasks: ``clean``, ``pgd-10_eps4`` (Table 1), ``pgd-100_eps{e}_long`` for e in eval.eps_grid
 (Fig. 3c), ``autoattack_eps4``; radii in names are in grey levels (eps4 = ε 4/255).
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,12 @@ from daat.config import EvalConfig, fraction_text
 from daat.errors import DaatError
 
 LAYOUT_VERSION = 4  # 3: radii as fractions, long tasks named *_long; 4: attention cos(A, G)
-TASK_FIELDS = {"pred": ("int16", -1), "correct": ("bool", False),
-               "margin": ("float32", float("nan")), "zero_grad": ("bool", False)}
+TASK_FIELDS = {
+    "pred": ("int16", -1),
+    "correct": ("bool", False),
+    "margin": ("float32", float("nan")),
+    "zero_grad": ("bool", False),
+}
 ATTENTION_FIELDS = ("cos", "js", "top_clean", "top_adv", "cos_g_clean", "cos_g_adv")
 ATTENTION = "attention"
 GROUPS = ("all", "long", "autoattack")
@@ -78,10 +83,22 @@ def autoattack_task_name(ev: EvalConfig) -> str:
 
 def plan_tasks(ev: EvalConfig) -> list[Task]:
     """Every task, in the order they run on a chunk of their group (names are unique)."""
-    tasks = [Task("clean", "clean"),
-             Task(table_task_name(ev), "pgd", ev.eps, ev.alpha, ev.pgd_steps)]
-    tasks += [Task(long_task_name(ev, e), "pgd", e, ev.pgd_long_alpha_frac * e, ev.pgd_long_steps,
-                   "long", early_stop=True) for e in ev.eps_grid]
+    tasks = [
+        Task("clean", "clean"),
+        Task(table_task_name(ev), "pgd", ev.eps, ev.alpha, ev.pgd_steps),
+    ]
+    tasks += [
+        Task(
+            long_task_name(ev, e),
+            "pgd",
+            e,
+            ev.pgd_long_alpha_frac * e,
+            ev.pgd_long_steps,
+            "long",
+            early_stop=True,
+        )
+        for e in ev.eps_grid
+    ]
     if ev.autoattack:
         tasks.append(Task(autoattack_task_name(ev), "autoattack", ev.eps, group="autoattack"))
     names = [t.name for t in tasks]
@@ -116,19 +133,34 @@ class Store:
 
     # -- layout -----------------------------------------------------------------------------
     @classmethod
-    def create_or_open(cls, path: Path, tasks: list[Task], *, n: int, n_val: int, chunk_size: int,
-                       subsets: dict[str, np.ndarray]) -> "Store":
+    def create_or_open(
+        cls,
+        path: Path,
+        tasks: list[Task],
+        *,
+        n: int,
+        n_val: int,
+        chunk_size: int,
+        subsets: dict[str, np.ndarray],
+    ) -> Store:
         """Create the group (first run) or open it and check that its layout is this one."""
-        attrs = {"layout": LAYOUT_VERSION, "n": n, "n_val": n_val, "chunk_size": chunk_size,
-                 "tasks": [asdict(t) for t in tasks]}
+        attrs = {
+            "layout": LAYOUT_VERSION,
+            "n": n,
+            "n_val": n_val,
+            "chunk_size": chunk_size,
+            "tasks": [asdict(t) for t in tasks],
+        }
         if (path / "zarr.json").is_file():
             group = zarr.open_group(str(path), mode="r+")
             found = {k: group.attrs.get(k) for k in attrs}
             if found == attrs:
                 return cls(group, tasks)
             if found["layout"] is not None:
-                raise DaatError(f"{path}: layout {found} differs from this evaluation's {attrs}; "
-                                f"delete {path} to start the evaluation over")
+                raise DaatError(
+                    f"{path}: layout {found} differs from this evaluation's {attrs}; "
+                    f"delete {path} to start the evaluation over"
+                )
         group = zarr.open_group(str(path), mode="w")  # absent, or created without its attrs
         chunks = (chunk_size,)
         group.create_array("index", shape=(n,), chunks=chunks, dtype="int32", fill_value=-1)
@@ -142,18 +174,33 @@ class Store:
         for task in tasks:
             size = sizes[task.group]
             for field, (dtype, fill) in TASK_FIELDS.items():
-                group.create_array(f"{task.name}/{field}", shape=(size,), chunks=chunks,
-                                   dtype=dtype, fill_value=fill)
-            group.create_array(f"{task.name}/done", shape=(max(math.ceil(size / chunk_size), 1),),
-                               chunks=(1,), dtype="bool", fill_value=False)
+                group.create_array(
+                    f"{task.name}/{field}",
+                    shape=(size,),
+                    chunks=chunks,
+                    dtype=dtype,
+                    fill_value=fill,
+                )
+            group.create_array(
+                f"{task.name}/done",
+                shape=(max(math.ceil(size / chunk_size), 1),),
+                chunks=(1,),
+                dtype="bool",
+                fill_value=False,
+            )
         for field in ATTENTION_FIELDS:
-            group.create_array(f"{ATTENTION}/{field}", shape=(n,), chunks=chunks, dtype="float32",
-                               fill_value=float("nan"))
+            group.create_array(
+                f"{ATTENTION}/{field}",
+                shape=(n,),
+                chunks=chunks,
+                dtype="float32",
+                fill_value=float("nan"),
+            )
         group.attrs.update(attrs)  # last: a group without attrs is recreated, never half-trusted
         return cls(group, tasks)
 
     @classmethod
-    def open(cls, path: Path, tasks: list[Task]) -> "Store":
+    def open(cls, path: Path, tasks: list[Task]) -> Store:
         return cls(zarr.open_group(str(path), mode="r"), tasks)
 
     # -- chunk bookkeeping -------------------------------------------------------------------
@@ -185,8 +232,9 @@ class Store:
         self.group[f"{task.name}/done"][chunk] = True
 
     # -- data ------------------------------------------------------------------------------
-    def write_samples(self, chunk: int, index: np.ndarray, label: np.ndarray,
-                      keys: list[str]) -> None:
+    def write_samples(
+        self, chunk: int, index: np.ndarray, label: np.ndarray, keys: list[str]
+    ) -> None:
         start, end = self.bounds("all", chunk)
         self.group["index"][start:end] = index.astype(np.int32)
         self.group["label"][start:end] = label.astype(np.int16)
@@ -219,8 +267,11 @@ class Store:
         return full
 
     def all_done(self) -> bool:
-        return all(bool(np.all(self.read(f"{t.name}/done"))) for t in self.tasks
-                   if len(self.positions[t.group]))
+        return all(
+            bool(np.all(self.read(f"{t.name}/done")))
+            for t in self.tasks
+            if len(self.positions[t.group])
+        )
 
     def done_counts(self) -> dict[str, int]:
         return {t.name: int(np.sum(self.read(f"{t.name}/done"))) for t in self.tasks}
@@ -237,8 +288,9 @@ def progress(path: Path) -> dict[str, tuple[int, int]]:
         return {}
     store = Store(group, tasks)
     done = store.done_counts()
-    return {t.name: (min(done[t.name], store.n_chunks(t.group)), store.n_chunks(t.group))
-            for t in tasks}
+    return {
+        t.name: (min(done[t.name], store.n_chunks(t.group)), store.n_chunks(t.group)) for t in tasks
+    }
 
 
 def _task_from_attrs(saved: dict) -> Task:

@@ -12,6 +12,7 @@
   seed-to-seed and the sample-to-sample variation. Draw order (fixed, for reproducibility): per
   replicate, S seed indices then N sample indices from ``numpy.random.default_rng(seed)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,10 @@ def _betacf(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 1000):
-        for aa in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
-                   -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):
+        for aa in (
+            m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
+            -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m)),
+        ):
             d = 1.0 + aa * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + aa / c
@@ -54,8 +57,9 @@ def betainc(a: float, b: float, x: float) -> float:
         return 0.0
     if x >= 1.0:
         return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _betacf(a, b, x) / a
     return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
@@ -124,13 +128,13 @@ class Bootstrap:
     seed: int
 
 
-def paired_bootstrap(diff, replicates: int = 2000, seed: int = 0,
-                     level: float = 0.95) -> Bootstrap:
+def paired_bootstrap(diff, replicates: int = 2000, seed: int = 0, level: float = 0.95) -> Bootstrap:
     """Mean of ``diff`` [seeds, samples] and its percentile bootstrap interval (see module doc)."""
     d = np.asarray(diff, dtype=np.float64)
     if d.ndim != 2 or d.size == 0:
-        raise ValueError(f"paired_bootstrap needs a non-empty [seeds, samples] array, got "
-                         f"shape {d.shape}")
+        raise ValueError(
+            f"paired_bootstrap needs a non-empty [seeds, samples] array, got shape {d.shape}"
+        )
     n_seeds, n_samples = d.shape
     rng = np.random.default_rng(seed)
     reps = np.empty(replicates)
@@ -139,5 +143,4 @@ def paired_bootstrap(diff, replicates: int = 2000, seed: int = 0,
         sample_weight = np.bincount(rng.integers(0, n_samples, n_samples), minlength=n_samples)
         reps[r] = seed_weight @ d @ sample_weight / (n_seeds * n_samples)
     low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
-    return Bootstrap(float(d.mean()), float(low), float(high), n_seeds, n_samples, replicates,
-                     seed)
+    return Bootstrap(float(d.mean()), float(low), float(high), n_seeds, n_samples, replicates, seed)

@@ -10,23 +10,35 @@ Every figure function follows the same pattern::
 
 matplotlib is imported inside the functions, so importing this module (for ``format_eps``) is free.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Hashable, Iterator
 from pathlib import Path
-from typing import Hashable, Iterator
 
 from daat.artifacts import atomic_path
 
 RC = {
-    "font.family": "DejaVu Sans", "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8,
-    "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 7, "figure.titlesize": 9,
-    "axes.spines.top": False, "axes.spines.right": False, "grid.alpha": 0.3,
-    "lines.linewidth": 1.4, "lines.markersize": 4, "legend.frameon": False,
+    "font.family": "DejaVu Sans",
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "figure.titlesize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "grid.alpha": 0.3,
+    "lines.linewidth": 1.4,
+    "lines.markersize": 4,
+    "legend.frameon": False,
     "image.interpolation": "nearest",  # attention maps are patch grids: show the patches
     "pdf.fonttype": 42,  # embed TrueType, which journals ask for (Type 3 is rejected by some)
-    "savefig.bbox": "tight", "savefig.pad_inches": 0.03,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.03,
 }
 PNG_DPI = 150
 CMAPS = {
@@ -36,8 +48,12 @@ CMAPS = {
     "depth": "inferno",
     "difference": "RdBu_r",  # signed (adversarial − clean), always on a symmetric scale
 }
-METHOD_COLORS = {"standard": "tab:gray", "pgd-at": "tab:blue", "daat-no-align": "tab:orange",
-                 "daat": "tab:green"}
+METHOD_COLORS = {
+    "standard": "tab:gray",
+    "pgd-at": "tab:blue",
+    "daat-no-align": "tab:orange",
+    "daat": "tab:green",
+}
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
@@ -79,8 +95,9 @@ def bare(ax) -> None:
 def colorbar(fig, mappable, ax, label: str, location: str = "right"):
     """A labelled colour bar for ``mappable`` beside ``ax`` (an axes or a list of axes)."""
     horizontal = location in ("top", "bottom")
-    bar = fig.colorbar(mappable, ax=ax, location=location, shrink=0.9,
-                       aspect=12 if horizontal else 14, pad=0.02)
+    bar = fig.colorbar(
+        mappable, ax=ax, location=location, shrink=0.9, aspect=12 if horizontal else 14, pad=0.02
+    )
     bar.set_label(label, fontsize=6)
     bar.ax.tick_params(labelsize=6, length=2)
     if not horizontal:
@@ -98,9 +115,11 @@ def integer_ticks(axis) -> None:
 def run_style(method: str, index: int) -> dict:
     """Line style of the index-th run of ``method`` on one axes: the method's colour, and a line
     style and marker of its own, so runs of one method stay apart in print as well as colour."""
-    return {"color": METHOD_COLORS.get(method, "black"),
-            "linestyle": LINESTYLES[index % len(LINESTYLES)],
-            "marker": MARKERS[index % len(MARKERS)]}
+    return {
+        "color": METHOD_COLORS.get(method, "black"),
+        "linestyle": LINESTYLES[index % len(LINESTYLES)],
+        "marker": MARKERS[index % len(MARKERS)],
+    }
 
 
 def unique_labels(labels: dict[Hashable, str], ids: dict[Hashable, str]) -> dict[Hashable, str]:

@@ -23,6 +23,7 @@ The first six are signs of a weak attack or of gradient masking, the last three 
 has learned nothing or is broken; there is no tolerance: a single sample is reported, so read the
 numbers before trusting the robust accuracies.
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,10 +35,12 @@ from daat.config import Config
 from daat.eval import attention, results
 from daat.eval.results import Store
 
-NOTE = ("PGD accuracies are worst case over iterates: a sample counts as robust only if it is "
-        "classified correctly clean, at every PGD iterate and at the final point. AutoAttack "
-        "(pyautoattack, version standard: APGD-CE, APGD-T, FAB-T, Square) starts from clean "
-        "correctness too.")
+NOTE = (
+    "PGD accuracies are worst case over iterates: a sample counts as robust only if it is "
+    "classified correctly clean, at every PGD iterate and at the final point. AutoAttack "
+    "(pyautoattack, version standard: APGD-CE, APGD-T, FAB-T, Square) starts from clean "
+    "correctness too."
+)
 CHANCE_MARGIN = 0.02  # near_chance: clean accuracy <= 1/C + this
 DOMINANT_SHARE = 0.30  # one_class_dominates: a class's share of the clean predictions above this
 
@@ -82,13 +85,18 @@ def _same_samples(ev: Evidence, cfg: Config) -> dict:
     """Every attack's accuracy on the AutoAttack subset and on the PGD-100 subset."""
     short_key, long_key = accuracy_keys(cfg)
     aa_mask, long_mask = ev.aa_mask, ev.long_mask
-    same = {"autoattack_subset": {"clean": _acc(ev.clean, aa_mask),
-                                  short_key: _acc(ev.table, aa_mask),
-                                  "autoattack": _acc(ev.aa, aa_mask)},
-            "pgd_long_subset": {"clean": _acc(ev.clean, long_mask),
-                                short_key: _acc(ev.table, long_mask),
-                                **{f"{long_key}@{e}": _acc(c, long_mask)
-                                   for e, c in ev.longs.items()}}}
+    same = {
+        "autoattack_subset": {
+            "clean": _acc(ev.clean, aa_mask),
+            short_key: _acc(ev.table, aa_mask),
+            "autoattack": _acc(ev.aa, aa_mask),
+        },
+        "pgd_long_subset": {
+            "clean": _acc(ev.clean, long_mask),
+            short_key: _acc(ev.table, long_mask),
+            **{f"{long_key}@{e}": _acc(c, long_mask) for e, c in ev.longs.items()},
+        },
+    }
     eps_key = results.eps_label(cfg.eval.eps)
     if eps_key in ev.longs and not (aa_mask & ~long_mask).any():  # AA subset inside PGD-100's
         same["autoattack_subset"][f"{long_key}@{eps_key}"] = _acc(ev.longs[eps_key], aa_mask)
@@ -109,17 +117,27 @@ def gather(store: Store, cfg: Config, num_classes: int) -> Evidence:
         labels=store.read("label").astype(np.int64),
         clean=store.read_full(by_name["clean"], "correct"),
         clean_pred=store.read_full(by_name["clean"], "pred"),
-        table=store.read_full(table, "correct"), table_pred=store.read_full(table, "pred"),
+        table=store.read_full(table, "correct"),
+        table_pred=store.read_full(table, "pred"),
         aa=store.read_full(aa_task, "correct") if aa_task else none,
         aa_pred=store.read_full(aa_task, "pred") if aa_task else np.full(store.n, -1),
         aa_mask=store.member("autoattack") if aa_task else none,
         longs={e: store.read_full(t, "correct") for e, t in longs.items()},
         long_preds={e: store.read_full(t, "pred") for e, t in longs.items()},
-        long_mask=store.member("long"), zero_grad=zero_grad, num_classes=num_classes)
+        long_mask=store.member("long"),
+        zero_grad=zero_grad,
+        num_classes=num_classes,
+    )
 
 
-def build(store: Store, cfg: Config, facts: dict, counts: list[dict], figure_files: list[str],
-          num_classes: int) -> dict:
+def build(
+    store: Store,
+    cfg: Config,
+    facts: dict,
+    counts: list[dict],
+    figure_files: list[str],
+    num_classes: int,
+) -> dict:
     ev = cfg.eval
     short_key, long_key = accuracy_keys(cfg)
     evidence = gather(store, cfg, num_classes)
@@ -127,27 +145,39 @@ def build(store: Store, cfg: Config, facts: dict, counts: list[dict], figure_fil
     grid = facts.get("grid", (1, 1))
     return {
         **{k: v for k, v in facts.items() if k != "grid"},
-        "preset": cfg.preset, "seed": cfg.seed, "lam": cfg.loss.lam, "card": cfg.data.card,
-        "num_classes": num_classes, "table_attack": short_key,
-        "accuracy": {"clean": _acc(evidence.clean), short_key: _acc(evidence.table),
-                     "autoattack": _acc(evidence.aa, evidence.aa_mask),
-                     long_key: {e: _acc(c, evidence.long_mask)
-                                for e, c in evidence.longs.items()}},
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "lam": cfg.loss.lam,
+        "card": cfg.data.card,
+        "num_classes": num_classes,
+        "table_attack": short_key,
+        "accuracy": {
+            "clean": _acc(evidence.clean),
+            short_key: _acc(evidence.table),
+            "autoattack": _acc(evidence.aa, evidence.aa_mask),
+            long_key: {e: _acc(c, evidence.long_mask) for e, c in evidence.longs.items()},
+        },
         "accuracy_on_same_samples": _same_samples(evidence, cfg),
-        "counts": {"val": int(store.group.attrs["n_val"]), "evaluated": store.n,
-                   "pgd_long": int(evidence.long_mask.sum()),
-                   "autoattack": int(evidence.aa_mask.sum()),
-                   "chunk_size": store.chunk_size,
-                   "chunks": {g: store.n_chunks(g) for g in results.GROUPS}},
+        "counts": {
+            "val": int(store.group.attrs["n_val"]),
+            "evaluated": store.n,
+            "pgd_long": int(evidence.long_mask.sum()),
+            "autoattack": int(evidence.aa_mask.sum()),
+            "chunk_size": store.chunk_size,
+            "chunks": {g: store.n_chunks(g) for g in results.GROUPS},
+        },
         "attacks": attack_facts(cfg),
         "attention": attention_summary(store, int(grid[0] * grid[1]), short_key, ev.eps),
         "sanity": {"flags": flags, "checks": checks},
-        "resume": {"chunks_computed": _sum(c["computed"] for c in counts),
-                   "chunk_tasks_computed": sum(sum(c["computed"].values()) for c in counts),
-                   "chunk_tasks_reused": sum(c["reused"] for c in counts)},
+        "resume": {
+            "chunks_computed": _sum(c["computed"] for c in counts),
+            "chunk_tasks_computed": sum(sum(c["computed"].values()) for c in counts),
+            "chunk_tasks_reused": sum(c["reused"] for c in counts),
+        },
         # this invocation's compute time per task, summed over ranks (earlier runs' chunks: 0)
-        "compute_seconds": {k: round(v, 1) for k, v in
-                            _sum(c.get("seconds", {}) for c in counts).items()},
+        "compute_seconds": {
+            k: round(v, 1) for k, v in _sum(c.get("seconds", {}) for c in counts).items()
+        },
         "figures": figure_files,
         "note": NOTE,
     }
@@ -168,16 +198,31 @@ def attack_facts(cfg: Config) -> dict:
     short_key, long_key = accuracy_keys(cfg)
     label = results.eps_label
     return {
-        short_key: {"eps": ev.eps, "eps_text": label(ev.eps), "alpha": ev.alpha,
-                    "alpha_text": label(ev.alpha), "steps": ev.pgd_steps, "random_start": True,
-                    "worst_case_over_iterates": True},
-        long_key: {"eps": list(ev.eps_grid), "eps_text": [label(e) for e in ev.eps_grid],
-                   "alpha": f"{ev.pgd_long_alpha_frac:g} x eps", "steps": ev.pgd_long_steps,
-                   "random_start": True, "worst_case_over_iterates": True},
-        "autoattack": {"eps": ev.eps, "eps_text": label(ev.eps), "norm": "Linf",
-                       "version": ev.autoattack_version,
-                       "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"],
-                       "package": "pyautoattack"},
+        short_key: {
+            "eps": ev.eps,
+            "eps_text": label(ev.eps),
+            "alpha": ev.alpha,
+            "alpha_text": label(ev.alpha),
+            "steps": ev.pgd_steps,
+            "random_start": True,
+            "worst_case_over_iterates": True,
+        },
+        long_key: {
+            "eps": list(ev.eps_grid),
+            "eps_text": [label(e) for e in ev.eps_grid],
+            "alpha": f"{ev.pgd_long_alpha_frac:g} x eps",
+            "steps": ev.pgd_long_steps,
+            "random_start": True,
+            "worst_case_over_iterates": True,
+        },
+        "autoattack": {
+            "eps": ev.eps,
+            "eps_text": label(ev.eps),
+            "norm": "Linf",
+            "version": ev.autoattack_version,
+            "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"],
+            "package": "pyautoattack",
+        },
         "seed": ev.seed,
     }
 
@@ -189,13 +234,18 @@ def attention_summary(store: Store, n_patches: int, attack_key: str, eps: float)
         return float(values.mean()) if values.size else None
 
     k = attention.top_k_count(n_patches, 0.2)
-    return {"attack": f"{attack_key} at eps {results.eps_label(eps)}",
-            "cos_clean_adv": mean("cos"), "js_clean_adv": mean("js"),
-            "top20_mass_clean": mean("top_clean"), "top20_mass_adv": mean("top_adv"),
-            "cos_attention_saliency_clean": mean("cos_g_clean"),
-            "cos_attention_saliency_adv": mean("cos_g_adv"),
-            "top20_patches": k, "top20_uniform_baseline": k / n_patches,
-            "js_unit": "nats (max ln 2 = 0.693)"}
+    return {
+        "attack": f"{attack_key} at eps {results.eps_label(eps)}",
+        "cos_clean_adv": mean("cos"),
+        "js_clean_adv": mean("js"),
+        "top20_mass_clean": mean("top_clean"),
+        "top20_mass_adv": mean("top_adv"),
+        "cos_attention_saliency_clean": mean("cos_g_clean"),
+        "cos_attention_saliency_adv": mean("cos_g_adv"),
+        "top20_patches": k,
+        "top20_uniform_baseline": k / n_patches,
+        "js_unit": "nats (max ln 2 = 0.693)",
+    }
 
 
 def _flag(name: str, message: str, **numbers) -> dict:
@@ -230,43 +280,71 @@ def _attack_checks(cfg: Config, ev: Evidence, check: _Checks) -> None:
     n_aa, n_long = int(aa_mask.sum()), int(long_mask.sum())
     if n_aa:
         acc_aa, acc_pgd = _acc(ev.aa, aa_mask), _acc(ev.table, aa_mask)
-        check("autoattack_above_pgd", acc_aa > acc_pgd,
-              f"AutoAttack accuracy {_pct(acc_aa)} is ABOVE {short_key} accuracy {_pct(acc_pgd)} "
-              f"on the same {n_aa} samples: AutoAttack should be the stronger attack",
-              autoattack=acc_aa, pgd=acc_pgd, samples=n_aa)
+        check(
+            "autoattack_above_pgd",
+            acc_aa > acc_pgd,
+            f"AutoAttack accuracy {_pct(acc_aa)} is ABOVE {short_key} accuracy {_pct(acc_pgd)} "
+            f"on the same {n_aa} samples: AutoAttack should be the stronger attack",
+            autoattack=acc_aa,
+            pgd=acc_pgd,
+            samples=n_aa,
+        )
     if eps_key in longs and n_long:
         acc_long, acc_short = _acc(longs[eps_key], long_mask), _acc(ev.table, long_mask)
-        check("long_pgd_above_pgd", acc_long > acc_short,
-              f"{long_key} accuracy {_pct(acc_long)} is ABOVE {short_key} accuracy "
-              f"{_pct(acc_short)} at eps {eps_key} on the same {n_long} samples",
-              long_pgd=acc_long, pgd=acc_short, samples=n_long)
+        check(
+            "long_pgd_above_pgd",
+            acc_long > acc_short,
+            f"{long_key} accuracy {_pct(acc_long)} is ABOVE {short_key} accuracy "
+            f"{_pct(acc_short)} at eps {eps_key} on the same {n_long} samples",
+            long_pgd=acc_long,
+            pgd=acc_short,
+            samples=n_long,
+        )
     if n_long:
         accs = [(e, _acc(c, long_mask)) for e, c in longs.items()]
         rises = [(a, b) for (a, b) in zip(accs, accs[1:]) if b[1] > a[1]]
-        check("accuracy_rises_with_eps", bool(rises),
-              f"{long_key} accuracy RISES with eps: " + ", ".join(
-                  f"{_pct(a[1])} at {a[0]} -> {_pct(b[1])} at {b[0]}" for a, b in rises),
-              accuracy={e: a for e, a in accs})
+        check(
+            "accuracy_rises_with_eps",
+            bool(rises),
+            f"{long_key} accuracy RISES with eps: "
+            + ", ".join(f"{_pct(a[1])} at {a[0]} -> {_pct(b[1])} at {b[0]}" for a, b in rises),
+            accuracy={e: a for e, a in accs},
+        )
         if len(accs) >= 2:
             (e0, a0), (e1, a1) = accs[0], accs[-1]
-            check("robust_flat_in_eps", a0 > 0 and a1 >= a0,
-                  f"{long_key} accuracy does not fall as eps grows: {_pct(a0)} at {e0}, "
-                  f"{_pct(a1)} at {e1} on the same {n_long} samples; a real model loses "
-                  f"accuracy under a stronger attack, this one looks untouched by it",
-                  smallest=a0, largest=a1, eps=[e0, e1], samples=n_long)
+            check(
+                "robust_flat_in_eps",
+                a0 > 0 and a1 >= a0,
+                f"{long_key} accuracy does not fall as eps grows: {_pct(a0)} at {e0}, "
+                f"{_pct(a1)} at {e1} on the same {n_long} samples; a real model loses "
+                f"accuracy under a stronger attack, this one looks untouched by it",
+                smallest=a0,
+                largest=a1,
+                eps=[e0, e1],
+                samples=n_long,
+            )
     if n_aa:
         broken = ~ev.table.astype(bool)
         if eps_key in longs:
             broken |= long_mask & ~longs[eps_key].astype(bool)
         odd = aa_mask & ev.aa.astype(bool) & broken
-        check("robust_to_autoattack_broken_by_pgd", bool(odd.any()),
-              f"{int(odd.sum())} of {n_aa} samples stay correct under AutoAttack but a PGD at the "
-              f"same eps broke them", samples=int(odd.sum()), of=n_aa)
+        check(
+            "robust_to_autoattack_broken_by_pgd",
+            bool(odd.any()),
+            f"{int(odd.sum())} of {n_aa} samples stay correct under AutoAttack but a PGD at the "
+            f"same eps broke them",
+            samples=int(odd.sum()),
+            of=n_aa,
+        )
     zero = ev.zero_grad
-    check("zero_input_gradients", bool(zero.any()),
-          f"{int(zero.sum())} samples had an all-zero input gradient during PGD "
-          f"(gradient masking or underflow): gradient attacks cannot be trusted on them",
-          samples=int(zero.sum()), of=len(zero))
+    check(
+        "zero_input_gradients",
+        bool(zero.any()),
+        f"{int(zero.sum())} samples had an all-zero input gradient during PGD "
+        f"(gradient masking or underflow): gradient attacks cannot be trusted on them",
+        samples=int(zero.sum()),
+        of=len(zero),
+    )
 
 
 def _model_checks(cfg: Config, ev: Evidence, check: _Checks) -> None:
@@ -275,17 +353,29 @@ def _model_checks(cfg: Config, ev: Evidence, check: _Checks) -> None:
     if not n:
         return
     clean, chance = _acc(ev.clean), 1.0 / classes
-    check("near_chance", clean <= chance + CHANCE_MARGIN,
-          f"clean accuracy {_pct(clean)} is within {100 * CHANCE_MARGIN:g} points of chance "
-          f"({_pct(chance)} for {classes} classes) or below: the model has not learned the task, "
-          f"so its robust accuracies mean nothing", clean=clean, chance=chance, classes=classes)
+    check(
+        "near_chance",
+        clean <= chance + CHANCE_MARGIN,
+        f"clean accuracy {_pct(clean)} is within {100 * CHANCE_MARGIN:g} points of chance "
+        f"({_pct(chance)} for {classes} classes) or below: the model has not learned the task, "
+        f"so its robust accuracies mean nothing",
+        clean=clean,
+        chance=chance,
+        classes=classes,
+    )
     predicted = np.bincount(ev.clean_pred[ev.clean_pred >= 0], minlength=classes)
     top = int(np.argmax(predicted))
     share, label_share = predicted[top] / n, float(np.mean(ev.labels == top))
-    check("one_class_dominates", share > max(DOMINANT_SHARE, 2 * label_share),
-          f"class {top} gets {_pct(share)} of the {n} clean predictions (it is {_pct(label_share)} "
-          f"of the labels): a model that predicts one class for most inputs looks robust to "
-          f"every attack", share=float(share), label_share=label_share, class_index=top)
+    check(
+        "one_class_dominates",
+        share > max(DOMINANT_SHARE, 2 * label_share),
+        f"class {top} gets {_pct(share)} of the {n} clean predictions (it is {_pct(label_share)} "
+        f"of the labels): a model that predicts one class for most inputs looks robust to "
+        f"every attack",
+        share=float(share),
+        label_share=label_share,
+        class_index=top,
+    )
     points = {short_key: (ev.table_pred, np.ones(n, dtype=bool))}
     if ev.aa_mask.any():
         points["autoattack"] = (ev.aa_pred, ev.aa_mask)
@@ -297,24 +387,32 @@ def _model_checks(cfg: Config, ev: Evidence, check: _Checks) -> None:
             at_attack, at_clean = _acc(pred[mask] == ev.labels[mask]), _acc(ev.clean, mask)
             if at_attack > at_clean:
                 above.append((name, at_attack, at_clean, int(mask.sum())))
-    check("clean_below_robust", bool(above),
-          "accuracy at the adversarial points is ABOVE clean accuracy on the same samples: " +
-          ", ".join(f"{name} {_pct(a)} vs clean {_pct(c)} on {m}" for name, a, c, m in above) +
-          " (attacks made the model more accurate: a randomised or broken model)",
-          attacks={name: {"adversarial": a, "clean": c, "samples": m}
-                   for name, a, c, m in above})
+    check(
+        "clean_below_robust",
+        bool(above),
+        "accuracy at the adversarial points is ABOVE clean accuracy on the same samples: "
+        + ", ".join(f"{name} {_pct(a)} vs clean {_pct(c)} on {m}" for name, a, c, m in above)
+        + " (attacks made the model more accurate: a randomised or broken model)",
+        attacks={name: {"adversarial": a, "clean": c, "samples": m} for name, a, c, m in above},
+    )
 
 
 def shout(flags: list[dict]) -> None:
     """Print every flag on stderr where nobody can miss it."""
     if not flags:
-        print("[evaluate] sanity checks: all passed (the model is above chance and spreads its "
-              "predictions; no sign of a weak attack or gradient masking)", file=sys.stderr,
-              flush=True)
+        print(
+            "[evaluate] sanity checks: all passed (the model is above chance and spreads its "
+            "predictions; no sign of a weak attack or gradient masking)",
+            file=sys.stderr,
+            flush=True,
+        )
         return
     bar = "!" * 100
-    lines = [bar, f"!!! {len(flags)} SANITY FLAG(S): the model or the attacks look broken; do not "
-                  f"trust the robust accuracies below until each flag is explained"]
+    lines = [
+        bar,
+        f"!!! {len(flags)} SANITY FLAG(S): the model or the attacks look broken; do not "
+        f"trust the robust accuracies below until each flag is explained",
+    ]
     lines += [f"!!! [{f['name']}] {f['message']}" for f in flags]
     lines.append(bar)
     print("\n".join(lines), file=sys.stderr, flush=True)
@@ -330,13 +428,18 @@ def print_table(data: dict) -> None:
             parts.append(f"{key}: {_pct(value)}")
     att = data["attention"]
     if att["cos_clean_adv"] is not None:
-        parts.append(f"attention ({att['attack']}) cos(A(x),A(x_adv))={att['cos_clean_adv']:.3f} "
-                     f"JS={att['js_clean_adv']:.4f} top-20% mass clean/adv="
-                     f"{att['top20_mass_clean']:.3f}/{att['top20_mass_adv']:.3f} "
-                     f"(uniform {att['top20_uniform_baseline']:.3f})")
-    for key, d in ((k, v) for k, v in (data.get("cue_conflict") or {}).items()
-                   if isinstance(v, dict)):
+        parts.append(
+            f"attention ({att['attack']}) cos(A(x),A(x_adv))={att['cos_clean_adv']:.3f} "
+            f"JS={att['js_clean_adv']:.4f} top-20% mass clean/adv="
+            f"{att['top20_mass_clean']:.3f}/{att['top20_mass_adv']:.3f} "
+            f"(uniform {att['top20_uniform_baseline']:.3f})"
+        )
+    for key, d in (
+        (k, v) for k, v in (data.get("cue_conflict") or {}).items() if isinstance(v, dict)
+    ):
         bias = "n/a" if d["shape_bias"] is None else f"{d['shape_bias']:.3f}"
-        parts.append(f"cue-conflict {key}: shape {_pct(d['shape'])} texture "
-                     f"{_pct(d['texture'])} shape bias {bias} (n={d['n']})")
+        parts.append(
+            f"cue-conflict {key}: shape {_pct(d['shape'])} texture "
+            f"{_pct(d['texture'])} shape bias {bias} (n={d['n']})"
+        )
     print("[evaluate] " + "\n[evaluate] ".join(parts), file=sys.stderr, flush=True)

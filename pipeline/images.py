@@ -5,14 +5,16 @@ Every way an input can be bad ends in ``BadImage`` with a short reason code (``e
 ``unsupported-mode``) so preprocess can skip it, record why, and go on. Orientation (EXIF), colour
 modes (CMYK, palettes, alpha, 16-bit and float greyscale) and the one resize happen here.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -85,8 +87,9 @@ def stored_geometry(h: int, w: int, resize_short: int, center_crop: bool) -> Geo
         rh, rw = max(1, round(h * resize_short / w)), resize_short
     if not center_crop:
         return Geometry(rh, rw, 0, 0, rh, rw)
-    return Geometry(rh, rw, (rh - resize_short) // 2, (rw - resize_short) // 2,
-                    resize_short, resize_short)
+    return Geometry(
+        rh, rw, (rh - resize_short) // 2, (rw - resize_short) // 2, resize_short, resize_short
+    )
 
 
 def apply_geometry(img: Image.Image, geo: Geometry) -> Image.Image:
@@ -126,16 +129,20 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return data
 
 
-def _open_and_load(data: bytes, name: str, max_pixels: int, draft_side: int | None
-                   ) -> tuple[Image.Image, tuple[int, int]]:
+def _open_and_load(
+    data: bytes, name: str, max_pixels: int, draft_side: int | None
+) -> tuple[Image.Image, tuple[int, int]]:
     """The fully decoded image and the file's own (w, h) (before any JPEG draft reduction)."""
     with _bomb_limit(max_pixels):
         try:
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
-                raise BadImage(name, "decompression-bomb", f"{w}x{h} = {w * h} pixels > "
-                               f"data.max_image_pixels {max_pixels}")
+                raise BadImage(
+                    name,
+                    "decompression-bomb",
+                    f"{w}x{h} = {w * h} pixels > data.max_image_pixels {max_pixels}",
+                )
             if draft_side and img.format == "JPEG" and min(w, h) >= 2 * draft_side:
                 # Let libjpeg shrink by 1/2..1/8 in the DCT while keeping both sides >= the
                 # target, so huge photos decode fast; the bicubic resize after does the rest.
@@ -216,8 +223,9 @@ def to_rgb(img: Image.Image, name: str = "<image>", notes: list[str] | None = No
         raise BadImage(name, "unsupported-mode", f"cannot convert mode {mode} to RGB: {e}") from e
 
 
-def decode_file(path: str | os.PathLike, *, resize_short: int, center_crop: bool,
-                max_pixels: int, min_side: int) -> DecodedImage:
+def decode_file(
+    path: str | os.PathLike, *, resize_short: int, center_crop: bool, max_pixels: int, min_side: int
+) -> DecodedImage:
     """Read, fully decode, orient, convert and resize one input; raises ``BadImage``."""
     name = str(path)
     data = read_bytes(path)
@@ -228,15 +236,17 @@ def decode_file(path: str | os.PathLike, *, resize_short: int, center_crop: bool
     if before[0] != before[1] and img.size == (before[1], before[0]):
         orig_w, orig_h = orig_h, orig_w  # a 90-degree EXIF rotation swaps the sides
     if min(orig_w, orig_h) < min_side:
-        raise BadImage(name, "too-small", f"{orig_w}x{orig_h}, short side < data.min_image_side "
-                       f"{min_side}")
+        raise BadImage(
+            name, "too-small", f"{orig_w}x{orig_h}, short side < data.min_image_side {min_side}"
+        )
     rgb = to_rgb(img, name, notes)
     geo = stored_geometry(rgb.height, rgb.width, resize_short, center_crop)
     return DecodedImage(apply_geometry(rgb, geo), (orig_h, orig_w), notes)
 
 
-def decode_array(rgb: np.ndarray, *, resize_short: int, center_crop: bool
-                 ) -> tuple[Image.Image, Geometry]:
+def decode_array(
+    rgb: np.ndarray, *, resize_short: int, center_crop: bool
+) -> tuple[Image.Image, Geometry]:
     """A rendered RGB uint8 array (synthetic data) to the stored image, with the geometry used so
     the renderer's depth can be resized onto the same grid."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -265,8 +275,14 @@ def decode_jpeg_bytes(data: bytes) -> np.ndarray:
 
 # --- joint geometry for the readers: one box, applied to image and saliency together ----------
 
-def rrc_box(rng: np.random.Generator, h: int, w: int, scale: tuple[float, float],
-            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+
+def rrc_box(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """RandomResizedCrop's box (top, left, height, width), torchvision's algorithm: 10 tries at
     a random area share and log-uniform aspect, then the whole image at a clamped aspect."""
     area = h * w
@@ -296,9 +312,11 @@ def crop_resize(stack: torch.Tensor, box: tuple[int, int, int, int], size: int) 
     """Crop [C,H,W] to ``box`` and resize to size x size, bilinear with antialiasing. Image and
     saliency channels go through this together, so they stay aligned pixel for pixel."""
     import torch.nn.functional as F
+
     top, left, ch, cw = box
-    region = stack[:, top:top + ch, left:left + cw]
+    region = stack[:, top : top + ch, left : left + cw]
     if (ch, cw) == (size, size):
         return region.clone()
-    return F.interpolate(region[None], size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True)[0]
+    return F.interpolate(
+        region[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )[0]

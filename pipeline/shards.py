@@ -19,6 +19,7 @@ Nothing here unpickles: members are decoded by PIL, ``int`` and ``json.loads``; 
 raises ``ShardFormatError``. ``iter_raw`` / ``decode`` read samples; ``open_shards`` checks an
 artifact and answers questions about it; the batch readers on top are in ``pipeline/loaders.py``.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,15 +27,22 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from daat.artifacts import (Artifact, FileGuard, atomic_path, atomic_write_json, open_artifact,
-                            sha256_file)
+from daat.artifacts import (
+    Artifact,
+    FileGuard,
+    atomic_path,
+    atomic_write_json,
+    open_artifact,
+    sha256_file,
+)
 from daat.errors import ShardFormatError
 
 if TYPE_CHECKING:
@@ -54,8 +62,10 @@ _SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
 def check_split(split: str) -> str:
     """Split names become key prefixes and directory names: letters, digits and _ only."""
     if not isinstance(split, str) or not _SPLIT_RE.match(split):
-        raise ShardFormatError(f"split name {split!r} must be letters, digits or _ (it becomes "
-                               f"part of every sample key and a directory name)")
+        raise ShardFormatError(
+            f"split name {split!r} must be letters, digits or _ (it becomes "
+            f"part of every sample key and a directory name)"
+        )
     return split
 
 
@@ -73,9 +83,11 @@ def sidecar_relpath(split: str, shard: int) -> str:
 
 # --- saliency encoding ----------------------------------------------------------------------
 
+
 def _bayer(n: int = 8) -> torch.Tensor:
     """n x n ordered-dither thresholds in (0, 1): (Bayer index + 0.5) / n^2."""
     import torch
+
     m = torch.zeros(1, 1, dtype=torch.int64)
     while m.shape[0] < n:
         m = torch.cat([torch.cat([4 * m, 4 * m + 2], 1), torch.cat([4 * m + 3, 4 * m + 1], 1)], 0)
@@ -91,6 +103,7 @@ def quantise_saliency(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     any few-pixel patch (measured ~4x smaller at the ViT grid) for ~13% more PNG bytes.
     """
     import torch
+
     if e.dim() != 3 or not e.is_floating_point():
         raise ValueError(f"saliency must be float [B,H,W], got {e.dtype} {tuple(e.shape)}")
     e = e.double().clamp_min(0)
@@ -115,6 +128,7 @@ def png_bytes(q: np.ndarray) -> bytes:
 def encode_saliency(e: np.ndarray) -> tuple[bytes, float]:
     """One float HxW E map -> (PNG bytes, scale)."""
     import torch
+
     q, scale = quantise_saliency(torch.as_tensor(np.asarray(e, np.float32))[None])
     return png_bytes(q[0].numpy()), float(scale[0])
 
@@ -132,6 +146,7 @@ def _decode_png_l(data: bytes, where: str) -> np.ndarray:
 
 # --- writer ---------------------------------------------------------------------------------
 
+
 def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed metadata: same bytes each run
@@ -143,8 +158,9 @@ class ShardWriter:
     ``planned`` is every (key, relpath) the shard should account for; each must be either added
     or skipped before ``close``, so a finished shard never silently loses an input."""
 
-    def __init__(self, root: str | os.PathLike, split: str, shard: int,
-                 planned: list[tuple[str, str]]):
+    def __init__(
+        self, root: str | os.PathLike, split: str, shard: int, planned: list[tuple[str, str]]
+    ):
         self.root, self.split, self.shard = Path(root), check_split(split), shard
         self.planned = dict(planned)
         self.keys: list[str] = []
@@ -183,14 +199,24 @@ class ShardWriter:
         missing = set(self.planned) - set(self.keys) - {s["key"] for s in self.skipped}
         if missing:
             self.abort()
-            raise ShardFormatError(f"{shard_relpath(self.split, self.shard)}: {len(missing)} "
-                                   f"planned inputs neither written nor skipped")
+            raise ShardFormatError(
+                f"{shard_relpath(self.split, self.shard)}: {len(missing)} "
+                f"planned inputs neither written nor skipped"
+            )
         self._tar.close()
         sha, size = sha256_file(self._tmp), self._tmp.stat().st_size
         self._ctx.__exit__(None, None, None)
-        sidecar = {"format": FORMAT_VERSION, "split": self.split, "shard": self.shard,
-                   "tar": shard_relpath(self.split, self.shard), "sha256": sha, "bytes": size,
-                   "samples": len(self.keys), "keys": self.keys, "skipped": self.skipped}
+        sidecar = {
+            "format": FORMAT_VERSION,
+            "split": self.split,
+            "shard": self.shard,
+            "tar": shard_relpath(self.split, self.shard),
+            "sha256": sha,
+            "bytes": size,
+            "samples": len(self.keys),
+            "keys": self.keys,
+            "skipped": self.skipped,
+        }
         atomic_write_json(self.root / sidecar_relpath(self.split, self.shard), sidecar)
         return sidecar
 
@@ -199,8 +225,9 @@ class ShardWriter:
         self._ctx.__exit__(ShardFormatError, None, None)
 
 
-def finished_sidecar(root: str | os.PathLike, split: str, shard: int,
-                     planned_keys: list[str]) -> dict | None:
+def finished_sidecar(
+    root: str | os.PathLike, split: str, shard: int, planned_keys: list[str]
+) -> dict | None:
     """The sidecar of a shard that is done (tar + sidecar exist and agree), else None."""
     root = Path(root)
     tar, side = root / shard_relpath(split, shard), root / sidecar_relpath(split, shard)
@@ -211,9 +238,12 @@ def finished_sidecar(root: str | os.PathLike, split: str, shard: int,
     except json.JSONDecodeError:
         return None
     accounted = list(sidecar.get("keys", [])) + [s["key"] for s in sidecar.get("skipped", [])]
-    if (sidecar.get("format") != FORMAT_VERSION or sorted(accounted) != sorted(planned_keys)
-            or sidecar.get("bytes") != tar.stat().st_size
-            or sidecar.get("sha256") != sha256_file(tar)):
+    if (
+        sidecar.get("format") != FORMAT_VERSION
+        or sorted(accounted) != sorted(planned_keys)
+        or sidecar.get("bytes") != tar.stat().st_size
+        or sidecar.get("sha256") != sha256_file(tar)
+    ):
         return None
     return sidecar
 
@@ -225,28 +255,47 @@ def record_split(art: Artifact, split: str, planned: list[list[str]]) -> dict:
     for s, keys in enumerate(planned):
         sidecar = finished_sidecar(art.path, split, s, keys)
         if sidecar is None:
-            raise ShardFormatError(f"{art.path}: {shard_relpath(split, s)} is missing or does not "
-                                   f"match its sidecar; rerun to redo it")
-        art.record_file(shard_relpath(split, s), samples=sidecar["samples"],
-                        sha256=sidecar["sha256"])
+            raise ShardFormatError(
+                f"{art.path}: {shard_relpath(split, s)} is missing or does not "
+                f"match its sidecar; rerun to redo it"
+            )
+        art.record_file(
+            shard_relpath(split, s), samples=sidecar["samples"], sha256=sidecar["sha256"]
+        )
         art.record_file(sidecar_relpath(split, s))
         tars.append(shard_relpath(split, s))
         samples += sidecar["samples"]
         skipped += [{"relpath": x["relpath"], "reason": x["reason"]} for x in sidecar["skipped"]]
-    return {"samples": samples, "inputs": sum(map(len, planned)), "shards": tars,
-            "skipped": {"count": len(skipped), "items": skipped}}
+    return {
+        "samples": samples,
+        "inputs": sum(map(len, planned)),
+        "shards": tars,
+        "skipped": {"count": len(skipped), "items": skipped},
+    }
 
 
-def describe(art: Artifact, *, classes: list[str], splits: dict, depth_model: str,
-             image: dict, card: dict) -> None:
+def describe(
+    art: Artifact, *, classes: list[str], splits: dict, depth_model: str, image: dict, card: dict
+) -> None:
     """Fill the manifest facts the readers rely on (does not save)."""
-    art.extra.update({
-        "format": FORMAT_VERSION, "classes": list(classes), "num_classes": len(classes),
-        "splits": splits, "depth_model": depth_model, "card": card, "members": list(MEMBERS),
-        "image": image,
-        "saliency": {"encoding": SAL_ENCODING, "member": "sal.png",
-                     "what": "Sobel magnitude of the depth model's output at the stored size",
-                     "decode": "E = sal_scale * (q / 255) ** 2, sal_scale in the sample json"}})
+    art.extra.update(
+        {
+            "format": FORMAT_VERSION,
+            "classes": list(classes),
+            "num_classes": len(classes),
+            "splits": splits,
+            "depth_model": depth_model,
+            "card": card,
+            "members": list(MEMBERS),
+            "image": image,
+            "saliency": {
+                "encoding": SAL_ENCODING,
+                "member": "sal.png",
+                "what": "Sobel magnitude of the depth model's output at the stored size",
+                "decode": "E = sal_scale * (q / 255) ** 2, sal_scale in the sample json",
+            },
+        }
+    )
 
 
 # --- reading raw samples --------------------------------------------------------------------
@@ -288,8 +337,10 @@ def _parse_header(header: bytes, where: str) -> tuple[str, int]:
     if stored_sum != sum(header[:148]) + 8 * 32 + sum(header[156:]):
         raise ShardFormatError(f"{where}: tar header checksum mismatch near member '{name}'")
     if header[156:157] not in _REGULAR:
-        raise ShardFormatError(f"{where}: member '{name}' is not a regular file (tar type "
-                               f"{header[156:157]!r}); refusing the shard")
+        raise ShardFormatError(
+            f"{where}: member '{name}' is not a regular file (tar type "
+            f"{header[156:157]!r}); refusing the shard"
+        )
     return name, size
 
 
@@ -302,8 +353,10 @@ def iter_raw(path: str | os.PathLike) -> Iterator[dict]:
     for name, data in _tar_entries(path):
         match = _MEMBER_RE.match(name)
         if not match or match.group(2) not in MEMBERS:
-            raise ShardFormatError(f"{where}: member '{name}' is not allowed (allowed: "
-                                   f"<key>.{{{','.join(MEMBERS)}}}); refusing the shard")
+            raise ShardFormatError(
+                f"{where}: member '{name}' is not allowed (allowed: "
+                f"<key>.{{{','.join(MEMBERS)}}}); refusing the shard"
+            )
         key, ext = match.groups()
         if current is None or key != current["__key__"]:
             if current is not None:
@@ -359,12 +412,15 @@ def decode_members(raw: dict) -> tuple[int, dict, np.ndarray, np.ndarray, float]
     except (ValueError, KeyError, OSError) as e:
         raise ShardFormatError(f"{where}: undecodable sample: {type(e).__name__}: {e}") from e
     if q.shape != image.shape[:2] or list(image.shape[:2]) != list(meta["hw"]):
-        raise ShardFormatError(f"{where}: image {image.shape[:2]}, saliency {q.shape} and "
-                               f"json hw {meta['hw']} disagree")
+        raise ShardFormatError(
+            f"{where}: image {image.shape[:2]}, saliency {q.shape} and "
+            f"json hw {meta['hw']} disagree"
+        )
     return label, meta, image, q, scale
 
 
 # --- the artifact ---------------------------------------------------------------------------
+
 
 class ShardArtifact(Artifact):
     """A complete shard artifact with helpers for the readers."""
@@ -386,13 +442,16 @@ class ShardArtifact(Artifact):
 
     def guard(self, splits: list[str] | None = None) -> FileGuard:
         """A ``FileGuard`` over the tars of ``splits`` (default: all), for the stages that read."""
-        return FileGuard(self, [rel for split in (splits or self.splits)
-                                for rel in self._split(split)["shards"]])
+        return FileGuard(
+            self, [rel for split in (splits or self.splits) for rel in self._split(split)["shards"]]
+        )
 
     def shards(self, split: str) -> list[tuple[Path, int]]:
         """(tar path, samples) in shard order."""
-        return [(self.path / rel, self.manifest["files"][rel]["samples"])
-                for rel in self._split(split)["shards"]]
+        return [
+            (self.path / rel, self.manifest["files"][rel]["samples"])
+            for rel in self._split(split)["shards"]
+        ]
 
     @property
     def image_policy(self) -> dict:
@@ -417,29 +476,38 @@ def open_shards(path: str | os.PathLike | Artifact) -> ShardArtifact:
     (classes, each split's shard list and counts) and every tar's size is the manifest's."""
     if isinstance(path, ShardArtifact):
         return path
-    art = open_artifact(path.path if isinstance(path, Artifact) else path, kind="shards",
-                        require_complete=True)
+    art = open_artifact(
+        path.path if isinstance(path, Artifact) else path, kind="shards", require_complete=True
+    )
     extra = art.manifest.get("extra", {})
     for field in ("format", "classes", "num_classes", "splits", "saliency", "image"):
         if field not in extra:
             raise ShardFormatError(f"{art.path}: manifest extra lacks '{field}'")
     if extra["format"] != FORMAT_VERSION or extra["saliency"].get("encoding") != SAL_ENCODING:
-        raise ShardFormatError(f"{art.path}: shard format {extra['format']} / saliency "
-                               f"{extra['saliency'].get('encoding')} is not what this daat reads "
-                               f"({FORMAT_VERSION} / {SAL_ENCODING})")
+        raise ShardFormatError(
+            f"{art.path}: shard format {extra['format']} / saliency "
+            f"{extra['saliency'].get('encoding')} is not what this daat reads "
+            f"({FORMAT_VERSION} / {SAL_ENCODING})"
+        )
     shards = ShardArtifact(art.path, art.manifest)
     if len(extra["classes"]) != extra["num_classes"]:
-        raise ShardFormatError(f"{art.path}: num_classes is {extra['num_classes']} but "
-                               f"{len(extra['classes'])} classes are named")
+        raise ShardFormatError(
+            f"{art.path}: num_classes is {extra['num_classes']} but "
+            f"{len(extra['classes'])} classes are named"
+        )
     for split, info in extra["splits"].items():
         made = [r for r in art.files_matching(f"{split}/") if r.endswith(".tar")]
         if info["shards"] != [shard_relpath(split, s) for s in range(len(made))]:
-            raise ShardFormatError(f"{art.path}: split {split} lists {len(info['shards'])} "
-                                   f"shards, its manifest records {len(made)} tars")
+            raise ShardFormatError(
+                f"{art.path}: split {split} lists {len(info['shards'])} "
+                f"shards, its manifest records {len(made)} tars"
+            )
         counted = sum(art.manifest["files"][rel].get("samples", 0) for rel in info["shards"])
         if counted != info["samples"]:
-            raise ShardFormatError(f"{art.path}: split {split} says {info['samples']} samples, "
-                                   f"its shards hold {counted}")
+            raise ShardFormatError(
+                f"{art.path}: split {split} says {info['samples']} samples, "
+                f"its shards hold {counted}"
+            )
     problems = shards.guard().sizes()  # a stat per tar: truncation is caught here, not mid-run
     if problems:
         raise ShardFormatError(f"{art.path}: {problems[0]}; restore the shard or preprocess again")

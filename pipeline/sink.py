@@ -13,6 +13,7 @@ Protocol over one pipe, parent -> child: ``("plan", {(split, shard): [(key, relp
 parent's disappearance (EOF) make it abort its open shards, so a crash never leaves a half-written
 shard under a final name.
 """
+
 from __future__ import annotations
 
 import collections
@@ -53,8 +54,10 @@ class ShardSink:
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         pipes = [ctx.Pipe() for _ in range(processes)]
         every_end = [end for pair in pipes for end in pair]
-        self._children = [_Child(ctx, parent, child, every_end, str(root), i)
-                          for i, (parent, child) in enumerate(pipes)]
+        self._children = [
+            _Child(ctx, parent, child, every_end, str(root), i)
+            for i, (parent, child) in enumerate(pipes)
+        ]
         for _, child in pipes:
             child.close()
         self._pending: collections.deque[list[_Child]] = collections.deque()
@@ -135,8 +138,12 @@ class _Child:
         # The child closes every pipe end it inherited except its own: an end of another
         # child's pipe left open in it would hide that child's exit (or the parent's) as EOF.
         others = [end for end in every_end if end is not child_end]
-        self.proc = ctx.Process(target=_serve, args=(child_end, others, root),
-                                name=f"daat-shard-sink-{index}", daemon=True)
+        self.proc = ctx.Process(
+            target=_serve,
+            args=(child_end, others, root),
+            name=f"daat-shard-sink-{index}",
+            daemon=True,
+        )
         self.proc.start()
 
     def send(self, message: tuple) -> None:
@@ -169,8 +176,10 @@ class _Child:
 
     def died(self) -> SinkError:
         self.proc.join(timeout=10)
-        return SinkError(f"the shard writer process (pid {self.proc.pid}) exited with code "
-                         f"{self.proc.exitcode}; unfinished shards are redone on the next run")
+        return SinkError(
+            f"the shard writer process (pid {self.proc.pid}) exited with code "
+            f"{self.proc.exitcode}; unfinished shards are redone on the next run"
+        )
 
 
 def _serve(conn, inherited: list, root: str) -> None:
@@ -210,13 +219,15 @@ def _serve(conn, inherited: list, root: str) -> None:
         conn.close()
 
 
-def saliency_codes(depths: list[torch.Tensor],
-                   device: torch.device) -> list[tuple[np.ndarray, float]]:
+def saliency_codes(
+    depths: list[torch.Tensor], device: torch.device
+) -> list[tuple[np.ndarray, float]]:
     """Per depth map [H,W]: (uint8 sqrt-companded E at that size, scale), computed on ``device``
     in one batched pass per distinct size."""
     import torch
 
     from daat.saliency import sobel_magnitude
+
     out: list[tuple[np.ndarray, float] | None] = [None] * len(depths)
     by_size = collections.defaultdict(list)
     for i, depth in enumerate(depths):
@@ -255,8 +266,10 @@ class _Shards:
         with_depth = [r for r in records if "depth" in r]
         if with_depth:
             import torch
-            codes = saliency_codes([torch.from_numpy(r.pop("depth")) for r in with_depth],
-                                   torch.device("cpu"))
+
+            codes = saliency_codes(
+                [torch.from_numpy(r.pop("depth")) for r in with_depth], torch.device("cpu")
+            )
             for record, (q, scale) in zip(with_depth, codes):
                 record["saliency"], record["scale"] = q, scale
         for record in records:
@@ -269,10 +282,19 @@ class _Shards:
             if "reason" in record:
                 writer.skip(record["key"], record["reason"])
             else:
-                meta = {**record["meta"], "hw": list(record["saliency"].shape),
-                        "sal_scale": record["scale"], "sal_encoding": fmt.SAL_ENCODING}
-                writer.add(record["key"], jpg=record["jpg"], label=record["label"], meta=meta,
-                           sal_png=fmt.png_bytes(record["saliency"]))
+                meta = {
+                    **record["meta"],
+                    "hw": list(record["saliency"].shape),
+                    "sal_scale": record["scale"],
+                    "sal_encoding": fmt.SAL_ENCODING,
+                }
+                writer.add(
+                    record["key"],
+                    jpg=record["jpg"],
+                    label=record["label"],
+                    meta=meta,
+                    sal_png=fmt.png_bytes(record["saliency"]),
+                )
             self.left[shard] -= 1
             if self.left[shard] == 0:
                 self.open.pop(shard).close()
@@ -281,8 +303,10 @@ class _Shards:
     def check_finished(self) -> None:
         unfinished = sorted(shard_name(s) for s, n in self.left.items() if n)
         if unfinished:
-            raise ShardFormatError(f"shard writer: {len(unfinished)} planned shards did not get "
-                                   f"all their samples (first: {unfinished[0]})")
+            raise ShardFormatError(
+                f"shard writer: {len(unfinished)} planned shards did not get "
+                f"all their samples (first: {unfinished[0]})"
+            )
 
     def abort(self) -> None:
         for writer in self.open.values():

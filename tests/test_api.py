@@ -1,5 +1,6 @@
 """The public Python API (``daat.load_model`` & co.) and the README's inference example, run
 verbatim from README.md."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_export import images
 
 import daat
 from daat import saliency
 from daat.errors import DaatError
 from daat.export import export
-from test_export import images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,8 +42,13 @@ def test_readme_inference_example_runs_verbatim(tiny_run, tmp_path):
     assert len(code.strip().splitlines()) == 5
     folder = re.search(r'daat\.load_model\("([^"]+)"', code).group(1)
     export(tiny_run, tmp_path / folder)  # the folder the example names, in its working dir
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     predicted, shape = done.stdout.strip().splitlines()
     assert re.fullmatch(r"tensor\(\[(\d, ){7}\d\]\)", predicted), predicted
@@ -50,9 +56,11 @@ def test_readme_inference_example_runs_verbatim(tiny_run, tmp_path):
 
 
 def test_import_daat_is_light_and_every_name_is_documented():
-    code = ("import sys, daat\n"
-            "assert 'torch' not in sys.modules, 'import daat imported torch'\n"
-            "print(daat.__all__)")
+    code = (
+        "import sys, daat\n"
+        "assert 'torch' not in sys.modules, 'import daat imported torch'\n"
+        "print(daat.__all__)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for name in ("load_model", "load_run", "open_artifact", "depth_saliency", "attention_map"):
@@ -112,6 +120,7 @@ def test_depth_saliency_is_eq1_on_the_patch_grid(tiny_run):
 
 def test_depth_saliency_runs_a_depth_model_on_images(tiny_dpt_dir):
     from daat.depth import load_depth_model
+
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     g = daat.depth_saliency(x, 8, depth_model=str(tiny_dpt_dir))
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """``daat artifacts list / rm / gc``: per-kind descriptions, dry runs that delete nothing, and
 removal that never breaks a kept artifact's lineage nor leaves the artifact root."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,10 @@ from daat import config as config_mod
 from daat.artifacts import ArtifactError, create_or_open, list_artifacts
 from daat.cli import main
 
-HOLD_LOCK = ("import sys, time\nfrom daat.locks import WriterLock\n"
-             "WriterLock.acquire(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(600)")
+HOLD_LOCK = (
+    "import sys, time\nfrom daat.locks import WriterLock\n"
+    "WriterLock.acquire(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(600)"
+)
 
 
 def make(root: Path, kind: str, name: str, lineage=(), complete=True, config=None):
@@ -121,8 +124,9 @@ def test_rm_refuses_paths_that_are_not_artifacts(root, tmp_path):
 
 def test_busy_artifacts_are_never_removed(root):
     root, ids = root
-    held = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root / ids["r2"])],
-                            stdout=subprocess.PIPE, text=True)
+    held = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(root / ids["r2"])], stdout=subprocess.PIPE, text=True
+    )
     assert held.stdout.readline().strip() == "locked"  # another process holds r2's writer lock
     assert "pid" in admin.in_use(root / ids["r2"]) and admin.in_use(root / ids["s2"]) is None
     (root / ids["s2"] / "payload.bin").write_bytes(b"just written")  # a stage is making it
@@ -166,8 +170,9 @@ def test_cli_rm_and_gc_are_dry_runs_unless_yes(root):
     assert out.exit_code == 0, out.output
     assert "would remove" in out.output and "dry run: nothing removed" in out.output
     assert tree(root) == before
-    refused = CliRunner().invoke(main, ["artifacts", "rm", str(root / ids["s"]),
-                                        str(root / ids["r2"]), "--yes"])
+    refused = CliRunner().invoke(
+        main, ["artifacts", "rm", str(root / ids["s"]), str(root / ids["r2"]), "--yes"]
+    )
     assert refused.exit_code == 1 and "lineage" in refused.output
     assert tree(root) == before  # rm is all or nothing
     done = CliRunner().invoke(main, ["artifacts", "rm", str(root / ids["r2"]), "--yes"])
@@ -187,12 +192,22 @@ def test_list_says_what_each_kind_holds(tiny_shards, tmp_path):
     shards_line = admin.describe(tiny_shards)
     assert "50 samples (train 30, val 20)" in shards_line and "depth oracle" in shards_line
     cfg = config_mod.load(["daat", "synthetic"], ["train.epochs=4", "seed=3"])
-    run = create_or_open(tmp_path, "run", {"r": 1}, config=config_mod.to_dict(cfg),
-                         lineage=[tiny_shards.id])
-    lines = [{"kind": "epoch", "epoch": e, "val_clean_acc": 0.5 + e / 10, "val_pgd_acc": 0.25,
-              "val_pgd_steps": 10} for e in range(2)]
-    (run.path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines)
-                                            + '{"kind": "epoch", "epo')  # cut short by a kill
+    run = create_or_open(
+        tmp_path, "run", {"r": 1}, config=config_mod.to_dict(cfg), lineage=[tiny_shards.id]
+    )
+    lines = [
+        {
+            "kind": "epoch",
+            "epoch": e,
+            "val_clean_acc": 0.5 + e / 10,
+            "val_pgd_acc": 0.25,
+            "val_pgd_steps": 10,
+        }
+        for e in range(2)
+    ]
+    (run.path / "metrics.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in lines) + '{"kind": "epoch", "epo'
+    )  # cut short by a kill
     run_line = admin.describe(run)
     assert "preset daat+synthetic" in run_line and "seed 3" in run_line
     assert "epochs 2/4" in run_line and "clean 60.0%" in run_line and "PGD-10 25.0%" in run_line
@@ -200,19 +215,30 @@ def test_list_says_what_each_kind_holds(tiny_shards, tmp_path):
     ev = create_or_open(tmp_path, "eval", {"e": 1}, config={}, lineage=[run.id, tiny_shards.id])
     tasks = results.plan_tasks(ev_cfg)
     store = results.Store.create_or_open(
-        ev.path / "results.zarr", tasks, n=10, n_val=20, chunk_size=5,
-        subsets={"long": np.arange(10), "autoattack": np.arange(5)})
+        ev.path / "results.zarr",
+        tasks,
+        n=10,
+        n_val=20,
+        chunk_size=5,
+        subsets={"long": np.arange(10), "autoattack": np.arange(5)},
+    )
     for task in tasks[:2]:
         store.mark_done(task, 0)
         store.mark_done(task, 1)
     store.mark_done(tasks[2], 0)
     eval_line = admin.describe(ev)
-    assert f"attacks done 2/{len(tasks)}" in eval_line and "pgd-100_eps2_long 1/2 chunks" in eval_line
+    assert (
+        f"attacks done 2/{len(tasks)}" in eval_line and "pgd-100_eps2_long 1/2 chunks" in eval_line
+    )
     listed = CliRunner().invoke(main, ["artifacts", "list", str(tmp_path)])
-    assert listed.exit_code == 0 and "epochs 2/4" in listed.output and "attacks done" in listed.output
+    assert (
+        listed.exit_code == 0 and "epochs 2/4" in listed.output and "attacks done" in listed.output
+    )
 
 
 def test_reuse_and_resume_lines():
     assert admin.format_time("2025-11-30T15:05:09+00:00") == "2025-11-30 15:05 UTC"
-    assert admin.resume_line("run-x/checkpoints/step-1.pt", "step 1 of 4") == \
-        "resuming from run-x/checkpoints/step-1.pt (step 1 of 4)"
+    assert (
+        admin.resume_line("run-x/checkpoints/step-1.pt", "step 1 of 4")
+        == "resuming from run-x/checkpoints/step-1.pt (step 1 of 4)"
+    )

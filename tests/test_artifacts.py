@@ -7,8 +7,9 @@ from daat import artifacts as A
 
 
 def _make(tmp_path, determining=None):
-    return A.create_or_open(tmp_path, "demo", determining or {"a": 1}, config={"a": 1},
-                            lineage=["parent-1"])
+    return A.create_or_open(
+        tmp_path, "demo", determining or {"a": 1}, config={"a": 1}, lineage=["parent-1"]
+    )
 
 
 def test_create_then_reopen_same_key(tmp_path):
@@ -23,7 +24,9 @@ def test_create_then_reopen_same_key(tmp_path):
     assert m["lineage"] == ["parent-1"]
     assert m["files"]["data/x.bin"] == {
         "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
-        "bytes": 5, "samples": 3}
+        "bytes": 5,
+        "samples": 3,
+    }
     assert m["versions"]["torch"] != "not installed"
     assert _make(tmp_path, {"a": 2}).path != art.path
 
@@ -128,8 +131,9 @@ def test_an_old_manifest_whose_files_changed_is_not_upgraded(tmp_path):
     art.unlock()
     _as_schema_one(art.path)
     (art.path / "data/x.bin").write_bytes(b"HELLO")
-    with pytest.raises(A.ArtifactError, match="older daat and cannot be upgraded: data/x.bin: "
-                                              "sha256"):
+    with pytest.raises(
+        A.ArtifactError, match="older daat and cannot be upgraded: data/x.bin: sha256"
+    ):
         _make(tmp_path)
 
 

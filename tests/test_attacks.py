@@ -1,5 +1,6 @@
 """PGD: the exact iteration, projection, frozen weights, determinism, strength on a trained model,
 and the gradient-masking flag evaluation relies on."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,9 @@ EPS, ALPHA = 8 / 255, 2 / 255
 
 def tiny_net(seed=0, classes=3):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, classes)
+    )
 
 
 def batch(n=16, seed=0, classes=3):
@@ -49,8 +52,12 @@ def test_matches_explicit_iteration_and_stays_in_bounds():
 
 def test_random_start_formula():
     x, _ = batch()
-    expected = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(7)) * 2 - 1) * EPS).clamp(0, 1)
-    torch.testing.assert_close(random_init(x, EPS, torch.Generator().manual_seed(7)), expected, atol=0, rtol=0)
+    expected = (
+        x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(7)) * 2 - 1) * EPS
+    ).clamp(0, 1)
+    torch.testing.assert_close(
+        random_init(x, EPS, torch.Generator().manual_seed(7)), expected, atol=0, rtol=0
+    )
     # with alpha = 0 the attack returns its starting point
     model, (x, y) = tiny_net(), batch()
     result = pgd(model, x, y, EPS, 0.0, 1, generator=torch.Generator().manual_seed(7))
@@ -59,7 +66,10 @@ def test_random_start_formula():
 
 def test_deterministic_under_seeded_generator():
     model, (x, y) = tiny_net(), batch()
-    runs = [pgd(model, x, y, EPS, ALPHA, 3, generator=torch.Generator().manual_seed(s)).x_adv for s in (5, 5, 6)]
+    runs = [
+        pgd(model, x, y, EPS, ALPHA, 3, generator=torch.Generator().manual_seed(s)).x_adv
+        for s in (5, 5, 6)
+    ]
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
 
@@ -69,7 +79,9 @@ def test_weights_frozen_during_attack_and_flags_restored():
     model[0].bias.requires_grad_(False)  # a caller's own frozen parameter stays frozen
     before = [p.requires_grad for p in model.parameters()]
     seen = []
-    model.register_forward_pre_hook(lambda m, inp: seen.append(any(p.requires_grad for p in m.parameters())))
+    model.register_forward_pre_hook(
+        lambda m, inp: seen.append(any(p.requires_grad for p in m.parameters()))
+    )
     x, y = batch()
     pgd(model, x, y, EPS, ALPHA, 3)
     assert seen == [False, False, False]
@@ -158,7 +170,9 @@ def test_bf16_autocast_keeps_fp32_iterate():
 def test_custom_loss_and_bad_arguments():
     model, (x, y) = tiny_net(), batch()
     # minimising CE (negated loss) must not raise it
-    down = pgd(model, x, y, EPS, ALPHA, 5, loss_fn=lambda z, t: -F.cross_entropy(z, t, reduction="sum"))
+    down = pgd(
+        model, x, y, EPS, ALPHA, 5, loss_fn=lambda z, t: -F.cross_entropy(z, t, reduction="sum")
+    )
     with torch.no_grad():
         assert F.cross_entropy(model(down.x_adv), y) < F.cross_entropy(model(x), y)
     with pytest.raises(ValueError, match="y must"):
@@ -210,7 +224,9 @@ def test_pgd_on_the_student_vit():
     from daat.config import ModelConfig
     from daat.models import build_student
 
-    model = build_student(ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), 4)
+    model = build_student(
+        ModelConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), 4
+    )
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     result = pgd(model, x, y, EPS, ALPHA, 2, generator=torch.Generator().manual_seed(0))
     assert isinstance(result, PGDResult) and result.x_adv.shape == x.shape
@@ -224,7 +240,9 @@ def test_cuda_bf16_attack_on_student():
     from daat.config import ModelConfig
     from daat.models import build_student
 
-    model = build_student(ModelConfig(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4), 10).cuda()
+    model = build_student(
+        ModelConfig(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4), 10
+    ).cuda()
     x = torch.rand(32, 3, 64, 64, device="cuda")
     y = torch.randint(0, 10, (32,), device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)

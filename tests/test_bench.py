@@ -7,6 +7,7 @@ written here: PGD with weights NOT frozen (weight gradients computed and discard
 unfused attention path with the full softmax maps captured, A(x) averaged from those maps,
 separate adversarial and clean forwards, fp32, then clip + AdamW.
 """
+
 import copy
 import importlib.util
 import json
@@ -35,7 +36,8 @@ def _benchmarks():
     if "benchmarks" not in sys.modules:
         folder = Path(__file__).resolve().parents[1] / "benchmarks"
         spec = importlib.util.spec_from_file_location(
-            "benchmarks", folder / "__init__.py", submodule_search_locations=[str(folder)])
+            "benchmarks", folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
         package = importlib.util.module_from_spec(spec)
         sys.modules["benchmarks"] = package
         spec.loader.exec_module(package)
@@ -70,11 +72,24 @@ def _teacher(device) -> Teacher:
 
 
 def _state(device, amp: bool):
-    cfg = config_mod.load(["daat"], [
-        *[f"model.{k}={v}" for k, v in ARCH.items()], "train.batch_size=6", f"attack.steps={STEPS}",
-        f"attack.eps={EPS}", f"attack.alpha={ALPHA}", "loss.lam=0.5", "loss.gamma0=1",
-        "depth.target=cached", "optim.grad_clip=0.5", f"device={device.type}", "seed=1",
-        f"train.amp={str(amp).lower()}", f"attack.amp={str(amp).lower()}"])
+    cfg = config_mod.load(
+        ["daat"],
+        [
+            *[f"model.{k}={v}" for k, v in ARCH.items()],
+            "train.batch_size=6",
+            f"attack.steps={STEPS}",
+            f"attack.eps={EPS}",
+            f"attack.alpha={ALPHA}",
+            "loss.lam=0.5",
+            "loss.gamma0=1",
+            "depth.target=cached",
+            "optim.grad_clip=0.5",
+            f"device={device.type}",
+            "seed=1",
+            f"train.amp={str(amp).lower()}",
+            f"attack.amp={str(amp).lower()}",
+        ],
+    )
     teacher = _teacher(device)
     state = build_state(cfg, CLASSES, ResolvedTeacher(teacher, "random", [], 32), device)
     _randomise(state.model.vit, 3)
@@ -106,7 +121,7 @@ class ExplicitModel:
 
     def attention(self) -> torch.Tensor:
         cls = torch.stack([m.mean(1)[:, 0] for m in self.maps]).mean(0)  # heads, then blocks
-        patches = cls[:, self.model.vit.num_prefix_tokens:]
+        patches = cls[:, self.model.vit.num_prefix_tokens :]
         return patches / patches.sum(-1, keepdim=True)
 
     def tokens(self, x):
@@ -121,7 +136,9 @@ def reference_pgd(ref: ExplicitModel, x, y, gen) -> torch.Tensor:
     for _ in range(STEPS):
         x_k.requires_grad_(True)
         F.cross_entropy(ref.logits(x_k), y, reduction="sum").backward()
-        x_k = torch.min(torch.max(x_k.detach() + ALPHA * x_k.grad.sign(), x - EPS), x + EPS).clamp(0, 1)
+        x_k = torch.min(torch.max(x_k.detach() + ALPHA * x_k.grad.sign(), x - EPS), x + EPS).clamp(
+            0, 1
+        )
     ref.model.zero_grad(set_to_none=True)
     return x_k
 
@@ -194,6 +211,7 @@ def test_bf16_step_matches_fp32_reference_within_bf16_tolerance():
 
 # --- helpers against hand-computed values ---------------------------------------------------
 
+
 def test_ratio_is_the_median_of_per_round_ratios():
     times = {"a": [2.0, 4.0, 6.0], "b": [1.0, 1.0, 2.0]}  # per-round ratios 2, 4, 3
     assert common.ratio(times, "a", "b") == 3.0
@@ -203,8 +221,12 @@ def test_ratio_is_the_median_of_per_round_ratios():
 
 def test_interleaved_runs_warmup_then_rounds_in_order():
     calls = []
-    times = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                               torch.device("cpu"), warmup=1, rounds=2)
+    times = common.interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        torch.device("cpu"),
+        warmup=1,
+        rounds=2,
+    )
     assert calls == ["a", "b"] * 3
     assert [len(v) for v in times.values()] == [2, 2]
 
@@ -267,19 +289,43 @@ def test_gpu_mode_code_paths_run_on_cpu(tmp_path):
     the CPU, so the one-command GPU run cannot rot unnoticed on machines without a GPU."""
     cpu = torch.device("cpu")
     hybrid = common.save_dpt_hybrid(tmp_path / "hybrid")
-    out = train_step.measure(cpu, student=common.GPU_STUDENT, batch=1, steps=1, warmup=0,
-                             rounds=1, depth_dir=hybrid, naive=True)
-    for key in ("daat_cached_over_pgdat", "daat_online_over_pgdat", "teacher_over_pgdat",
-                "pgdat_over_naive_speedup"):
+    out = train_step.measure(
+        cpu,
+        student=common.GPU_STUDENT,
+        batch=1,
+        steps=1,
+        warmup=0,
+        rounds=1,
+        depth_dir=hybrid,
+        naive=True,
+    )
+    for key in (
+        "daat_cached_over_pgdat",
+        "daat_online_over_pgdat",
+        "teacher_over_pgdat",
+        "pgdat_over_naive_speedup",
+    ):
         assert math.isfinite(out[key]) and out[key] > 0, key
-    pre = preprocess.measure(tmp_path / "pre", cpu, depth_dir=hybrid, n_images=2,
-                             warmup_images=2, height=375, width=500, resize_short=256,
-                             batch_size=2, num_workers=0, grid=16, depth_image_size=384)
+    pre = preprocess.measure(
+        tmp_path / "pre",
+        cpu,
+        depth_dir=hybrid,
+        n_images=2,
+        warmup_images=2,
+        height=375,
+        width=500,
+        resize_short=256,
+        batch_size=2,
+        num_workers=0,
+        grid=16,
+        depth_image_size=384,
+    )
     assert pre["preprocess_stored_hw"] == [256, 341] and pre["preprocess_images"] == 2
     assert pre["preprocess_g_err_stored_vs_float"] < 1e-3
 
 
 # --- smoke: make bench at tiny sizes --------------------------------------------------------
+
 
 def test_run_all_tiny_prints_one_json_object_last(capsys, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
@@ -291,9 +337,16 @@ def test_run_all_tiny_prints_one_json_object_last(capsys, monkeypatch):
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     for key in run_all.REQUIRED:
-        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
-    for key in ("preprocess_e2e_img_per_s", "preprocess_model_img_per_s", "pgd-at_img_per_s",
-                "standard_img_per_s", "loader_cpu_ms_per_image"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, (
+            key
+        )
+    for key in (
+        "preprocess_e2e_img_per_s",
+        "preprocess_model_img_per_s",
+        "pgd-at_img_per_s",
+        "standard_img_per_s",
+        "loader_cpu_ms_per_image",
+    ):
         assert result[key] > 0, key
     assert result["preprocess_images"] == run_all.TINY["preprocess"]["n_images"]
     assert 0 <= result["preprocess_g_err_stored_vs_float"] < 1e-2
@@ -304,8 +357,12 @@ def test_run_all_tiny_prints_one_json_object_last(capsys, monkeypatch):
 def test_integrity_benchmark_times_the_committed_reader_against_this_tree(tmp_path, monkeypatch):
     """Smoke run at tiny sizes, today's reader taken from HEAD: every figure is positive, and the
     streaming candidate really hashes (a flipped byte makes its reader fail)."""
-    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=common.REPO,
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=common.REPO, capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("not a git checkout: there is no committed reader to compare with")
     monkeypatch.setenv("TQDM_DISABLE", "1")
     tiny = {k: v for k, v in run_all.TINY["loader"].items() if k != "batches"}
@@ -316,6 +373,7 @@ def test_integrity_benchmark_times_the_committed_reader_against_this_tree(tmp_pa
     from daat.errors import ShardFormatError
     from daat.pipeline.loaders import train_pipeline
     from daat.pipeline.shards import open_shards
+
     (art_dir,) = tmp_path.glob("out/shards-*")
     art = open_shards(art_dir)
     tar = art.shards("train")[0][0]
@@ -323,6 +381,16 @@ def test_integrity_benchmark_times_the_committed_reader_against_this_tree(tmp_pa
     data[700] ^= 1  # inside the first member's data: the tar still parses
     tar.write_bytes(bytes(data))
     with integrity.streaming_hash(art), pytest.raises(ShardFormatError, match="sha256"):
-        for _ in train_pipeline(art, image_size=32, grid=4, batch_size=4, samples_per_epoch=40,
-                                rank=0, world_size=1, seed=0, epoch=0, num_workers=0):
+        for _ in train_pipeline(
+            art,
+            image_size=32,
+            grid=4,
+            batch_size=4,
+            samples_per_epoch=40,
+            rank=0,
+            world_size=1,
+            seed=0,
+            epoch=0,
+            num_workers=0,
+        ):
             pass

@@ -1,4 +1,5 @@
 """Data cards: schema, packaged cards, inferred ImageFolder cards, listing, fingerprints."""
+
 import logging
 import warnings
 from importlib import resources
@@ -25,8 +26,10 @@ def make_folder(root: Path, layout: dict[str, dict[str, list[str]]]) -> Path:
     return root
 
 
-LAYOUT = {"train": {"dog": ["b.jpg", "a.JPG", "notes.txt", "sub/c.png"], "cat": ["z.jpeg"]},
-          "val": {"dog": ["v1.webp"], "cat": ["v2.bmp", "v3.TIFF"]}}
+LAYOUT = {
+    "train": {"dog": ["b.jpg", "a.JPG", "notes.txt", "sub/c.png"], "cat": ["z.jpeg"]},
+    "val": {"dog": ["v1.webp"], "cat": ["v2.bmp", "v3.TIFF"]},
+}
 
 
 def write_card(path: Path, **fields) -> Path:
@@ -36,6 +39,7 @@ def write_card(path: Path, **fields) -> Path:
 
 
 # --- packaged cards --------------------------------------------------------------------------
+
 
 def test_packaged_cards_load_and_match_their_files():
     assert {"imagenet100", "imagefolder", "synthetic", "synthetic-spurious"} <= set(card_names())
@@ -47,9 +51,15 @@ def test_packaged_cards_load_and_match_their_files():
     assert "non-commercial" in inet.to_dict()["licence"]
     syn = load_card("synthetic")
     assert syn.classes == list(synthetic.CLASSES) and syn.root is None
-    assert syn.synthetic == {"n_train_per_class": 160, "n_val_per_class": 40, "size": 64,
-                             "spurious": False, "seed": 0, "spurious_rate": 0.9,
-                             "clutter": 0.0}
+    assert syn.synthetic == {
+        "n_train_per_class": 160,
+        "n_val_per_class": 40,
+        "size": 64,
+        "spurious": False,
+        "seed": 0,
+        "spurious_rate": 0.9,
+        "clutter": 0.0,
+    }
     assert syn.expected_counts == {"train": 1600, "val": 400}
     spur = load_card("synthetic-spurious")
     assert spur.synthetic["spurious"] is True
@@ -63,13 +73,16 @@ def test_synthetic_large_holds_the_synthetic_cards_scenes_first():
     assert large.expected_counts == {"train": 10000, "val": 1000}
     for split in ("train", "val"):
         small = syn.items(split)
-        assert [(i.synthetic.seed, i.label) for i in large.items(split)[:len(small)]] == \
-               [(i.synthetic.seed, i.label) for i in small]
+        assert [(i.synthetic.seed, i.label) for i in large.items(split)[: len(small)]] == [
+            (i.synthetic.seed, i.label) for i in small
+        ]
 
 
 def test_a_card_path_loads_the_same_card_as_its_name():
-    assert load_card(REPO / "data_cards" / "synthetic.yaml").to_dict() == \
-           load_card("synthetic").to_dict()
+    assert (
+        load_card(REPO / "data_cards" / "synthetic.yaml").to_dict()
+        == load_card("synthetic").to_dict()
+    )
 
 
 def test_the_template_card_needs_a_root_then_infers_classes(tmp_path):
@@ -79,8 +92,9 @@ def test_the_template_card_needs_a_root_then_infers_classes(tmp_path):
     assert card.classes == ["cat", "dog"]
 
 
-@pytest.mark.parametrize("name", ["imagenet100", "synthetic", "synthetic-spurious",
-                                  "synthetic-large"])
+@pytest.mark.parametrize(
+    "name", ["imagenet100", "synthetic", "synthetic-spurious", "synthetic-large"]
+)
 def test_to_dict_is_itself_a_valid_card_that_round_trips(tmp_path, name):
     resolved = load_card(name).to_dict()
     saved = tmp_path / "saved.yaml"
@@ -101,20 +115,24 @@ def test_synthetic_items_carry_the_render_recipe_and_ignore_root(tmp_path):
 
 # --- validation errors -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("fields, needle", [
-    ({"clases": ["a"]}, "unknown key 'clases'"),
-    ({"kind": "lmdb"}, "key 'kind'"),
-    ({"name": ""}, "key 'name'"),
-    ({"classes": "guess"}, "key 'classes'"),
-    ({"classes": ["a", "b", "a"]}, "repeats a"),
-    ({"classes": {"file": "nope.txt"}}, "'nope.txt' not found"),
-    ({"expected_counts": {"train": "many"}}, "expected_counts.train"),
-    ({"expected_counts": {"test": 3}}, "expected_counts.test"),
-    ({"splits": {"train": "../elsewhere"}}, "splits.train"),
-    ({"extensions": []}, "key 'extensions'"),
-    ({"class_names": {"cow": "a cow"}}, "class_names"),
-    ({"synthetic": {"seed": 0}}, "key 'synthetic'"),
-])
+
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        ({"clases": ["a"]}, "unknown key 'clases'"),
+        ({"kind": "lmdb"}, "key 'kind'"),
+        ({"name": ""}, "key 'name'"),
+        ({"classes": "guess"}, "key 'classes'"),
+        ({"classes": ["a", "b", "a"]}, "repeats a"),
+        ({"classes": {"file": "nope.txt"}}, "'nope.txt' not found"),
+        ({"expected_counts": {"train": "many"}}, "expected_counts.train"),
+        ({"expected_counts": {"test": 3}}, "expected_counts.test"),
+        ({"splits": {"train": "../elsewhere"}}, "splits.train"),
+        ({"extensions": []}, "key 'extensions'"),
+        ({"class_names": {"cow": "a cow"}}, "class_names"),
+        ({"synthetic": {"seed": 0}}, "key 'synthetic'"),
+    ],
+)
 def test_bad_card_is_an_error_naming_file_and_key(tmp_path, fields, needle):
     path = write_card(tmp_path / "bad.yaml", **fields)
     with pytest.raises(DataError, match=needle) as info:
@@ -135,10 +153,13 @@ def test_missing_required_keys_and_bad_yaml(tmp_path):
         load_card(path)
 
 
-@pytest.mark.parametrize("spec_change, needle", [
-    ({"colour": 1}, "unknown key 'colour'"),
-    ({"size": 0}, "'size'"),
-])
+@pytest.mark.parametrize(
+    "spec_change, needle",
+    [
+        ({"colour": 1}, "unknown key 'colour'"),
+        ({"size": 0}, "'size'"),
+    ],
+)
 def test_bad_synthetic_block_names_the_key(tmp_path, spec_change, needle):
     spec = {**load_card("synthetic").synthetic, **spec_change}
     path = tmp_path / "syn.yaml"
@@ -188,6 +209,7 @@ def test_missing_split_directory_is_an_error_naming_it(tmp_path):
 
 # --- inferred cards and listing --------------------------------------------------------------
 
+
 def test_card_inferred_from_an_imagefolder_directory(tmp_path):
     root = make_folder(tmp_path / "pets", LAYOUT)
     (root / "train" / ".cache").mkdir()  # hidden directories are not classes
@@ -197,11 +219,17 @@ def test_card_inferred_from_an_imagefolder_directory(tmp_path):
     items = card.items("train")
     # Sorted by class (label order), then path; extensions case-insensitive; sub-dirs read.
     assert [(i.index, i.label, i.relpath) for i in items] == [
-        (0, 0, "train/cat/z.jpeg"), (1, 1, "train/dog/a.JPG"), (2, 1, "train/dog/b.jpg"),
-        (3, 1, "train/dog/sub/c.png")]
+        (0, 0, "train/cat/z.jpeg"),
+        (1, 1, "train/dog/a.JPG"),
+        (2, 1, "train/dog/b.jpg"),
+        (3, 1, "train/dog/sub/c.png"),
+    ]
     assert items[1].path == root.resolve() / "train/dog/a.JPG" and items[1].synthetic is None
     assert [i.relpath for i in card.items("val")] == [
-        "val/cat/v2.bmp", "val/cat/v3.TIFF", "val/dog/v1.webp"]
+        "val/cat/v2.bmp",
+        "val/cat/v3.TIFF",
+        "val/dog/v1.webp",
+    ]
     # The inferred card is recorded in full and reloads as the same card.
     saved = tmp_path / "inferred.yaml"
     saved.write_text(yaml.safe_dump(card.to_dict()))
@@ -236,16 +264,18 @@ def test_a_packaged_name_wins_over_a_same_named_directory(tmp_path, monkeypatch)
 
 def test_class_file_beside_the_card(tmp_path):
     (tmp_path / "classes.txt").write_text("# my classes\ndog\n\ncat  # felines\n")
-    card = load_card(write_card(tmp_path / "c.yaml", classes={"file": "classes.txt"},
-                                class_names={"cat": "house cat"}))
+    card = load_card(
+        write_card(
+            tmp_path / "c.yaml", classes={"file": "classes.txt"}, class_names={"cat": "house cat"}
+        )
+    )
     assert card.classes == ["dog", "cat"] and card.class_names == ["dog", "house cat"]
 
 
 def test_count_mismatch_and_empty_class_warn_with_both_numbers(tmp_path, caplog):
     root = make_folder(tmp_path / "data", LAYOUT)
     (root / "val" / "bird").mkdir()
-    card = load_card(write_card(tmp_path / "c.yaml", expected_counts={"train": 99, "val": 3}),
-                     root)
+    card = load_card(write_card(tmp_path / "c.yaml", expected_counts={"train": 99, "val": 3}), root)
     with caplog.at_level(logging.WARNING, logger="daat.cards"):
         with pytest.warns(CardWarning, match="has 4 images but the card expects 99"):
             card.items("train")
@@ -259,6 +289,7 @@ def test_count_mismatch_and_empty_class_warn_with_both_numbers(tmp_path, caplog)
 
 
 # --- fingerprints ----------------------------------------------------------------------------
+
 
 def test_fingerprint_follows_the_inputs(tmp_path):
     root = make_folder(tmp_path / "pets", LAYOUT)

@@ -1,5 +1,6 @@
 """Checkpoint files: atomic one-dict save, weights_only load, RNG round trip, latest pointer,
 retention, and the evaluation entry point load_model_for_eval."""
+
 import os
 import pickle
 import random
@@ -14,8 +15,13 @@ from daat.errors import TrainingError
 from daat.models import build_student
 from daat.train import checkpoint as ckpt
 
-TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
-        "model.num_heads=2"]
+TINY = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+]
 
 
 def _draws():
@@ -80,10 +86,17 @@ def test_latest_pointer_and_pruning(tmp_path):
         ckpt.save(tmp_path / ckpt.epoch_name(epoch), {"epoch": epoch})
     ckpt.write_latest(tmp_path, ckpt.epoch_name(3))
     deleted = ckpt.prune(tmp_path, keep_steps=2, keep_epochs=1)
-    assert sorted(p.name for p in deleted) == ["epoch-0001.pt", "epoch-0002.pt",
-                                                "step-00000010.pt", "step-00000020.pt"]
-    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["epoch-0003.pt", "step-00000030.pt",
-                                                             "step-00000040.pt"]
+    assert sorted(p.name for p in deleted) == [
+        "epoch-0001.pt",
+        "epoch-0002.pt",
+        "step-00000010.pt",
+        "step-00000020.pt",
+    ]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == [
+        "epoch-0003.pt",
+        "step-00000030.pt",
+        "step-00000040.pt",
+    ]
     assert ckpt.latest(tmp_path).name == "epoch-0003.pt"
     ckpt.prune(tmp_path, keep_steps=0, keep_epochs=0)  # the latest one survives regardless
     assert [p.name for p in tmp_path.glob("*.pt")] == ["epoch-0003.pt"]
@@ -101,8 +114,12 @@ def test_load_model_for_eval_rebuilds_the_trained_student(tmp_path):
     art = create_or_open(tmp_path, "run", {"k": 1}, config=config_mod.to_dict(cfg))
     art.extra["shards_dir"] = str(tmp_path / "shards-x")
     art.save()
-    state = {"model": model.state_dict(), "config": config_mod.to_dict(cfg), "num_classes": 7,
-             "projection": {"proj.weight": torch.ones(2, 2)}}
+    state = {
+        "model": model.state_dict(),
+        "config": config_mod.to_dict(cfg),
+        "num_classes": 7,
+        "projection": {"proj.weight": torch.ones(2, 2)},
+    }
     ckpt.save(art.path / "checkpoints" / ckpt.step_name(3), state)
     art.record_file("checkpoints/" + ckpt.step_name(3))
     art.save()
@@ -122,7 +139,9 @@ def test_load_model_for_eval_rebuilds_the_trained_student(tmp_path):
     art.save()
     final, _, _ = ckpt.load_model_for_eval(art.path)  # final.pt wins over latest
     torch.testing.assert_close(final(x), model(x))
-    explicit, _, _ = ckpt.load_model_for_eval(art.path, art.path / "checkpoints" / "step-00000003.pt")
+    explicit, _, _ = ckpt.load_model_for_eval(
+        art.path, art.path / "checkpoints" / "step-00000003.pt"
+    )
     assert not torch.allclose(explicit(x), model(x))
 
 

@@ -1,24 +1,39 @@
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
 
 from daat.cli import main
 
-COMMANDS = [["preprocess"], ["train"], ["evaluate"], ["export"], ["report"], ["quickstart"],
-            ["artifacts"],
-            ["artifacts", "list"], ["artifacts", "show"], ["artifacts", "verify"], ["config"],
-            ["config", "presets"], ["config", "show"], ["experiment"], ["experiment", "run"],
-            ["experiment", "collect"], ["experiment", "cell"]]
+COMMANDS = [
+    ["preprocess"],
+    ["train"],
+    ["evaluate"],
+    ["export"],
+    ["report"],
+    ["quickstart"],
+    ["artifacts"],
+    ["artifacts", "list"],
+    ["artifacts", "show"],
+    ["artifacts", "verify"],
+    ["config"],
+    ["config", "presets"],
+    ["config", "show"],
+    ["experiment"],
+    ["experiment", "run"],
+    ["experiment", "collect"],
+    ["experiment", "cell"],
+]
 
 
 def test_help_is_instant_and_does_not_import_torch():
-    code = ("import sys, time; t=time.time(); from daat.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit: pass\n"
-            "assert 'torch' not in sys.modules, 'daat --help imported torch'\n"
-            "print(time.time()-t)")
+    code = (
+        "import sys, time; t=time.time(); from daat.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit: pass\n"
+        "assert 'torch' not in sys.modules, 'daat --help imported torch'\n"
+        "print(time.time()-t)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout.strip().splitlines()[-1]) < 1.0
 
@@ -36,8 +51,10 @@ def test_config_show_reports_bad_key():
     assert "train.epochz" in result.output
 
 
-@pytest.mark.parametrize("command", [["config", "show"], ["train", "--shards", "."],
-                                     ["preprocess", "--card", "synthetic"]])
+@pytest.mark.parametrize(
+    "command",
+    [["config", "show"], ["train", "--shards", "."], ["preprocess", "--card", "synthetic"]],
+)
 def test_a_bad_value_is_one_error_line_naming_the_key(command):
     result = CliRunner().invoke(main, command + ["--set", "optim.lr=nan"])
     assert result.exit_code == 2 and "Traceback" not in result.output
@@ -45,8 +62,9 @@ def test_a_bad_value_is_one_error_line_naming_the_key(command):
 
 
 def test_config_show_prints_radii_as_fractions():
-    result = CliRunner().invoke(main, ["config", "show", "--set", "attack.eps=8/255",
-                                       "--set", "eval.eps=2/255"])
+    result = CliRunner().invoke(
+        main, ["config", "show", "--set", "attack.eps=8/255", "--set", "eval.eps=2/255"]
+    )
     assert result.exit_code == 0, result.output
     assert "attack:\n  eps: 0.0314 (8/255)\n  alpha: 0.00392 (1/255)\n" in result.output
     assert "  eps: 0.00784 (2/255)\n" in result.output
@@ -56,6 +74,7 @@ def test_config_show_prints_radii_as_fractions():
 
 def test_artifacts_verify_cli(tmp_path):
     from daat import artifacts as A
+
     art = A.create_or_open(tmp_path, "demo", {"k": 1}, config={})
     art.write_bytes("a.bin", b"abc")
     art.mark_complete()

@@ -26,22 +26,33 @@ def test_later_presets_override_earlier_and_set_overrides_all():
     assert cfg.preset == "daat+synthetic"
 
 
-@pytest.mark.parametrize("assignment, needle", [
-    ("train.nope=1", "train.nope"),
-    ("nosection.x=1", "nosection"),
-    ("train.epochs=abc", "train.epochs"),
-    ("train.amp=3", "train.amp"),
-    ("optim.betas=[0.9, x]", "optim.betas[1]"),
-    ("depth.target=sometimes", "depth.target"),
-])
+@pytest.mark.parametrize(
+    "assignment, needle",
+    [
+        ("train.nope=1", "train.nope"),
+        ("nosection.x=1", "nosection"),
+        ("train.epochs=abc", "train.epochs"),
+        ("train.amp=3", "train.amp"),
+        ("optim.betas=[0.9, x]", "optim.betas[1]"),
+        ("depth.target=sometimes", "depth.target"),
+    ],
+)
 def test_bad_overrides_name_the_key(assignment, needle):
     with pytest.raises(C.ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         C.load([], [assignment])
 
 
 def test_set_parses_types():
-    cfg = C.load([], ["train.samples_per_epoch=null", "depth.online_epochs=[0, 3]",
-                      "data.root=/data/x", "train.amp=false", "optim.lr=1e-3"])
+    cfg = C.load(
+        [],
+        [
+            "train.samples_per_epoch=null",
+            "depth.online_epochs=[0, 3]",
+            "data.root=/data/x",
+            "train.amp=false",
+            "optim.lr=1e-3",
+        ],
+    )
     assert cfg.train.samples_per_epoch is None
     assert cfg.depth.online_epochs == [0, 3]
     assert cfg.data.root == "/data/x"
@@ -85,9 +96,17 @@ def test_every_preset_loads_alone_and_with_synthetic():
 
 
 # -- ε and α: fractions of the pixel range everywhere -----------------------------------------
-@pytest.mark.parametrize("assignment", ["attack.eps=4", "attack.alpha=2", "eval.eps=4",
-                                        "eval.alpha=2", "eval.eps_grid=[1, 2, 4]",
-                                        "eval.figure_eps=[2, 4]"])
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "attack.eps=4",
+        "attack.alpha=2",
+        "eval.eps=4",
+        "eval.alpha=2",
+        "eval.eps_grid=[1, 2, 4]",
+        "eval.figure_eps=[2, 4]",
+    ],
+)
 def test_a_radius_above_one_is_refused_with_the_fraction_to_write(assignment):
     key = assignment.split("=")[0]
     with pytest.raises(C.ConfigError, match=rf"{key}.*above 1.*/255"):
@@ -126,29 +145,32 @@ def test_config_show_prints_fractions_and_loads_back(tmp_path):
     assert C.load([str(shown)], ["preset=daat+synthetic"]) == cfg
 
 
-@pytest.mark.parametrize("assignment, needle", [
-    ("optim.lr=nan", "optim.lr' must be a finite number"),
-    ("attack.eps=.inf", "attack.eps' must be a finite number"),
-    ("loss.lam=-5", "loss.lam' must be >= 0"),
-    ("optim.lr=0", "optim.lr' must be positive"),
-    ("optim.min_lr=1", "optim.min_lr' must be <= optim.lr"),
-    ("optim.betas=[0.9, 1.5]", "optim.betas' must be two numbers"),
-    ("train.epochs=0", "train.epochs' must be positive"),
-    ("train.rrc_scale=[0.8, 0.5]", "train.rrc_scale"),
-    ("loss.gamma_frac=0", "loss.gamma_frac' must be in \\(0, 1\\]"),
-    ("data.jpeg_quality=0", "data.jpeg_quality"),
-    ("device=gpu", "device' must be one of auto, cpu, cuda"),
-    ("model.attention_aggregate=max", "must be one of mean, last, rollout"),
-    ("eval.eps_grid=[4/255, 2/255]", "strictly increasing"),
-    ("eval.pgd_long_alpha_frac=-1", "eval.pgd_long_alpha_frac' must be positive"),
-    ("depth.online_epochs=[3, 1]", "depth.online_epochs"),
-    ("model.init_values=0", "model.init_values' must be positive"),
-    ("model.stem=resnet", "must be one of patch, conv"),
-    ("train.ema_decay=1", "train.ema_decay' must be in \\[0, 1\\)"),
-    ("train.init_from=/some/run", "train.init_from"),
-    ("attack.eps_warmup_epochs=-1", "attack.eps_warmup_epochs' must be >= 0"),
-    ("train.val_every_epochs=0", "train.val_every_epochs' must be positive"),
-])
+@pytest.mark.parametrize(
+    "assignment, needle",
+    [
+        ("optim.lr=nan", "optim.lr' must be a finite number"),
+        ("attack.eps=.inf", "attack.eps' must be a finite number"),
+        ("loss.lam=-5", "loss.lam' must be >= 0"),
+        ("optim.lr=0", "optim.lr' must be positive"),
+        ("optim.min_lr=1", "optim.min_lr' must be <= optim.lr"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas' must be two numbers"),
+        ("train.epochs=0", "train.epochs' must be positive"),
+        ("train.rrc_scale=[0.8, 0.5]", "train.rrc_scale"),
+        ("loss.gamma_frac=0", "loss.gamma_frac' must be in \\(0, 1\\]"),
+        ("data.jpeg_quality=0", "data.jpeg_quality"),
+        ("device=gpu", "device' must be one of auto, cpu, cuda"),
+        ("model.attention_aggregate=max", "must be one of mean, last, rollout"),
+        ("eval.eps_grid=[4/255, 2/255]", "strictly increasing"),
+        ("eval.pgd_long_alpha_frac=-1", "eval.pgd_long_alpha_frac' must be positive"),
+        ("depth.online_epochs=[3, 1]", "depth.online_epochs"),
+        ("model.init_values=0", "model.init_values' must be positive"),
+        ("model.stem=resnet", "must be one of patch, conv"),
+        ("train.ema_decay=1", "train.ema_decay' must be in \\[0, 1\\)"),
+        ("train.init_from=/some/run", "train.init_from"),
+        ("attack.eps_warmup_epochs=-1", "attack.eps_warmup_epochs' must be >= 0"),
+        ("train.val_every_epochs=0", "train.val_every_epochs' must be positive"),
+    ],
+)
 def test_every_section_checks_its_ranges_in_one_line(assignment, needle):
     with pytest.raises(C.ConfigError, match=needle) as caught:
         C.load([], [assignment])
@@ -158,7 +180,9 @@ def test_every_section_checks_its_ranges_in_one_line(assignment, needle):
 def test_a_repeated_yaml_key_is_an_error_naming_file_and_key(tmp_path):
     f = tmp_path / "twice.yaml"
     f.write_text("train:\n  epochs: 7\n  batch_size: 8\n  epochs: 9\n")
-    with pytest.raises(C.ConfigError, match=r"twice.yaml.*'epochs' appears twice \(lines 2 and 4\)"):
+    with pytest.raises(
+        C.ConfigError, match=r"twice.yaml.*'epochs' appears twice \(lines 2 and 4\)"
+    ):
         C.load([str(f)])
     g = tmp_path / "sections.yaml"
     g.write_text("train:\n  epochs: 7\nloss:\n  lam: 0.1\ntrain:\n  batch_size: 8\n")

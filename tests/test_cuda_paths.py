@@ -7,6 +7,7 @@ with bf16 + channels_last + compile, preprocess with E computed next to the mode
 processes, the pinned-memory loader and a whole ``daat train`` run. What needs the CUDA runtime
 itself is listed with its reason in docs/GPU.md and runs in ``make gpu-check``.
 """
+
 import functools
 import os
 
@@ -51,8 +52,9 @@ class _GatedLinear(torch.nn.Module):
         self.autocast_seen: list[tuple[bool, torch.dtype]] = []
 
     def forward(self, x):
-        self.autocast_seen.append((torch.is_autocast_enabled("cpu"),
-                                   torch.get_autocast_dtype("cpu")))
+        self.autocast_seen.append(
+            (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        )
         return self.fc(F.relu(x.mean(dim=(2, 3)) - 0.5))
 
 
@@ -64,8 +66,9 @@ def test_bf16_pgd_keeps_fp32_delta_and_zero_gradient_flags(cuda_paths):
     model = _GatedLinear()
     x = torch.cat([torch.full((2, 3, 8, 8), 0.2), torch.full((2, 3, 8, 8), 0.8)])
     y = torch.tensor([0, 1, 2, 3])
-    result = pgd(model, x, y, EPS, ALPHA, 3, generator=torch.Generator().manual_seed(0),
-                 amp_dtype=dtype)
+    result = pgd(
+        model, x, y, EPS, ALPHA, 3, generator=torch.Generator().manual_seed(0), amp_dtype=dtype
+    )
     assert all(seen == (True, torch.bfloat16) for seen in model.autocast_seen)
     assert result.x_adv.dtype == torch.float32
     delta = result.x_adv - x
@@ -85,7 +88,8 @@ def test_bf16_train_step_matches_the_fp32_reference(cuda_paths):
 
     seen: list[bool] = []
     hook = torch.nn.modules.module.register_module_forward_pre_hook(
-        lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
+        lambda module, args: seen.append(torch.is_autocast_enabled("cpu"))
+    )
     try:
         out, expected, applied, grads = _parity(torch.device("cpu"), amp=True)
     finally:
@@ -103,8 +107,10 @@ def test_fused_adamw_on_the_cuda_paths(cuda_paths):
     from daat import config
     from daat.train.step import build_optimizer
 
-    cfg = config.load(["pgd-at"], ["model.embed_dim=16", "model.depth=1", "model.num_heads=2",
-                                   "model.img_size=28"])
+    cfg = config.load(
+        ["pgd-at"],
+        ["model.embed_dim=16", "model.depth=1", "model.num_heads=2", "model.img_size=28"],
+    )
     from daat.models import build_student
 
     model = build_student(cfg.model, 3)
@@ -137,30 +143,37 @@ def test_depth_model_bf16_channels_last_and_compiled(cuda_paths, tiny_dpt_dir, m
     assert (got - want).abs().max() <= 0.05 * scale  # bf16 over a few layers
 
 
-def test_preprocess_on_the_cuda_paths_with_two_writers(cuda_paths, tiny_dpt_dir, tmp_path,
-                                                       monkeypatch):
+def test_preprocess_on_the_cuda_paths_with_two_writers(
+    cuda_paths, tiny_dpt_dir, tmp_path, monkeypatch
+):
     """E and its 8-bit code computed next to the model (the GPU branch), two writer processes
     (a 16-core rank), and byte-identical samples to the CPU branch (depth in fp32 both times)."""
-    card = write_synthetic_card(tmp_path / "cards", "paths-card", n_train_per_class=2,
-                                n_val_per_class=1)
+    card = write_synthetic_card(
+        tmp_path / "cards", "paths-card", n_train_per_class=2, n_val_per_class=1
+    )
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert preprocess._writer_processes(torch.device("cpu")) == 2
     in_parent: list[int] = []
     real_codes = preprocess.saliency_codes
-    monkeypatch.setattr(preprocess, "saliency_codes",
-                        lambda depths, device: in_parent.append(len(depths))
-                        or real_codes(depths, device))
+    monkeypatch.setattr(
+        preprocess,
+        "saliency_codes",
+        lambda depths, device: in_parent.append(len(depths)) or real_codes(depths, device),
+    )
     overrides = ("depth.amp=false", "data.shard_size=4")
-    fast = preprocess.run(tiny_config(card, *overrides, depth=str(tiny_dpt_dir)),
-                          str(tmp_path / "fast"))
+    fast = preprocess.run(
+        tiny_config(card, *overrides, depth=str(tiny_dpt_dir)), str(tmp_path / "fast")
+    )
     assert sum(in_parent) == 30
     monkeypatch.delenv(dist.CUDA_PATHS_ON_CPU)
-    plain = preprocess.run(tiny_config(card, *overrides, depth=str(tiny_dpt_dir)),
-                           str(tmp_path / "plain"))
+    plain = preprocess.run(
+        tiny_config(card, *overrides, depth=str(tiny_dpt_dir)), str(tmp_path / "plain")
+    )
     assert sum(in_parent) == 30  # the CPU branch leaves E to the writer process
     for split in ("train", "val"):
-        pairs = list(zip(fmt.iter_samples(fast, split), fmt.iter_samples(plain, split),
-                         strict=True))
+        pairs = list(
+            zip(fmt.iter_samples(fast, split), fmt.iter_samples(plain, split), strict=True)
+        )
         assert len(pairs) == {"train": 20, "val": 10}[split]
         for a, b in pairs:
             assert a.key == b.key and a.label == b.label
@@ -168,8 +181,17 @@ def test_preprocess_on_the_cuda_paths_with_two_writers(cuda_paths, tiny_dpt_dir,
 
 
 def test_pinned_loader_gives_the_same_batches(cuda_paths, tiny_shards):
-    kwargs = dict(image_size=32, grid=4, batch_size=8, samples_per_epoch=16, rank=0,
-                  world_size=1, seed=1, epoch=0, num_workers=1)
+    kwargs = dict(
+        image_size=32,
+        grid=4,
+        batch_size=8,
+        samples_per_epoch=16,
+        rank=0,
+        world_size=1,
+        seed=1,
+        epoch=0,
+        num_workers=1,
+    )
     pinned = train_pipeline(tiny_shards, pin_memory=True, **kwargs)
     assert pinned.pin_memory
     if torch.cuda.is_available():
@@ -185,8 +207,9 @@ def test_pinned_loader_gives_the_same_batches(cuda_paths, tiny_shards):
             assert torch.equal(u, v)
 
 
-def test_a_whole_training_run_on_the_cuda_paths(cuda_paths, tiny_shards, tiny_dpt_dir, tmp_path,
-                                                monkeypatch):
+def test_a_whole_training_run_on_the_cuda_paths(
+    cuda_paths, tiny_shards, tiny_dpt_dir, tmp_path, monkeypatch
+):
     """``daat train`` end to end (PGD, L_align on G(x_adv) from a real tiny DPT online,
     validation, checkpoints, final) with bf16 autocast everywhere, fused AdamW, a bf16
     channels_last depth model and the pinned loader."""
@@ -197,19 +220,37 @@ def test_a_whole_training_run_on_the_cuda_paths(cuda_paths, tiny_shards, tiny_dp
 
     pins: list[bool] = []
     real = loop.train_pipeline
-    monkeypatch.setattr(loop, "train_pipeline",
-                        lambda *a, **k: pins.append(k["pin_memory"]) or real(*a, **k))
+    monkeypatch.setattr(
+        loop, "train_pipeline", lambda *a, **k: pins.append(k["pin_memory"]) or real(*a, **k)
+    )
     depth_models = []
     real_load = load_depth_model
-    monkeypatch.setattr("daat.depth.load_depth_model",
-                        lambda *a, **k: depth_models.append(real_load(*a, **k)) or
-                        depth_models[-1])
-    cfg = config.load(["daat", "synthetic"], [
-        "model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
-        "model.num_heads=2", "train.batch_size=8", "train.epochs=1", "attack.steps=2",
-        "train.val_samples=8", "train.val_pgd_steps=2", "loss.gamma0=0", "depth.target=online",
-        f"depth.model={tiny_dpt_dir}", "depth.allow_other_model=true",  # oracle shards
-        "data.num_workers=0", "device=cpu", "train.init_from="])
+    monkeypatch.setattr(
+        "daat.depth.load_depth_model",
+        lambda *a, **k: depth_models.append(real_load(*a, **k)) or depth_models[-1],
+    )
+    cfg = config.load(
+        ["daat", "synthetic"],
+        [
+            "model.img_size=32",
+            "model.patch_size=8",
+            "model.embed_dim=32",
+            "model.depth=2",
+            "model.num_heads=2",
+            "train.batch_size=8",
+            "train.epochs=1",
+            "attack.steps=2",
+            "train.val_samples=8",
+            "train.val_pgd_steps=2",
+            "loss.gamma0=0",
+            "depth.target=online",
+            f"depth.model={tiny_dpt_dir}",
+            "depth.allow_other_model=true",  # oracle shards
+            "data.num_workers=0",
+            "device=cpu",
+            "train.init_from=",
+        ],
+    )
     art = loop.run(cfg, str(tiny_shards.path), str(tmp_path / "out"))
     assert art.complete and pins == [True]
     (depth,) = depth_models
@@ -231,17 +272,33 @@ def test_train_compile_builds_and_steps(cuda_paths, monkeypatch):
 
     compiled = []
     real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or
-                        real(model, backend="aot_eager"))
-    cfg = config.load(["pgd-at", "synthetic"], [
-        "model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
-        "model.num_heads=2", "train.batch_size=4", "attack.steps=2", "train.compile=true",
-        "device=cpu"])
+    monkeypatch.setattr(
+        torch,
+        "compile",
+        lambda model, **kw: compiled.append(model) or real(model, backend="aot_eager"),
+    )
+    cfg = config.load(
+        ["pgd-at", "synthetic"],
+        [
+            "model.img_size=32",
+            "model.patch_size=8",
+            "model.embed_dim=32",
+            "model.depth=2",
+            "model.num_heads=2",
+            "train.batch_size=4",
+            "attack.steps=2",
+            "train.compile=true",
+            "device=cpu",
+        ],
+    )
     state = build_state(cfg, 10, None, torch.device("cpu"))
     assert len(compiled) == 2 and state.attack_model is not None
     gen = torch.Generator().manual_seed(0)
-    batch = (torch.rand(4, 3, 32, 32, generator=gen), torch.tensor([0, 1, 2, 3]),
-             torch.full((4, 16), 1 / 16))
+    batch = (
+        torch.rand(4, 3, 32, 32, generator=gen),
+        torch.tensor([0, 1, 2, 3]),
+        torch.full((4, 16), 1 / 16),
+    )
     out = train_step(state, batch, StepSchedule(step=0, epoch=0, lr=1e-3))
     assert torch.isfinite(out["loss"]) and out["zero_grad"].item() == 0
 

@@ -1,16 +1,23 @@
 """Depth models through the real transformers loading path, offline, with tiny random models."""
+
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import daat.depth as depth_mod
-from daat.depth import (ORACLE, DepthModelError, OracleDepthError, Preprocessing, is_oracle,
-                        load_depth_model, restore_size)
+from daat.depth import (
+    ORACLE,
+    DepthModelError,
+    OracleDepthError,
+    Preprocessing,
+    is_oracle,
+    load_depth_model,
+    restore_size,
+)
 from daat.errors import DaatError
-from daat.tiny_models import (save_tiny_depth_anything, save_tiny_dpt, save_tiny_dpt_dinov2)
+from daat.tiny_models import save_tiny_depth_anything, save_tiny_dpt, save_tiny_dpt_dinov2
 
 KINDS = ("dpt", "dpt_hybrid", "dpt_dinov2", "depth_anything")
 SIZES = ((64, 64), (48, 80), (37, 53))
@@ -39,17 +46,22 @@ def model_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(model_dirs):
-    return {kind: load_depth_model(str(path), torch.device("cpu")) for kind, path in
-            model_dirs.items()}
+    return {
+        kind: load_depth_model(str(path), torch.device("cpu")) for kind, path in model_dirs.items()
+    }
 
 
 @pytest.fixture(scope="module")
 def hf(model_dirs):
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    return {kind: (AutoImageProcessor.from_pretrained(path),
-                   AutoModelForDepthEstimation.from_pretrained(path).eval())
-            for kind, path in model_dirs.items()}
+    return {
+        kind: (
+            AutoImageProcessor.from_pretrained(path),
+            AutoModelForDepthEstimation.from_pretrained(path).eval(),
+        )
+        for kind, path in model_dirs.items()
+    }
 
 
 def smooth_images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -57,8 +69,9 @@ def smooth_images(n: int, height: int, width: int, seed: int) -> torch.Tensor:
     leaves [0,1] (and the processor's float path has nothing to clamp)."""
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 3, max(2, height // 6), max(2, width // 6), generator=generator)
-    return 0.15 + 0.7 * F.interpolate(coarse, size=(height, width), mode="bilinear",
-                                      align_corners=False)
+    return 0.15 + 0.7 * F.interpolate(
+        coarse, size=(height, width), mode="bilinear", align_corners=False
+    )
 
 
 def noise_uint8(n: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -111,16 +124,19 @@ def test_attributes(models, model_dirs):
     assert models["dpt_dinov2"].input_size is None  # native resolution, padded to 14
     for kind, model in models.items():
         assert model.model_id.startswith(str(model_dirs[kind]) + "@"), model.model_id
-        assert model.output_kind == ("metric_depth" if kind == "dpt_dinov2"
-                                     else "relative_inverse_depth")
+        assert model.output_kind == (
+            "metric_depth" if kind == "dpt_dinov2" else "relative_inverse_depth"
+        )
 
 
 def test_model_id_is_stable_and_tells_weights_apart(tmp_path, models, model_dirs):
     again = load_depth_model(str(model_dirs["dpt"]), "cpu")
     assert again.model_id == models["dpt"].model_id
     other = save_tiny_dpt(tmp_path / "dpt_seed1", seed=1)
-    assert load_depth_model(str(other), "cpu").model_id.split("@")[1] != \
-        models["dpt"].model_id.split("@")[1]
+    assert (
+        load_depth_model(str(other), "cpu").model_id.split("@")[1]
+        != models["dpt"].model_id.split("@")[1]
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -196,20 +212,41 @@ def test_output_matches_hf_model_on_processor_pixels(models, hf, kind):
 def test_resize_rule_matches_transformers():
     from transformers.models.dpt.image_processing_dpt import get_resize_output_image_size
 
-    for keep, multiple, target in ((True, 14, (518, 518)), (False, 1, (384, 384)),
-                                   (True, 32, (384, 384)), (True, 14, (64, 64))):
-        spec = Preprocessing(resize=target, keep_aspect_ratio=keep, multiple=multiple,
-                             mode="bicubic", scale=1.0, mean=(0, 0, 0), std=(1, 1, 1),
-                             pad_multiple=None)
-        for height, width in ((480, 640), (256, 341), (1080, 1920), (64, 64), (37, 53),
-                              (500, 333), (300, 7)):
-            ref = get_resize_output_image_size(torch.zeros(3, height, width), target, keep,
-                                               multiple)
+    for keep, multiple, target in (
+        (True, 14, (518, 518)),
+        (False, 1, (384, 384)),
+        (True, 32, (384, 384)),
+        (True, 14, (64, 64)),
+    ):
+        spec = Preprocessing(
+            resize=target,
+            keep_aspect_ratio=keep,
+            multiple=multiple,
+            mode="bicubic",
+            scale=1.0,
+            mean=(0, 0, 0),
+            std=(1, 1, 1),
+            pad_multiple=None,
+        )
+        for height, width in (
+            (480, 640),
+            (256, 341),
+            (1080, 1920),
+            (64, 64),
+            (37, 53),
+            (500, 333),
+            (300, 7),
+        ):
+            ref = get_resize_output_image_size(
+                torch.zeros(3, height, width), target, keep, multiple
+            )
             if min(ref.height, ref.width) > 0:
                 assert spec.resized_size(height, width) == (ref.height, ref.width)
             else:  # transformers rounds a very thin side to 0 (and then fails); we keep 1 multiple
-                assert spec.resized_size(height, width) == (max(ref.height, multiple),
-                                                             max(ref.width, multiple))
+                assert spec.resized_size(height, width) == (
+                    max(ref.height, multiple),
+                    max(ref.width, multiple),
+                )
 
 
 def test_upsampled_output_matches_hf_post_processing(models, hf):
@@ -382,8 +419,9 @@ def test_large_batches_run_in_chunks_below_the_32_bit_index_limit(models, monkey
     whole = model(images)
     calls = []
     real = model._net
-    monkeypatch.setattr(model, "_net", lambda **kw: calls.append(kw["pixel_values"].shape[0])
-                        or real(**kw))
+    monkeypatch.setattr(
+        model, "_net", lambda **kw: calls.append(kw["pixel_values"].shape[0]) or real(**kw)
+    )
     monkeypatch.setattr(depth_mod, "_MAX_ELEMENTS", 2 * 256 * 64 * 64)  # 2 images per call
     chunked = model(images)
     assert calls == [2, 2, 1]

@@ -1,6 +1,7 @@
 """Errors a user can fix arrive as one line naming the cause and the fix: a read-only --out, a
 data-loader worker's error, a full disk while training, an offline or mismatched teacher, a
 repeated key in a data card. Every command also prints the config it resolved."""
+
 from __future__ import annotations
 
 import errno
@@ -12,18 +13,24 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from test_evaluate import memorised  # noqa: F401 (fixture)
+from test_train_resume import E2E
 
 from daat import config as config_mod
 from daat.cli import main
 from daat.errors import DaatError, DataError, ShardFormatError, one_line, storage_problem
 from daat.train import checkpoint as ckpt
 
-from test_evaluate import memorised  # noqa: F401 (fixture)
-from test_train_resume import E2E
-
 Usage = namedtuple("Usage", "total used free")
-TINY_EVAL = ["data.num_workers=0", "device=cpu", "eval.n_figures=0", "eval.pgd_long_steps=2",
-             "eval.eps_grid=[4/255]", "eval.autoattack=false", "eval.chunk_size=20"]
+TINY_EVAL = [
+    "data.num_workers=0",
+    "device=cpu",
+    "eval.n_figures=0",
+    "eval.pgd_long_steps=2",
+    "eval.eps_grid=[4/255]",
+    "eval.autoattack=false",
+    "eval.chunk_size=20",
+]
 
 
 def sets(*assignments: str) -> list[str]:
@@ -34,8 +41,9 @@ def single_error_line(result) -> str:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     # the line may follow a progress bar's last redraw ('...\r'): the error is what follows it
-    lines = [line[line.index("error: "):] for line in result.stderr.splitlines()
-             if "error: " in line]
+    lines = [
+        line[line.index("error: ") :] for line in result.stderr.splitlines() if "error: " in line
+    ]
     assert len(lines) == 1, result.stderr[-2000:]
     return lines[0]
 
@@ -54,8 +62,9 @@ def read_only_dir(tmp_path: Path) -> Path:
 
 def test_a_read_only_out_is_one_line_before_any_work(tiny_card, tmp_path):
     out = read_only_dir(tmp_path)
-    result = CliRunner().invoke(main, ["preprocess", "--card", str(tiny_card), "--depth",
-                                       "oracle", "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["preprocess", "--card", str(tiny_card), "--depth", "oracle", "--out", str(out)]
+    )
     line = single_error_line(result)
     assert f"--out {out} is not writable" in line and "choose a directory" in line
 
@@ -68,18 +77,29 @@ def test_a_data_loader_worker_error_is_one_line(memorised, tmp_path, monkeypatch
         raise ShardFormatError(f"{raw['__url__']}:{raw['__key__']}: undecodable sample: boom")
 
     monkeypatch.setattr(loaders, "decode", broken)  # the forked worker inherits the patch
-    result = CliRunner().invoke(main, ["evaluate", "--run", str(run_dir), "--out",
-                                       str(tmp_path), *sets(*TINY_EVAL, "data.num_workers=1")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--run",
+            str(run_dir),
+            "--out",
+            str(tmp_path),
+            *sets(*TINY_EVAL, "data.num_workers=1"),
+        ],
+    )
     line = single_error_line(result)
     assert line.startswith("error: ") and ".tar:val-" in line
     assert line.endswith("undecodable sample: boom (in a data-loader worker)")
 
 
 def test_one_line_keeps_a_foreign_worker_error_short():
-    worker = RuntimeError("Caught ValueError in DataLoader worker process 0.\n"
-                          "Original Traceback (most recent call last):\n"
-                          '  File "x.py", line 1, in f\n'
-                          "ValueError: bad crop size")
+    worker = RuntimeError(
+        "Caught ValueError in DataLoader worker process 0.\n"
+        "Original Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n'
+        "ValueError: bad crop size"
+    )
     assert one_line(worker) == "bad crop size (in a data-loader worker)"
     assert one_line(DaatError("a\n  b")) == "a b"
 
@@ -87,8 +107,10 @@ def test_one_line_keeps_a_foreign_worker_error_short():
 def test_a_full_disk_while_checkpointing_names_the_file(tmp_path, monkeypatch):
     def full_disk(state, f):  # checkpoint.save hands torch.save an open file
         f.write(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs "
-                           "598\nbasic_ios::clear: iostream error")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs "
+            "598\nbasic_ios::clear: iostream error"
+        )
 
     monkeypatch.setattr(torch, "save", full_disk)
     monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: Usage(10**9, 10**9, 100))
@@ -112,9 +134,21 @@ def test_train_on_a_full_disk_says_so_in_one_line(tiny_shards, tmp_path, monkeyp
 
     monkeypatch.setattr(torch, "save", save)
     monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: Usage(10**9, 10**9, 0))
-    result = CliRunner().invoke(main, ["train", "--config", "pgd-at", "--config", "synthetic",
-                                       "--shards", str(tiny_shards.path), "--out", str(tmp_path),
-                                       *sets(*E2E)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--config",
+            "pgd-at",
+            "--config",
+            "synthetic",
+            "--shards",
+            str(tiny_shards.path),
+            "--out",
+            str(tmp_path),
+            *sets(*E2E),
+        ],
+    )
     line = single_error_line(result)
     assert "checkpoints/step-00000003.pt: No space left on device" in line
     assert "ENOSPC" in line and "basic_ios" not in line
@@ -124,6 +158,7 @@ def test_an_offline_teacher_fails_at_once_naming_the_ways_out(monkeypatch):
     from huggingface_hub import try_to_load_from_cache
 
     from daat.models import build_teacher
+
     name = "vit_small_patch14_dinov2.lvd142m"
     if isinstance(try_to_load_from_cache(f"timm/{name}", "model.safetensors"), str):
         pytest.skip(f"{name} is in this machine's Hugging Face cache")
@@ -142,6 +177,7 @@ def test_teacher_weights_of_another_architecture_name_loss_teacher_arch(tmp_path
     from safetensors.torch import save_file
 
     from daat.train import teacher as teacher_mod
+
     torch.manual_seed(0)
     vit = timm.create_model("test_vit", num_classes=0)  # records no architecture in the file
     weights = tmp_path / "teacher.safetensors"
@@ -161,32 +197,47 @@ def test_teacher_weights_of_another_architecture_name_loss_teacher_arch(tmp_path
 
 def test_a_repeated_key_in_a_data_card_is_an_error(tmp_path):
     from daat.cards import load_card
+
     card = tmp_path / "twice.yaml"
     card.write_text("name: a\nkind: synthetic\nname: b\nsynthetic: {n_train_per_class: 1}\n")
     with pytest.raises(DataError, match=r"twice.yaml.*'name' appears twice \(lines 1 and 3\)"):
         load_card(card)
 
 
-def test_preprocess_and_evaluate_print_their_resolved_config(tiny_card, memorised,  # noqa: F811
-                                                             tmp_path):
+def test_preprocess_and_evaluate_print_their_resolved_config(
+    tiny_card,
+    memorised,  # noqa: F811
+    tmp_path,
+):
     runner = CliRunner()
-    pre = runner.invoke(main, ["preprocess", "--card", str(tiny_card), "--out",
-                               str(tmp_path / "a"), *sets("data.num_workers=0", "device=cpu",
-                                                          "data.shard_size=8")])
+    pre = runner.invoke(
+        main,
+        [
+            "preprocess",
+            "--card",
+            str(tiny_card),
+            "--out",
+            str(tmp_path / "a"),
+            *sets("data.num_workers=0", "device=cpu", "data.shard_size=8"),
+        ],
+    )
     assert pre.exit_code == 0, pre.output
     assert "# resolved config (preprocess tiny-synthetic)" in pre.stderr
     assert "  model: oracle\n" in pre.stderr  # depth.model unset: the synthetic card's oracle
     run_dir, _, _ = memorised
-    ev = runner.invoke(main, ["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "b"),
-                              *sets(*TINY_EVAL)])
+    ev = runner.invoke(
+        main, ["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "b"), *sets(*TINY_EVAL)]
+    )
     assert ev.exit_code == 0, ev.output
     assert "# resolved config (eval-" in ev.stderr and "  eps: 0.0157 (4/255)\n" in ev.stderr
 
 
 def test_storage_problems_name_path_cause_and_fix():
     denied = storage_problem(PermissionError(errno.EACCES, "Permission denied", "/data/x.tar"))
-    assert denied == ("cannot access /data/x.tar: Permission denied (EACCES); fix that path's "
-                      "permissions or choose a writable --out")
+    assert denied == (
+        "cannot access /data/x.tar: Permission denied (EACCES); fix that path's "
+        "permissions or choose a writable --out"
+    )
     full = storage_problem(OSError(errno.ENOSPC, "No space left on device"), "artifacts")
     assert full.startswith("cannot write artifacts: No space left on device (ENOSPC); free space")
     assert storage_problem(FileNotFoundError(errno.ENOENT, "No such file", "/x")) is None

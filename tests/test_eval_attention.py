@@ -1,4 +1,5 @@
 """Attention-under-attack metrics and Grad-CAM against hand-computed values."""
+
 import math
 
 import pytest
@@ -43,8 +44,9 @@ def test_top_mass_hand_values():
     assert attention.top_k_count(256, 0.2) == 52  # 16x16 grid: ceil(51.2)
     assert attention.top_k_count(10, 0.2) == 2
     uniform = torch.full((1, 64), 1 / 64)
-    torch.testing.assert_close(attention.top_mass(uniform, torch.rand(1, 64)),
-                               torch.tensor([13 / 64]))
+    torch.testing.assert_close(
+        attention.top_mass(uniform, torch.rand(1, 64)), torch.tensor([13 / 64])
+    )
 
 
 def tiny_vit(seed=0, classes=5):

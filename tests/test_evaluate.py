@@ -1,5 +1,6 @@
 """``daat evaluate``: exact PGD-10 against an independent PGD, PGD-100 against pyautoattack's
 APGD-CE, resume after a kill (counting the chunks computed), the gradient-masking flag, figures."""
+
 from __future__ import annotations
 
 import copy
@@ -25,29 +26,53 @@ from daat.models import DaatViT, build_student
 from daat.pipeline.loaders import eval_pipeline
 from daat.train import checkpoint as ckpt
 
-TINY_MODEL = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
-              "model.num_heads=2"]
-FAST_EVAL = ["data.num_workers=0", "device=cpu", "eval.n_figures=0", "eval.pgd_long_steps=3",
-             "eval.eps_grid=[4/255]", "eval.autoattack=false", "eval.n_autoattack=0"]
+TINY_MODEL = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+]
+FAST_EVAL = [
+    "data.num_workers=0",
+    "device=cpu",
+    "eval.n_figures=0",
+    "eval.pgd_long_steps=3",
+    "eval.eps_grid=[4/255]",
+    "eval.autoattack=false",
+    "eval.n_autoattack=0",
+]
 
 
 # -- helpers ---------------------------------------------------------------------------------
 def val_batch(shards, image_size=32, grid=(4, 4)):
     parts = list(eval_pipeline(shards, image_size=image_size, grid=grid, batch_size=64))
-    return (torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]),
-            torch.cat([p[3] for p in parts]))
+    return (
+        torch.cat([p[1] for p in parts]),
+        torch.cat([p[2] for p in parts]),
+        torch.cat([p[3] for p in parts]),
+    )
 
 
 def fabricate_run(root: Path, shards, model, cfg, name="r") -> Path:
     """A complete run artifact around ``model`` (what `daat train` leaves), without training."""
-    art = create_or_open(root, "run", {"test": name}, config=config_mod.to_dict(cfg),
-                         lineage=[shards.id])
-    ckpt.save(art.path / "checkpoints" / "final.pt", {
-        "model": model.state_dict(), "config": config_mod.to_dict(cfg),
-        "num_classes": shards.num_classes, "step": 0, "epoch": 0})
+    art = create_or_open(
+        root, "run", {"test": name}, config=config_mod.to_dict(cfg), lineage=[shards.id]
+    )
+    ckpt.save(
+        art.path / "checkpoints" / "final.pt",
+        {
+            "model": model.state_dict(),
+            "config": config_mod.to_dict(cfg),
+            "num_classes": shards.num_classes,
+            "step": 0,
+            "epoch": 0,
+        },
+    )
     art.record_file("checkpoints/final.pt")
-    art.extra.update(shards_dir=str(shards.path), shards_content=shards.content_digest,
-                     classes=shards.classes)
+    art.extra.update(
+        shards_dir=str(shards.path), shards_content=shards.content_digest, classes=shards.classes
+    )
     art.mark_complete()
     art.unlock()
     return art.path
@@ -100,13 +125,20 @@ def independent_pgd10(model, x, y, eps, alpha, steps, seed):
 def test_pgd10_accuracy_equals_an_independent_minimal_pgd(memorised, tiny_shards, tmp_path):
     run_dir, model, _ = memorised
     # eps 3/255 leaves part of the memorised model's val set correct, so the comparison bites
-    art = evaluate.run(str(run_dir), None, [], FAST_EVAL + [
-        "eval.eps=3/255", "eval.alpha=0.75/255", "eval.chunk_size=20", "eval.batch_size=20"], str(tmp_path))
+    art = evaluate.run(
+        str(run_dir),
+        None,
+        [],
+        FAST_EVAL
+        + ["eval.eps=3/255", "eval.alpha=0.75/255", "eval.chunk_size=20", "eval.batch_size=20"],
+        str(tmp_path),
+    )
     x, y, _ = val_batch(tiny_shards)
     seed = attacks_eval.task_seed(0, "pgd-10_eps3", 0)  # the documented per-chunk seed
     expected = independent_pgd10(model, x, y, 3 / 255, 0.75 / 255, 10, seed)
-    store = results.Store.open(art.path / "results.zarr", results.plan_tasks(
-        config_mod.from_dict(art.config).eval))
+    store = results.Store.open(
+        art.path / "results.zarr", results.plan_tasks(config_mod.from_dict(art.config).eval)
+    )
     got = store.read("pgd-10_eps3/correct")
     np.testing.assert_array_equal(got, expected.numpy())
     acc = summary_of(art)["accuracy"]
@@ -119,10 +151,26 @@ def test_until_fooled_pgd_matches_daat_attacks_pgd(memorised, tiny_shards):
     _, model, _ = memorised
     x, y, _ = val_batch(tiny_shards)
     ok = torch.ones_like(y, dtype=torch.bool)
-    ours = attacks_eval.pgd_until_fooled(model, x, y, ok, eps=3 / 255, alpha=0.75 / 255, steps=20,
-                                         generator=torch.Generator().manual_seed(3))
-    ref = pgd(model, x, y, 3 / 255, 0.75 / 255, 20, generator=torch.Generator().manual_seed(3),
-              check_final=True)
+    ours = attacks_eval.pgd_until_fooled(
+        model,
+        x,
+        y,
+        ok,
+        eps=3 / 255,
+        alpha=0.75 / 255,
+        steps=20,
+        generator=torch.Generator().manual_seed(3),
+    )
+    ref = pgd(
+        model,
+        x,
+        y,
+        3 / 255,
+        0.75 / 255,
+        20,
+        generator=torch.Generator().manual_seed(3),
+        check_final=True,
+    )
     np.testing.assert_array_equal(ours.correct.numpy(), (~ref.fooled_any).numpy())
     survivors = ours.correct
     assert 0 < survivors.sum() < len(y)
@@ -132,16 +180,26 @@ def test_until_fooled_pgd_matches_daat_attacks_pgd(memorised, tiny_shards):
 
 def test_long_pgd_may_take_the_table_pgd_steps(memorised, tmp_path):
     run_dir, _, _ = memorised
-    art = evaluate.run(str(run_dir), None, [], FAST_EVAL + [
-        "eval.chunk_size=20", "eval.pgd_long_steps=10", "eval.eps_grid=[2/255, 4/255]"],
-        str(tmp_path))
+    art = evaluate.run(
+        str(run_dir),
+        None,
+        [],
+        FAST_EVAL
+        + ["eval.chunk_size=20", "eval.pgd_long_steps=10", "eval.eps_grid=[2/255, 4/255]"],
+        str(tmp_path),
+    )
     assert art.complete
     acc = summary_of(art)["accuracy"]
     assert isinstance(acc["pgd-10"], float) and set(acc["pgd-10-long"]) == {"2/255", "4/255"}
-    store = results.Store.open(art.path / "results.zarr", results.plan_tasks(
-        config_mod.from_dict(art.config).eval))
-    assert {t.name for t in store.tasks} == {"clean", "pgd-10_eps4", "pgd-10_eps2_long",
-                                              "pgd-10_eps4_long"}
+    store = results.Store.open(
+        art.path / "results.zarr", results.plan_tasks(config_mod.from_dict(art.config).eval)
+    )
+    assert {t.name for t in store.tasks} == {
+        "clean",
+        "pgd-10_eps4",
+        "pgd-10_eps2_long",
+        "pgd-10_eps4_long",
+    }
 
 
 # -- PGD-100 is not much weaker than APGD-CE on an adversarially trained model -----------------
@@ -153,8 +211,9 @@ def quadrant_data(n, seed, size=32):
     half = size // 2
     for i in range(n):
         r, c = divmod(int(y[i]), 2)
-        x[i, :, r * half + 3:(r + 1) * half - 3, c * half + 3:(c + 1) * half - 3] += \
+        x[i, :, r * half + 3 : (r + 1) * half - 3, c * half + 3 : (c + 1) * half - 3] += (
             0.1 + 0.3 * torch.rand(1, generator=gen).item()
+        )
     return x.clamp(0, 1), y
 
 
@@ -162,15 +221,27 @@ def test_long_pgd_is_within_a_few_samples_of_apgd_ce():
     from pyautoattack import AutoAttack
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.ReLU(),
-                          nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(16 * 8 * 8, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 5, stride=2, padding=2),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 8 * 8, 4),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = quadrant_data(1024, 0)
     for step in range(120):  # PGD-3 adversarial training at 8/255
         idx = torch.randint(0, 1024, (64,), generator=torch.Generator().manual_seed(step))
-        x_adv = pgd(model, x[idx], y[idx], 8 / 255, 4 / 255, 3,
-                    generator=torch.Generator().manual_seed(step)).x_adv
+        x_adv = pgd(
+            model,
+            x[idx],
+            y[idx],
+            8 / 255,
+            4 / 255,
+            3,
+            generator=torch.Generator().manual_seed(step),
+        ).x_adv
         loss = F.cross_entropy(model(x_adv), y[idx])
         opt.zero_grad()
         loss.backward()
@@ -178,10 +249,19 @@ def test_long_pgd_is_within_a_few_samples_of_apgd_ce():
     xt, yt = quadrant_data(64, 1)
     eps = 20 / 255  # beyond the training radius: partly robust, so the attacks are compared
     ok = torch.ones_like(yt, dtype=torch.bool)
-    ours = attacks_eval.pgd_until_fooled(model, xt, yt, ok, eps=eps, alpha=eps / 4, steps=100,
-                                         generator=torch.Generator().manual_seed(0))
-    adversary = AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce"],
-                           seed=0)
+    ours = attacks_eval.pgd_until_fooled(
+        model,
+        xt,
+        yt,
+        ok,
+        eps=eps,
+        alpha=eps / 4,
+        steps=100,
+        generator=torch.Generator().manual_seed(0),
+    )
+    adversary = AutoAttack(
+        model, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce"], seed=0
+    )
     x_apgd, _ = adversary.run_standard_evaluation(xt, yt, batch_size=64)
     with torch.no_grad():
         apgd_correct = int((model(x_apgd).argmax(1) == yt).sum())
@@ -189,8 +269,16 @@ def test_long_pgd_is_within_a_few_samples_of_apgd_ce():
     ours_correct = int(ours.correct.sum())
     assert clean_correct >= 56 and 8 <= apgd_correct <= 56, "the model must be partly robust"
     assert ours_correct <= apgd_correct + 3
-    weak = attacks_eval.pgd_until_fooled(model, xt, yt, ok, eps=eps, alpha=eps / 40, steps=2,
-                                         generator=torch.Generator().manual_seed(0))
+    weak = attacks_eval.pgd_until_fooled(
+        model,
+        xt,
+        yt,
+        ok,
+        eps=eps,
+        alpha=eps / 40,
+        steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert int(weak.correct.sum()) > apgd_correct + 3  # the bound above can fail
 
 
@@ -203,8 +291,17 @@ def test_table_pgd_is_within_a_few_samples_of_apgd_ce_on_a_vit_student():
     from daat.config import ModelConfig
 
     torch.manual_seed(0)
-    model = build_student(ModelConfig(name="vit_small_patch16_224", img_size=32, patch_size=8,
-                                      embed_dim=32, depth=2, num_heads=2), 4)
+    model = build_student(
+        ModelConfig(
+            name="vit_small_patch16_224",
+            img_size=32,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+        ),
+        4,
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = quadrant_data(1024, 0)
     for step in range(150):  # clean training: accurate, and partly robust at 4/255
@@ -220,12 +317,21 @@ def test_table_pgd_is_within_a_few_samples_of_apgd_ce_on_a_vit_student():
         clean_ok = model(xt).argmax(1) == yt
 
     def ours(steps, step_size, fn=attacks_eval.pgd_eval):
-        out = fn(model, xt, yt, clean_ok, eps=eps, alpha=step_size, steps=steps,
-                 generator=torch.Generator().manual_seed(0))
+        out = fn(
+            model,
+            xt,
+            yt,
+            clean_ok,
+            eps=eps,
+            alpha=step_size,
+            steps=steps,
+            generator=torch.Generator().manual_seed(0),
+        )
         return int(out.correct.sum())
 
-    adversary = AutoAttack(model, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce"],
-                           seed=0)
+    adversary = AutoAttack(
+        model, norm="Linf", eps=eps, version="custom", attacks=["apgd-ce"], seed=0
+    )
     adversary.apgd.n_restarts = 1  # the standard version's APGD-CE ('custom' defaults to 5)
     x_apgd, _ = adversary.run_standard_evaluation(xt, yt, batch_size=64)
     with torch.no_grad():
@@ -238,8 +344,7 @@ def test_table_pgd_is_within_a_few_samples_of_apgd_ce_on_a_vit_student():
 
 
 @pytest.mark.slow
-def test_evaluate_autoattack_equals_pyautoattack_called_directly(memorised, tiny_shards,
-                                                                 tmp_path):
+def test_evaluate_autoattack_equals_pyautoattack_called_directly(memorised, tiny_shards, tmp_path):
     """Per sample, the AutoAttack column is what pyautoattack's standard version gives on the
     same subset with the documented seed (eval seed, task, chunk): nothing lost or added between
     the package and the zarr store. Slow: every sample that survives APGD goes through FAB-T and
@@ -247,9 +352,21 @@ def test_evaluate_autoattack_equals_pyautoattack_called_directly(memorised, tiny
     from pyautoattack import AutoAttack
 
     run_dir, model, _ = memorised
-    art = evaluate.run(str(run_dir), None, [], FAST_EVAL + [
-        "eval.autoattack=true", "eval.n_autoattack=4", "eval.eps=2/255", "eval.alpha=0.5/255",
-        "eval.chunk_size=20", "eval.batch_size=20"], str(tmp_path))
+    art = evaluate.run(
+        str(run_dir),
+        None,
+        [],
+        FAST_EVAL
+        + [
+            "eval.autoattack=true",
+            "eval.n_autoattack=4",
+            "eval.eps=2/255",
+            "eval.alpha=0.5/255",
+            "eval.chunk_size=20",
+            "eval.batch_size=20",
+        ],
+        str(tmp_path),
+    )
     tasks = results.plan_tasks(config_mod.from_dict(art.config).eval)
     store = results.Store.open(art.path / "results.zarr", tasks)
     subset = store.positions["autoattack"]
@@ -268,14 +385,25 @@ def test_evaluate_autoattack_equals_pyautoattack_called_directly(memorised, tiny
 
 
 # -- resume ----------------------------------------------------------------------------------
-RESUME_EVAL = ["data.num_workers=0", "device=cpu", "eval.chunk_size=5", "eval.batch_size=20",
-               "eval.eps=16/255", "eval.alpha=4/255", "eval.eps_grid=[4/255,16/255]", "eval.pgd_long_steps=3",
-               "eval.n_autoattack=0", "eval.n_pgd_long=10", "eval.n_figures=2",
-               "eval.figure_eps=[4/255]"]
+RESUME_EVAL = [
+    "data.num_workers=0",
+    "device=cpu",
+    "eval.chunk_size=5",
+    "eval.batch_size=20",
+    "eval.eps=16/255",
+    "eval.alpha=4/255",
+    "eval.eps_grid=[4/255,16/255]",
+    "eval.pgd_long_steps=3",
+    "eval.n_autoattack=0",
+    "eval.n_pgd_long=10",
+    "eval.n_figures=2",
+    "eval.figure_eps=[4/255]",
+]
 
 
-def test_killed_evaluation_recomputes_only_unfinished_chunks(memorised, tmp_path, monkeypatch,
-                                                             capsys):
+def test_killed_evaluation_recomputes_only_unfinished_chunks(
+    memorised, tmp_path, monkeypatch, capsys
+):
     run_dir, _, _ = memorised
     real = attacks_eval.autoattack_eval
     calls = {"n": 0}
@@ -302,8 +430,10 @@ def test_killed_evaluation_recomputes_only_unfinished_chunks(memorised, tmp_path
     capsys.readouterr()
     art = evaluate.run(str(run_dir), None, [], RESUME_EVAL, str(tmp_path))
     assert art.path == eval_dir and art.complete
-    assert (f"[evaluate] resuming from {eval_dir} ({sum(before.values())} of "
-            f"{sum(total.values())} chunk-tasks already done)" in capsys.readouterr().err)
+    assert (
+        f"[evaluate] resuming from {eval_dir} ({sum(before.values())} of "
+        f"{sum(total.values())} chunk-tasks already done)" in capsys.readouterr().err
+    )
     resume = summary_of(art)["resume"]
     assert resume["chunks_computed"] == {t: total[t] - before[t] for t in total}
     assert resume["chunks_computed"]["autoattack_eps16"] == 2
@@ -321,8 +451,9 @@ def test_killed_evaluation_recomputes_only_unfinished_chunks(memorised, tmp_path
     assert f"[evaluate] reusing {art.path} (finished 20" in capsys.readouterr().err
 
 
-def test_a_progress_bar_per_attack_on_stderr_unless_tqdm_disable(memorised, tmp_path,
-                                                                 monkeypatch, capsys):
+def test_a_progress_bar_per_attack_on_stderr_unless_tqdm_disable(
+    memorised, tmp_path, monkeypatch, capsys
+):
     run_dir, _, _ = memorised
     evaluate.run(str(run_dir), None, [], FAST_EVAL + ["eval.chunk_size=10"], str(tmp_path / "a"))
     err = capsys.readouterr().err
@@ -343,8 +474,7 @@ class RoundingViT(DaatViT):
         return super().normalize(torch.round(x * 8) / 8)
 
 
-def test_gradient_masking_model_raises_a_loud_sanity_flag(memorised, tmp_path, monkeypatch,
-                                                          capsys):
+def test_gradient_masking_model_raises_a_loud_sanity_flag(memorised, tmp_path, monkeypatch, capsys):
     run_dir, model, cfg = memorised
     from daat.train import checkpoint as ckpt_mod
 
@@ -372,14 +502,29 @@ def test_clean_model_raises_no_zero_gradient_flag(memorised, tmp_path):
 
 def test_figures_with_a_depth_model(memorised, tiny_dpt_dir, tmp_path):
     run_dir, _, _ = memorised
-    art = evaluate.run(str(run_dir), None, [], FAST_EVAL + [
-        "eval.chunk_size=20", "eval.n_figures=3", "eval.figure_eps=[2/255,8/255]",
-        f"eval.depth_model={tiny_dpt_dir}"], str(tmp_path))
+    art = evaluate.run(
+        str(run_dir),
+        None,
+        [],
+        FAST_EVAL
+        + [
+            "eval.chunk_size=20",
+            "eval.n_figures=3",
+            "eval.figure_eps=[2/255,8/255]",
+            f"eval.depth_model={tiny_dpt_dir}",
+        ],
+        str(tmp_path),
+    )
     files = summary_of(art)["figures"]
-    stems = ["figures/attention_eps2", "figures/attention_eps8", "figures/depth_eps2",
-             "figures/depth_eps8"]
+    stems = [
+        "figures/attention_eps2",
+        "figures/attention_eps8",
+        "figures/depth_eps2",
+        "figures/depth_eps8",
+    ]
     assert files == [f"{s}.{ext}" for s in stems for ext in ("png", "pdf")]
     from PIL import Image
+
     for rel in (f for f in files if f.endswith(".png")):
         with Image.open(art.path / rel) as im:
             assert im.size[0] > 300 and im.size[1] > 200
@@ -390,20 +535,44 @@ def test_figures_with_a_depth_model(memorised, tiny_dpt_dir, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_evaluation_on_cuda(memorised, tmp_path):
     run_dir, model, _ = memorised
-    art = evaluate.run(str(run_dir), None, [], FAST_EVAL + [
-        "device=cuda", "eval.chunk_size=20", "eval.autoattack=true", "eval.n_autoattack=5",
-        "eval.eps=8/255", "eval.alpha=2/255", "eval.n_figures=2", "eval.figure_eps=[8/255]"], str(tmp_path))
+    art = evaluate.run(
+        str(run_dir),
+        None,
+        [],
+        FAST_EVAL
+        + [
+            "device=cuda",
+            "eval.chunk_size=20",
+            "eval.autoattack=true",
+            "eval.n_autoattack=5",
+            "eval.eps=8/255",
+            "eval.alpha=2/255",
+            "eval.n_figures=2",
+            "eval.figure_eps=[8/255]",
+        ],
+        str(tmp_path),
+    )
     summary = summary_of(art)
     assert summary["accuracy"]["clean"] == 1.0 and summary["accuracy"]["autoattack"] is not None
-    x, y = (t.cuda() for t in val_batch(open_artifact(
-        open_artifact(run_dir).extra["shards_dir"]))[:2])
+    x, y = (
+        t.cuda() for t in val_batch(open_artifact(open_artifact(run_dir).extra["shards_dir"]))[:2]
+    )
     cuda_model = copy.deepcopy(model).cuda()
     ok = torch.ones_like(y, dtype=torch.bool)
     gen = torch.Generator(device="cuda").manual_seed(0)
-    ours = attacks_eval.pgd_until_fooled(cuda_model, x, y, ok, eps=3 / 255, alpha=0.75 / 255,
-                                         steps=10, generator=gen)
-    ref = pgd(cuda_model, x, y, 3 / 255, 0.75 / 255, 10,
-              generator=torch.Generator(device="cuda").manual_seed(0), check_final=True)
+    ours = attacks_eval.pgd_until_fooled(
+        cuda_model, x, y, ok, eps=3 / 255, alpha=0.75 / 255, steps=10, generator=gen
+    )
+    ref = pgd(
+        cuda_model,
+        x,
+        y,
+        3 / 255,
+        0.75 / 255,
+        10,
+        generator=torch.Generator(device="cuda").manual_seed(0),
+        check_final=True,
+    )
     assert torch.equal(ours.correct, (~ref.fooled_any).cpu())
 
 
@@ -426,8 +595,9 @@ def test_model_section_cannot_change_and_oracle_depth_is_refused(memorised):
         evaluate.eval_config(run_art, [], ["loss.lam=0.5"])
     with pytest.raises(config_mod.ConfigError, match="oracle"):
         evaluate.eval_config(run_art, [], ["eval.depth_model=oracle"])
-    cfg = evaluate.eval_config(run_art, [], ["eval.n_autoattack=7", "device=cpu",
-                                             "data.num_workers=1"])
+    cfg = evaluate.eval_config(
+        run_art, [], ["eval.n_autoattack=7", "device=cpu", "data.num_workers=1"]
+    )
     assert cfg.eval.n_autoattack == 7 and cfg.model.embed_dim == 32
     assert cfg.preset == run_art.config["preset"]
 
@@ -441,8 +611,11 @@ def _cli(*args):
 def test_kill_minus_nine_mid_autoattack_then_resume(memorised, tmp_path):
     run_dir, _, _ = memorised
     sets = [a for s in RESUME_EVAL + ["eval.eps=4/255", "eval.alpha=1/255"] for a in ("--set", s)]
-    proc = subprocess.Popen(_cli("evaluate", "--run", str(run_dir), "--out", str(tmp_path), *sets),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cli("evaluate", "--run", str(run_dir), "--out", str(tmp_path), *sets),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 600
     done_dir = None
     while time.time() < deadline and proc.poll() is None:
@@ -456,13 +629,18 @@ def test_kill_minus_nine_mid_autoattack_then_resume(memorised, tmp_path):
     proc.wait()
     tasks = results.plan_tasks(config_mod.from_dict(open_artifact(done_dir).config).eval)
     before = results.Store.open(done_dir / "results.zarr", tasks).done_counts()
-    out = subprocess.run(_cli("evaluate", "--run", str(run_dir), "--out", str(tmp_path), *sets),
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        _cli("evaluate", "--run", str(run_dir), "--out", str(tmp_path), *sets),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip().splitlines()[-1] == str(done_dir)
     resume = json.loads((done_dir / "summary.json").read_text())["resume"]
     store = results.Store.open(done_dir / "results.zarr", tasks)
-    assert resume["chunks_computed"] == {t.name: store.n_chunks(t.group) - before[t.name]
-                                         for t in tasks}
+    assert resume["chunks_computed"] == {
+        t.name: store.n_chunks(t.group) - before[t.name] for t in tasks
+    }
     assert resume["chunks_computed"]["autoattack_eps4"] < 4
 
 
@@ -481,14 +659,28 @@ def test_torchrun_two_ranks_gives_the_single_process_result(memorised, tmp_path)
     script.write_text(LAUNCH)
     single = evaluate.run(str(run_dir), None, [], RESUME_EVAL, str(tmp_path / "one"))
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), str(run_dir),
-                    str(tmp_path / "two"), *RESUME_EVAL], check=True, capture_output=True,
-                   text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(run_dir),
+            str(tmp_path / "two"),
+            *RESUME_EVAL,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     (two,) = (tmp_path / "two").glob("eval-*")
     a, b = summary_of(single), json.loads((two / "summary.json").read_text())
     assert a["accuracy"] == b["accuracy"] and a["attention"] == b["attention"]
     assert b["resume"]["chunk_tasks_computed"] == a["resume"]["chunk_tasks_computed"]
     assert open_artifact(two).complete and verify(two) == []
-    store = results.Store.open(two / "results.zarr", results.plan_tasks(
-        config_mod.from_dict(open_artifact(two).config).eval))
+    store = results.Store.open(
+        two / "results.zarr",
+        results.plan_tasks(config_mod.from_dict(open_artifact(two).config).eval),
+    )
     np.testing.assert_array_equal(store.read("index"), np.arange(20))

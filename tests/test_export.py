@@ -1,6 +1,7 @@
 """``daat export``: the timm hub folder rebuilt by plain timm in a process without daat, the robust
 torch.export file against ``daat.load_model``, byte-identical re-exports, and refusing a model that
 plain timm cannot express."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY_RUN
 from torch import nn
 
 import daat
-from conftest import TINY_RUN
 from daat import config as config_mod
 from daat import models
 from daat.artifacts import create_or_open
 from daat.cli import main
 from daat.export import ExportError, export
 from daat.train import checkpoint as ckpt
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -41,25 +43,33 @@ def files_of(folder: Path) -> dict[str, bytes]:
 # -- timm folder -----------------------------------------------------------------------------
 def test_timm_export_rebuilds_in_plain_timm_without_daat(tiny_run, tiny_shards, tmp_path):
     folder = export(tiny_run, tmp_path / "my-model")
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json",
-                                                       "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
     x = images()
     torch.save(x, tmp_path / "x.pt")
     script = f"""
 import json, sys, timm, torch
 model = timm.create_model("local-dir:{folder}", pretrained=True).eval()
 cfg = model.pretrained_cfg
-x = torch.load("{tmp_path / 'x.pt'}")
+x = torch.load("{tmp_path / "x.pt"}")
 mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
 std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
 with torch.no_grad():
-    torch.save(model((x - mean) / std), "{tmp_path / 'logits.pt'}")
+    torch.save(model((x - mean) / std), "{tmp_path / "logits.pt"}")
 assert not [m for m in sys.modules if m == "daat" or m.startswith("daat.")], "daat was imported"
 keys = ("input_size", "mean", "std", "interpolation", "crop_pct", "num_classes", "label_names")
 print(json.dumps({{k: cfg[k] for k in keys}}))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     cfg = json.loads(done.stdout.strip().splitlines()[-1])
     expected = daat.load_model(tiny_run)(x).detach()
@@ -74,23 +84,37 @@ print(json.dumps({{k: cfg[k] for k in keys}}))
     assert cfg["label_names"] == tiny_shards.classes
 
 
-def test_timm_config_carries_the_architecture_and_the_card_the_lineage(tiny_run, tiny_shards,
-                                                                       tmp_path):
+def test_timm_config_carries_the_architecture_and_the_card_the_lineage(
+    tiny_run, tiny_shards, tmp_path
+):
     folder = export(tiny_run, tmp_path / "m")
     spec = json.loads((folder / "config.json").read_text())
     run_cfg = daat.load_run(tiny_run).config
     assert spec["architecture"] == run_cfg.model.name
-    assert spec["model_args"] == {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
-                                  "num_heads": 2, "num_classes": 10,
-                                  "init_values": 0.0}  # 0: no LayerScale, whatever timm's default
+    assert spec["model_args"] == {
+        "img_size": 32,
+        "patch_size": 8,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+        "num_classes": 10,
+        "init_values": 0.0,
+    }  # 0: no LayerScale, whatever timm's default
     card = (folder / "README.md").read_text()
     from huggingface_hub import ModelCard  # the hub reads the front matter like this
+
     meta = ModelCard.load(folder / "README.md").data
     assert (meta.library_name, meta.pipeline_tag) == ("timm", "image-classification")
     assert "adversarial-robustness" in meta.tags
     run = daat.open_artifact(tiny_run)
-    for fact in (run.id, run.manifest["key"], tiny_shards.id, tiny_shards.manifest["key"],
-                 "| depth model | oracle |", "attack:\n  eps:"):
+    for fact in (
+        run.id,
+        run.manifest["key"],
+        tiny_shards.id,
+        tiny_shards.manifest["key"],
+        "| depth model | oracle |",
+        "attack:\n  eps:",
+    ):
         assert fact in card, fact
 
 
@@ -137,11 +161,19 @@ def test_robust_export_equals_load_model_on_unit_images(tiny_run, tmp_path):
 # -- models plain timm cannot express --------------------------------------------------------
 def fabricate_run(root: Path, shards, model, cfg) -> Path:
     """A complete run artifact around ``model`` without training."""
-    art = create_or_open(root, "run", {"fabricated": True}, config=config_mod.to_dict(cfg),
-                         lineage=[shards.id])
-    ckpt.save(art.path / "checkpoints" / "final.pt", {
-        "model": model.state_dict(), "config": config_mod.to_dict(cfg),
-        "num_classes": shards.num_classes, "step": 0, "epoch": 0})
+    art = create_or_open(
+        root, "run", {"fabricated": True}, config=config_mod.to_dict(cfg), lineage=[shards.id]
+    )
+    ckpt.save(
+        art.path / "checkpoints" / "final.pt",
+        {
+            "model": model.state_dict(),
+            "config": config_mod.to_dict(cfg),
+            "num_classes": shards.num_classes,
+            "step": 0,
+            "epoch": 0,
+        },
+    )
     art.record_file("checkpoints/final.pt")
     art.extra["shards_dir"] = str(shards.path)
     art.mark_complete()
@@ -177,14 +209,18 @@ def with_relu_mlps(cfg, num_classes):
 build_plain = models.build_student
 
 
-@pytest.mark.parametrize("builder, why, stem", [
-    (lambda cfg, n: StemViT(build_plain(cfg, n).vit), "weights outside the timm ViT", "patch"),
-    (with_wider_patch_proj, "timm cannot rebuild it", "patch"),
-    (with_relu_mlps, "different logits", "patch"),
-    (lambda cfg, n: build_plain(cfg, n), "convolutional stem (model.stem=conv)", "conv"),
-])
-def test_export_refuses_what_plain_timm_cannot_express(tiny_shards, tmp_path, monkeypatch,
-                                                       builder, why, stem):
+@pytest.mark.parametrize(
+    "builder, why, stem",
+    [
+        (lambda cfg, n: StemViT(build_plain(cfg, n).vit), "weights outside the timm ViT", "patch"),
+        (with_wider_patch_proj, "timm cannot rebuild it", "patch"),
+        (with_relu_mlps, "different logits", "patch"),
+        (lambda cfg, n: build_plain(cfg, n), "convolutional stem (model.stem=conv)", "conv"),
+    ],
+)
+def test_export_refuses_what_plain_timm_cannot_express(
+    tiny_shards, tmp_path, monkeypatch, builder, why, stem
+):
     cfg = config_mod.load(["synthetic"], TINY_RUN + [f"model.stem={stem}"])
     monkeypatch.setattr(models, "build_student", builder)
     model = builder(cfg.model, tiny_shards.num_classes)

@@ -1,41 +1,53 @@
 """Figures a reader can read: a colour bar for every map, depth(x) and depth(x_adv) on one scale,
 class names from the card, integer epoch ticks, one label per run, one axes per data/model
 setting, and a vector PDF beside every PNG (checked on the matplotlib objects, not on pixels)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from test_report import metrics_lines
 
 from daat import config as config_mod
 from daat.artifacts import create_or_open
 from daat.eval import figures, report, style
 from daat.models import build_student
 
-from test_report import metrics_lines
-
 
 def handmade_with(root, card: str, presets: list[str], seed: int, acc: dict, *overrides: str):
     """A run (3 epochs of metrics) and its eval like ``test_report.handmade``, for presets plus
     ``--set`` overrides; each distinct config is a distinct run."""
-    cfg = config_mod.to_dict(config_mod.load(presets, [f"data.card={card}", f"seed={seed}",
-                                                       *overrides]))
+    cfg = config_mod.to_dict(
+        config_mod.load(presets, [f"data.card={card}", f"seed={seed}", *overrides])
+    )
     run = create_or_open(root, "run", cfg, config=cfg, lineage=["shards-x"])
     run.write_bytes("metrics.jsonl", metrics_lines(seed).encode())
     run.mark_complete()
     ev = create_or_open(root, "eval", {"r": run.id}, config=cfg, lineage=[run.id, "shards-x"])
-    ev.write_json("summary.json", {
-        "accuracy": {**acc, "pgd-100": {"4/255": acc["pgd-10"]}}, "lam": cfg["loss"]["lam"],
-        "table_attack": "pgd-10",
-        "counts": {"val": 5000, "evaluated": 5000, "autoattack": 1000},
-        "sanity": {"flags": [], "checks": [{"name": "zero_input_gradients", "passed": True}]},
-        "attention": None, "figures": []})
+    ev.write_json(
+        "summary.json",
+        {
+            "accuracy": {**acc, "pgd-100": {"4/255": acc["pgd-10"]}},
+            "lam": cfg["loss"]["lam"],
+            "table_attack": "pgd-10",
+            "counts": {"val": 5000, "evaluated": 5000, "autoattack": 1000},
+            "sanity": {"flags": [], "checks": [{"name": "zero_input_gradients", "passed": True}]},
+            "attention": None,
+            "figures": [],
+        },
+    )
     ev.mark_complete()
     return [str(run.path), str(ev.path)]
 
 
-TINY_MODEL = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
-              "model.num_heads=2"]
+TINY_MODEL = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+]
 
 
 @pytest.fixture
@@ -62,8 +74,10 @@ def colorbars(fig):
 
 
 def assert_every_map_has_a_colorbar(fig):
-    bars = [(b.mappable.get_cmap().name, b.mappable.norm.vmin, b.mappable.norm.vmax)
-            for b in colorbars(fig)]
+    bars = [
+        (b.mappable.get_cmap().name, b.mappable.norm.vmin, b.mappable.norm.vmax)
+        for b in colorbars(fig)
+    ]
     images = scalar_images(fig)
     assert images and bars
     for im in images:
@@ -87,8 +101,17 @@ def test_attention_figure_has_colorbars_pdf_and_card_names(tiny_model, tmp_path,
     y = torch.tensor([0, 1, 2])
     g = torch.softmax(torch.randn(3, 16), dim=1)
     names = [f"class name {i}" for i in range(10)]
-    fig = figures.attention_figure(tmp_path / "figures/attention_eps4.png", tiny_model, x, x_adv,
-                                   y, g, 4 / 255, names, steps=10)
+    fig = figures.attention_figure(
+        tmp_path / "figures/attention_eps4.png",
+        tiny_model,
+        x,
+        x_adv,
+        y,
+        g,
+        4 / 255,
+        names,
+        steps=10,
+    )
     assert drawn == [fig]
     assert (tmp_path / "figures/attention_eps4.png").is_file()
     assert (tmp_path / "figures/attention_eps4.pdf").read_bytes().startswith(b"%PDF")
@@ -114,7 +137,7 @@ def test_depth_figure_shares_one_scale_for_x_and_x_adv(tiny_dpt_dir, tmp_path, d
     depth_maps = [im for im in scalar_images(fig) if im.get_cmap().name == style.CMAPS["depth"]]
     assert len(depth_maps) == 4
     for row in (depth_maps[:2], depth_maps[2:]):  # depth(x), depth(x_adv) of one image
-        (lo, hi), = {(im.norm.vmin, im.norm.vmax) for im in row}
+        ((lo, hi),) = {(im.norm.vmin, im.norm.vmax) for im in row}
         values = np.concatenate([im.get_array().ravel() for im in row])
         assert lo == pytest.approx(values.min()) and hi == pytest.approx(values.max())
 
@@ -136,10 +159,15 @@ def test_format_eps():
 
 
 def test_unique_labels():
-    got = style.unique_labels({1: "DAAT (seed 0)", 2: "DAAT (seed 0)", 3: "PGD-AT (seed 0)"},
-                              {1: "run-aaaa", 2: "run-bbbb", 3: "run-cccc"})
-    assert got == {1: "DAAT (seed 0) [run-aaaa]", 2: "DAAT (seed 0) [run-bbbb]",
-                   3: "PGD-AT (seed 0)"}
+    got = style.unique_labels(
+        {1: "DAAT (seed 0)", 2: "DAAT (seed 0)", 3: "PGD-AT (seed 0)"},
+        {1: "run-aaaa", 2: "run-bbbb", 3: "run-cccc"},
+    )
+    assert got == {
+        1: "DAAT (seed 0) [run-aaaa]",
+        2: "DAAT (seed 0) [run-bbbb]",
+        3: "PGD-AT (seed 0)",
+    }
 
 
 def test_report_curves_are_labelled_per_run_on_axes_per_setting(tmp_path, drawn):
@@ -173,9 +201,14 @@ def test_report_curves_are_labelled_per_run_on_axes_per_setting(tmp_path, drawn)
 def test_lambda_panel_draws_each_group_and_skips_missing_metrics(tmp_path, drawn):
     paths = []
     for lam_value in (0.05, 0.2):
-        paths += handmade_with(tmp_path, "synthetic", ["daat", "synthetic"], 0,
-                               {"clean": 0.7, "pgd-10": 0.4, "autoattack": None},
-                               f"loss.lam={lam_value}")
+        paths += handmade_with(
+            tmp_path,
+            "synthetic",
+            ["daat", "synthetic"],
+            0,
+            {"clean": 0.7, "pgd-10": 0.4, "autoattack": None},
+            f"loss.lam={lam_value}",
+        )
     report.run(paths, str(tmp_path / "out"))
     fig3d = next(f for f in drawn if "λ" in f._suptitle.get_text())
     (ax,) = [ax for ax in fig3d.axes if ax.lines]

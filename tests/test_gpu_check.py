@@ -1,5 +1,6 @@
 """``make gpu-check``: its dry run end to end on CPU, its refusal without CUDA, the offline wheel
 folder, the wheel slimming and the pytest count parser."""
+
 import json
 import os
 import subprocess
@@ -18,8 +19,14 @@ SCRIPT = str(REPO / "benchmarks" / "gpu_check.py")
 
 def _run(*args, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_dry_run_runs_every_step_at_toy_size(tmp_path):
@@ -30,10 +37,10 @@ def test_dry_run_runs_every_step_at_toy_size(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == json.loads((tmp_path / "gpu_check.json").read_text())
     steps = result["steps"]
-    assert list(steps) == ["env", "versions", "cuda_tests", "bench", "train", "compile",
-                           "torchrun"]
-    assert not any(str(v).startswith(("FAILED", "skipped:")) for k, v in steps.items()
-                   if k != "torchrun")
+    assert list(steps) == ["env", "versions", "cuda_tests", "bench", "train", "compile", "torchrun"]
+    assert not any(
+        str(v).startswith(("FAILED", "skipped:")) for k, v in steps.items() if k != "torchrun"
+    )
     assert result["cuda_tests"]["cuda_paths_on_cpu"]["collected"] >= 8
     assert result["bench"]["mode"] == "tiny" and "daat_cached_over_pgdat" in result["bench"]
     train = result["train"]
@@ -61,9 +68,12 @@ def _wheel(folder: Path, name: str, files: dict[str, str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-0.1-py3-none-any.whl"
     info = f"{name}-0.1.dist-info"
-    members = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
-               f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\n"
-                                "Tag: py3-none-any\n"}
+    members = {
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
     record = "".join(f"{m},,\n" for m in members) + f"{info}/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as z:
         for member, text in {**members, f"{info}/RECORD": record}.items():
@@ -81,8 +91,13 @@ def test_a_wheel_folder_installs_offline_onto_the_later_steps_path(tmp_path):
     site = check.work / "site"
     assert (site / "gpucheckprobe.py").is_file()
     assert check.env["PYTHONPATH"].split(":")[0] == str(site)
-    probe = subprocess.run([sys.executable, "-c", "import gpucheckprobe; print(gpucheckprobe.VALUE)"],
-                           env=check.env, capture_output=True, text=True, cwd=tmp_path)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import gpucheckprobe; print(gpucheckprobe.VALUE)"],
+        env=check.env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert probe.stdout.strip() == "42"
     with pytest.raises(RuntimeError, match="no \\*.whl"):
         gpu_check.env_step(check, tmp_path / "empty")
@@ -98,17 +113,25 @@ def test_slimming_a_wheel_drops_the_members_and_their_record_lines(tmp_path):
     assert "examples" not in record and "fat/__init__.py,," in record
 
 
-@pytest.mark.parametrize("tail, expected", [
-    ("8 passed, 1 skipped in 3.2s", {"passed": 8, "skipped": 1}),
-    ("1 failed, 7 passed, 2 errors in 9s", {"failed": 1, "passed": 7, "error": 2}),
-    ("408 tests collected in 12.9s", {"collected": 408}),
-    ("no tests ran in 0.1s", {})])
+@pytest.mark.parametrize(
+    "tail, expected",
+    [
+        ("8 passed, 1 skipped in 3.2s", {"passed": 8, "skipped": 1}),
+        ("1 failed, 7 passed, 2 errors in 9s", {"failed": 1, "passed": 7, "error": 2}),
+        ("408 tests collected in 12.9s", {"collected": 408}),
+        ("no tests ran in 0.1s", {}),
+    ],
+)
 def test_pytest_closing_counts(tail, expected):
     assert gpu_check._pytest_counts(f"....\n{tail}\n") == expected
 
 
 def test_make_target_passes_the_settings_through():
-    proc = subprocess.run(["make", "-n", "gpu-check", "DRY_RUN=1", "WHEELS=w", "GPU_CHECK_OUT=o",
-                           "GPU_PYTHON=py"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["make", "-n", "gpu-check", "DRY_RUN=1", "WHEELS=w", "GPU_CHECK_OUT=o", "GPU_PYTHON=py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "py benchmarks/gpu_check.py --out o --wheels w --dry-run" in proc.stdout

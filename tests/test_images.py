@@ -1,5 +1,6 @@
 """Robust decoding of one input image (pipeline/images.py): every bad case gets its reason code,
 every odd-but-valid case becomes the right RGB image, and the one resize is what it says."""
+
 from __future__ import annotations
 
 import io
@@ -33,11 +34,13 @@ def jpeg_bytes(arr: np.ndarray, **kw) -> bytes:
 
 def ramp(h: int, w: int) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w]
-    return np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1),
-                     np.full_like(x, 90)], -1).astype(np.uint8)
+    return np.stack(
+        [x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), np.full_like(x, 90)], -1
+    ).astype(np.uint8)
 
 
 # --- bad inputs -----------------------------------------------------------------------------
+
 
 def test_truncated_jpeg(tmp_path):
     data = jpeg_bytes(ramp(40, 60))
@@ -100,6 +103,7 @@ def test_corrupt_png_body(tmp_path):
 
 
 # --- odd but valid inputs -------------------------------------------------------------------
+
 
 def test_exif_rotation_is_applied(tmp_path):
     arr = ramp(20, 40)  # wide: red grows left -> right
@@ -170,6 +174,7 @@ def test_greyscale_and_bilevel(tmp_path):
 
 
 # --- geometry -------------------------------------------------------------------------------
+
 
 def test_stored_geometry_resize_short_and_crop():
     g = images.stored_geometry(300, 400, 64, center_crop=False)

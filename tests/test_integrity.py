@@ -3,6 +3,7 @@ reused or resumed from: a flipped label or JPEG byte, a truncated tar (training 
 refuse, naming the file), a byte changed mid-run (no further checkpoint), shards with other
 content under the same id (another run key), a truncated ``final.pt`` (rewritten, not reused;
 evaluation refuses it) and a damaged ``latest`` checkpoint (the newest intact one is used)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import copy_artifact
+
 from daat import config as config_mod
 from daat.artifacts import ArtifactError, open_artifact, verify
 from daat.errors import ShardFormatError, TrainingError
@@ -23,14 +24,38 @@ from daat.train import checkpoint as ckpt
 from daat.train import loop
 
 # 4 steps per epoch (32 samples, batch 8), 1-step PGD, 10 val samples with PGD-2.
-RUN = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
-       "model.num_heads=2", "train.batch_size=8", "train.samples_per_epoch=32", "train.epochs=2",
-       "train.val_samples=10", "train.val_pgd_steps=2", "attack.steps=1", "data.num_workers=0",
-       "train.log_every_steps=2", "train.ckpt_every_steps=3", "optim.warmup_epochs=0.5",
-       "depth.target=cached", "device=cpu", "train.init_from=", "train.val_every_epochs=1"]
-EVAL = ["data.num_workers=0", "device=cpu", "eval.n_figures=0", "eval.pgd_long_steps=2",
-        "eval.eps_grid=[4/255]", "eval.autoattack=false", "eval.n_autoattack=0", "eval.n_samples=8",
-        "eval.chunk_size=8"]
+RUN = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "train.batch_size=8",
+    "train.samples_per_epoch=32",
+    "train.epochs=2",
+    "train.val_samples=10",
+    "train.val_pgd_steps=2",
+    "attack.steps=1",
+    "data.num_workers=0",
+    "train.log_every_steps=2",
+    "train.ckpt_every_steps=3",
+    "optim.warmup_epochs=0.5",
+    "depth.target=cached",
+    "device=cpu",
+    "train.init_from=",
+    "train.val_every_epochs=1",
+]
+EVAL = [
+    "data.num_workers=0",
+    "device=cpu",
+    "eval.n_figures=0",
+    "eval.pgd_long_steps=2",
+    "eval.eps_grid=[4/255]",
+    "eval.autoattack=false",
+    "eval.n_autoattack=0",
+    "eval.n_samples=8",
+    "eval.chunk_size=8",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +90,7 @@ def damaged_copy(tiny_shards, tmp_path):
 
 
 # -- shards ------------------------------------------------------------------------------------
-def test_a_flipped_label_byte_stops_training_before_any_step_naming_the_tar(damaged_copy,
-                                                                            tmp_path):
+def test_a_flipped_label_byte_stops_training_before_any_step_naming_the_tar(damaged_copy, tmp_path):
     tar = damaged_copy / "train" / "train-00001.tar"
     offset, size = member_offset(tar, ".cls")
     assert size == 1
@@ -84,24 +108,29 @@ def test_a_flipped_jpeg_byte_stops_training_and_evaluation(damaged_copy, tiny_sh
     with pytest.raises(ShardFormatError, match=r"val/val-00000\.tar: sha256"):
         train(damaged_copy, tmp_path / "out2")
     with pytest.raises(ShardFormatError, match=r"val/val-00000\.tar: sha256"):
-        evaluate.run(str(run.path), None, [], EVAL, str(tmp_path / "evals"),
-                     shards=str(damaged_copy))
+        evaluate.run(
+            str(run.path), None, [], EVAL, str(tmp_path / "evals"), shards=str(damaged_copy)
+        )
     assert not list((tmp_path / "evals").glob("eval-*/summary.json"))
 
 
 def test_a_truncated_tar_is_refused_when_the_shards_are_opened(damaged_copy, tmp_path):
     tar = damaged_copy / "train" / "train-00003.tar"
     os.truncate(tar, tar.stat().st_size - 1024)
-    with pytest.raises(ShardFormatError, match=r"train/train-00003\.tar: \d+ bytes, manifest "
-                                               r"says \d+ \(truncated"):
+    with pytest.raises(
+        ShardFormatError,
+        match=r"train/train-00003\.tar: \d+ bytes, manifest "
+        r"says \d+ \(truncated",
+    ):
         open_shards(damaged_copy)
     with pytest.raises(ShardFormatError, match=r"train-00003\.tar"):
         train(damaged_copy, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before the run artifact existed
 
 
-def test_a_byte_changed_mid_run_stops_it_before_the_next_checkpoint(damaged_copy, tmp_path,
-                                                                    monkeypatch):
+def test_a_byte_changed_mid_run_stops_it_before_the_next_checkpoint(
+    damaged_copy, tmp_path, monkeypatch
+):
     real_step, tar = loop.train_step, damaged_copy / "train" / "train-00000.tar"
 
     def step_then_damage(state, batch, sched):
@@ -111,24 +140,28 @@ def test_a_byte_changed_mid_run_stops_it_before_the_next_checkpoint(damaged_copy
         return real_step(state, batch, sched)
 
     monkeypatch.setattr(loop, "train_step", step_then_damage)
-    with pytest.raises(ShardFormatError, match=r"train-00000\.tar.*before checkpoint "
-                                               r"step-00000003\.pt"):
+    with pytest.raises(
+        ShardFormatError,
+        match=r"train-00000\.tar.*before checkpoint "
+        r"step-00000003\.pt",
+    ):
         train(damaged_copy, tmp_path / "out")
     (run_dir,) = (tmp_path / "out").glob("run-*")
     assert not list((run_dir / "checkpoints").glob("*.pt"))
 
 
-def test_other_shard_content_under_the_same_id_trains_under_another_run_key(damaged_copy,
-                                                                            tiny_shards,
-                                                                            tmp_path):
+def test_other_shard_content_under_the_same_id_trains_under_another_run_key(
+    damaged_copy, tiny_shards, tmp_path
+):
     """Shards re-recorded after a label edit keep their id (same config) but not their content
     digest, so they can never share a run with the clean shards."""
     tar = damaged_copy / "train" / "train-00001.tar"
     offset, _ = member_offset(tar, ".cls")
     flip_byte(tar, offset, b"7")
     art = open_artifact(damaged_copy)
-    art.record_file("train/train-00001.tar", samples=art.manifest["files"][
-        "train/train-00001.tar"]["samples"])
+    art.record_file(
+        "train/train-00001.tar", samples=art.manifest["files"]["train/train-00001.tar"]["samples"]
+    )
     art.save()
     assert verify(damaged_copy) == [] and art.id == tiny_shards.id
     one = ["train.epochs=1", "train.samples_per_epoch=8", "train.val_samples=2"]
@@ -139,9 +172,9 @@ def test_other_shard_content_under_the_same_id_trains_under_another_run_key(dama
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-def test_a_truncated_final_pt_is_rewritten_not_reused_and_evaluation_refuses_it(tiny_shards,
-                                                                                tmp_path,
-                                                                                capsys):
+def test_a_truncated_final_pt_is_rewritten_not_reused_and_evaluation_refuses_it(
+    tiny_shards, tmp_path, capsys
+):
     run = train(tiny_shards.path, tmp_path / "out")
     final = run.path / "checkpoints" / ckpt.FINAL
     good = final.read_bytes()
@@ -157,8 +190,9 @@ def test_a_truncated_final_pt_is_rewritten_not_reused_and_evaluation_refuses_it(
         torch.testing.assert_close(value, weights[name], rtol=0, atol=0)
 
 
-def test_a_damaged_latest_checkpoint_is_never_resumed_from(tiny_shards, tmp_path, monkeypatch,
-                                                           capsys):
+def test_a_damaged_latest_checkpoint_is_never_resumed_from(
+    tiny_shards, tmp_path, monkeypatch, capsys
+):
     """Stopped after epoch 1 (latest = epoch-0001.pt), that file then damaged: the rerun resumes
     from the intact step-00000003.pt instead and ends with the uninterrupted run's weights."""
     whole = train(tiny_shards.path, tmp_path / "whole")
@@ -180,14 +214,19 @@ def test_a_damaged_latest_checkpoint_is_never_resumed_from(tiny_shards, tmp_path
     damaged = run_dir / "checkpoints" / "epoch-0001.pt"
     flip_byte(damaged, damaged.stat().st_size // 2)
     steps_run, real_step = [], loop.train_step
-    monkeypatch.setattr(loop, "train_step", lambda st, b, sched: steps_run.append(sched.step)
-                        or real_step(st, b, sched))
+    monkeypatch.setattr(
+        loop,
+        "train_step",
+        lambda st, b, sched: steps_run.append(sched.step) or real_step(st, b, sched),
+    )
     resumed = train(tiny_shards.path, tmp_path / "split")
     assert steps_run == [3, 4, 5, 6, 7]
     err = capsys.readouterr().err
     assert "epoch-0001.pt: sha256" in err and "resuming from step-00000003.pt instead" in err
-    a, b = ckpt.load(whole.path / "checkpoints" / "final.pt")["model"], \
-        ckpt.load(resumed.path / "checkpoints" / "final.pt")["model"]
+    a, b = (
+        ckpt.load(whole.path / "checkpoints" / "final.pt")["model"],
+        ckpt.load(resumed.path / "checkpoints" / "final.pt")["model"],
+    )
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
 
@@ -208,18 +247,28 @@ def test_no_intact_checkpoint_is_a_clear_error(tiny_shards, tmp_path, monkeypatc
             train(tiny_shards.path, tmp_path / "out")
     (run_dir,) = (tmp_path / "out").glob("run-*")
     os.truncate(run_dir / "checkpoints" / "step-00000003.pt", 100)
-    with pytest.raises(TrainingError, match=r"no intact checkpoint to resume from .*"
-                                            r"step-00000003\.pt: 100 bytes.*delete .*latest"):
+    with pytest.raises(
+        TrainingError,
+        match=r"no intact checkpoint to resume from .*"
+        r"step-00000003\.pt: 100 bytes.*delete .*latest",
+    ):
         train(tiny_shards.path, tmp_path / "out")
 
 
 def test_checkpoint_entries_follow_pruning(tiny_shards, tmp_path):
-    run = train(tiny_shards.path, tmp_path / "out", "train.keep_step_checkpoints=1",
-                "train.keep_epoch_checkpoints=1")
+    run = train(
+        tiny_shards.path,
+        tmp_path / "out",
+        "train.keep_step_checkpoints=1",
+        "train.keep_epoch_checkpoints=1",
+    )
     on_disk = {f"checkpoints/{p.name}" for p in (run.path / "checkpoints").glob("*.pt")}
     recorded = {rel for rel in run.manifest["files"] if rel.startswith("checkpoints/")}
-    assert recorded == on_disk == {"checkpoints/final.pt", "checkpoints/epoch-0002.pt",
-                                   "checkpoints/step-00000006.pt"}
+    assert (
+        recorded
+        == on_disk
+        == {"checkpoints/final.pt", "checkpoints/epoch-0002.pt", "checkpoints/step-00000006.pt"}
+    )
     manifest = json.loads((run.path / "manifest.json").read_text())
     manifest["extra"]["steps"] = 99
     (run.path / "manifest.json").write_text(json.dumps(manifest))

@@ -1,4 +1,5 @@
 """The content-key tables: which settings make a new artifact of each kind, and which do not."""
+
 from daat import config as C
 from daat import keys
 from daat.eval import report_figures
@@ -12,16 +13,19 @@ def test_shards_key_holds_data_and_depth_model_only():
     assert "num_workers" not in det["data"]
     changed = C.load(["pgd-at", "synthetic"], ["train.epochs=99", "data.num_workers=7"])
     assert keys.determining("shards", changed) == det
-    assert keys.determining("shards", C.load(["pgd-at", "synthetic"],
-                                             ["data.jpeg_quality=80"])) != det
+    assert (
+        keys.determining("shards", C.load(["pgd-at", "synthetic"], ["data.jpeg_quality=80"])) != det
+    )
 
 
 def test_run_key_leaves_out_operational_and_switched_off_settings():
     base = C.load(["pgd-at", "synthetic"])
     det = keys.determining("run", base)
     assert "data" not in det and "eval" not in det and "preset" not in det
-    noisy = C.load(["pgd-at", "synthetic"], ["train.ckpt_every_steps=7", "depth.batch_size=3",
-                                             "eval.n_samples=5", "loss.teacher=x"])
+    noisy = C.load(
+        ["pgd-at", "synthetic"],
+        ["train.ckpt_every_steps=7", "depth.batch_size=3", "eval.n_samples=5", "loss.teacher=x"],
+    )
     assert keys.determining("run", noisy) == det  # gamma0 = 0: the teacher cannot act
     assert keys.determining("run", C.load(["pgd-at", "synthetic"], ["train.batch_size=16"])) != det
 

@@ -1,6 +1,7 @@
 """``train.loggers``: every tracker's values, read back with the tracker's own reader, equal
 metrics.jsonl; the config arrives as hyper-parameters; a failing tracker never stops training; a
 missing extra is one clear error. A tracker whose package is absent is skipped."""
+
 from __future__ import annotations
 
 import copy
@@ -12,19 +13,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_RUN
+
 from daat import config as config_mod
 from daat import keys
 from daat.config import ConfigError
 from daat.train import checkpoint as ckpt
 from daat.train import loggers, loop
 
-INSTALLED = [name for name, (module, _) in loggers.TRACKERS.items()
-             if importlib.util.find_spec(module) is not None]
+INSTALLED = [
+    name
+    for name, (module, _) in loggers.TRACKERS.items()
+    if importlib.util.find_spec(module) is not None
+]
 # 2 epochs of 2 steps, a step record every step: 4 step records and 2 epoch records.
-TRACKED = TINY_RUN + ["train.epochs=2", "train.ckpt_every_steps=3",
-                      f"train.loggers={json.dumps(['jsonl', *INSTALLED])}"]
+TRACKED = TINY_RUN + [
+    "train.epochs=2",
+    "train.ckpt_every_steps=3",
+    f"train.loggers={json.dumps(['jsonl', *INSTALLED])}",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -62,10 +69,20 @@ def expected_scalars(run_dir: Path) -> dict[tuple[str, int], float]:
 
 
 def test_scalars_are_every_numeric_field_under_its_kind():
-    record = {"kind": "epoch", "epoch": 1, "step": 8, "ce": 0.5, "zero_grad": 0,
-              "val_pgd_acc": 0.25}
-    assert loggers.scalars(record) == {"epoch/epoch": 1.0, "epoch/ce": 0.5,
-                                       "epoch/zero_grad": 0.0, "epoch/val_pgd_acc": 0.25}
+    record = {
+        "kind": "epoch",
+        "epoch": 1,
+        "step": 8,
+        "ce": 0.5,
+        "zero_grad": 0,
+        "val_pgd_acc": 0.25,
+    }
+    assert loggers.scalars(record) == {
+        "epoch/epoch": 1.0,
+        "epoch/ce": 0.5,
+        "epoch/zero_grad": 0.0,
+        "epoch/val_pgd_acc": 0.25,
+    }
 
 
 # -- each tracker, read back -----------------------------------------------------------------
@@ -73,14 +90,23 @@ def test_tensorboard_event_files_hold_metrics_jsonl_and_the_config(tracked_run):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
+
     run_dir, cfg = tracked_run
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
     got = {(tag, e.step): e.value for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)}
     expected = expected_scalars(run_dir)
     assert {k: np.float32(v) for k, v in expected.items()} == got  # event files store float32
-    assert {"step/ce", "step/lr", "step/gamma", "step/s", "step/img_per_s", "epoch/val_clean_acc",
-            "epoch/val_pgd_acc", "epoch/val_cos_AG"} <= {tag for tag, _ in got}
+    assert {
+        "step/ce",
+        "step/lr",
+        "step/gamma",
+        "step/s",
+        "step/img_per_s",
+        "epoch/val_clean_acc",
+        "epoch/val_pgd_acc",
+        "epoch/val_cos_AG",
+    } <= {tag for tag, _ in got}
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     flat = loggers.hyperparameters(cfg)
@@ -93,6 +119,7 @@ def test_tensorboard_event_files_hold_metrics_jsonl_and_the_config(tracked_run):
 def test_mlflow_file_store_holds_metrics_jsonl_and_the_config(tracked_run):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
+
     run_dir, cfg = tracked_run
     client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
     experiment = client.get_experiment_by_name("daat")
@@ -113,6 +140,7 @@ def wandb_records(path: Path):
     """The protobuf records of a W&B transaction log (.wandb: a LevelDB-style log of 32 KiB
     blocks after a 7-byte header, each chunk = crc32, length, type FULL/FIRST/MIDDLE/LAST)."""
     from wandb.proto import wandb_internal_pb2
+
     data = path.read_bytes()
     assert data[:4] == b":W&B"
     pos, block, pending = 7, 32768, b""
@@ -121,11 +149,11 @@ def wandb_records(path: Path):
         if left < 7:
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:  # zero padding at the end of a block
             pos += left
             continue
-        pending += data[pos + 7:pos + 7 + length]
+        pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST
             record = wandb_internal_pb2.Record()
@@ -142,8 +170,10 @@ def test_wandb_offline_run_holds_metrics_jsonl_and_the_config(tracked_run):
     for record in wandb_records(log_file):
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                     for i in record.history.item}  # "a/b" keys come split into nested_key
+            items = {
+                i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                for i in record.history.item
+            }  # "a/b" keys come split into nested_key
             for key, value in items.items():
                 if not key.startswith("_"):
                     got[(key, items["_step"])] = value
@@ -207,8 +237,9 @@ def test_a_failing_tracker_never_stops_training(tiny_shards, tmp_path, monkeypat
     pytest.importorskip("tensorboard")
     monkeypatch.setattr(Flaky, "calls", 0)
     monkeypatch.setitem(loggers._OPENERS, "tensorboard", Flaky)
-    art = loop.run(cfg_for("train.loggers=[jsonl,tensorboard]"), str(tiny_shards.path),
-                   str(tmp_path))
+    art = loop.run(
+        cfg_for("train.loggers=[jsonl,tensorboard]"), str(tiny_shards.path), str(tmp_path)
+    )
     assert art.complete and len(jsonl(art.path)) == 6
     assert Flaky.calls == 2  # switched off after its error
     err = capsys.readouterr().err
@@ -236,19 +267,29 @@ def test_only_rank_zero_logs(tmp_path):
 
 def test_a_missing_extra_is_one_clear_error(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"the wandb package is not installed: "
-                                          r"pip install 'daat\[wandb\]'"):
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"the wandb package is not installed: "
+        r"pip install 'daat\[wandb\]'",
+    ):
         loggers.check(config_mod.load([], ["train.loggers=[jsonl,wandb]"]))
 
 
-@pytest.mark.parametrize("loggers_value, message", [
-    ("[jsonl,tensorbord]", r"train.loggers\[1\]' must be one of jsonl, tensorboard, mlflow, "
-                           r"wandb; got 'tensorbord'"),
-    ("[tensorboard]", "must be a list that includes 'jsonl'"),
-    ("[jsonl,jsonl]", "must be a list without repeats"),
-])
+@pytest.mark.parametrize(
+    "loggers_value, message",
+    [
+        (
+            "[jsonl,tensorbord]",
+            r"train.loggers\[1\]' must be one of jsonl, tensorboard, mlflow, "
+            r"wandb; got 'tensorbord'",
+        ),
+        ("[tensorboard]", "must be a list that includes 'jsonl'"),
+        ("[jsonl,jsonl]", "must be a list without repeats"),
+    ],
+)
 def test_bad_logger_lists_are_refused_when_the_config_is_read(loggers_value, message):
     with pytest.raises(ConfigError, match=message):
         config_mod.load([], [f"train.loggers={loggers_value}"])
@@ -258,7 +299,13 @@ def test_bad_logger_lists_are_refused_when_the_config_is_read(loggers_value, mes
 
 def test_tracker_settings_do_not_change_the_run_key():
     base = keys.determining("run", cfg_for())
-    other = keys.determining("run", cfg_for("train.loggers=[jsonl]", "train.wandb_mode=online",
-                                            "train.mlflow_uri=http://localhost:5000",
-                                            "train.tracker_project=x"))
+    other = keys.determining(
+        "run",
+        cfg_for(
+            "train.loggers=[jsonl]",
+            "train.wandb_mode=online",
+            "train.mlflow_uri=http://localhost:5000",
+            "train.tracker_project=x",
+        ),
+    )
     assert base == other

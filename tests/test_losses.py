@@ -1,4 +1,5 @@
 """L_align (Eq. 2), L_feat (Eq. 3) and the cosine distance against cosines worked out by hand."""
+
 import math
 
 import pytest

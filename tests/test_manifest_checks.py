@@ -3,6 +3,7 @@
 rewritten with a fresh digest: the shard facts' cross-checks); a file entry outside the artifact
 is refused; evaluation reads only the shards in its run's lineage unless ``--shards`` names
 others on purpose, which the evaluation records."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import copy_artifact, tiny_config, write_synthetic_card
+
 from daat import artifacts as A
 from daat import config as config_mod
 from daat.errors import DaatError, ShardFormatError
@@ -24,13 +25,35 @@ from daat.pipeline.shards import open_shards
 from daat.train import loop
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
-       "model.num_heads=2", "train.batch_size=8", "train.samples_per_epoch=8", "train.epochs=1",
-       "train.val_samples=2", "train.val_pgd_steps=1", "attack.steps=1", "data.num_workers=0",
-       "depth.target=cached", "device=cpu", "train.init_from=", "train.val_every_epochs=1"]
-EVAL = ["data.num_workers=0", "device=cpu", "eval.n_figures=0", "eval.pgd_long_steps=2",
-        "eval.eps_grid=[4/255]", "eval.autoattack=false", "eval.n_autoattack=0", "eval.n_samples=4",
-        "eval.chunk_size=4"]
+RUN = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "train.batch_size=8",
+    "train.samples_per_epoch=8",
+    "train.epochs=1",
+    "train.val_samples=2",
+    "train.val_pgd_steps=1",
+    "attack.steps=1",
+    "data.num_workers=0",
+    "depth.target=cached",
+    "device=cpu",
+    "train.init_from=",
+    "train.val_every_epochs=1",
+]
+EVAL = [
+    "data.num_workers=0",
+    "device=cpu",
+    "eval.n_figures=0",
+    "eval.pgd_long_steps=2",
+    "eval.eps_grid=[4/255]",
+    "eval.autoattack=false",
+    "eval.n_autoattack=0",
+    "eval.n_samples=4",
+    "eval.chunk_size=4",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +69,13 @@ def train(shards_dir, out):
 
 
 def verify_cli(path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daat.cli", "artifacts", "verify", str(path)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "daat.cli", "artifacts", "verify", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 def edit_by_hand(art_dir: Path, edit) -> None:
@@ -66,8 +94,10 @@ def edit_and_reseal(art_dir: Path, edit) -> None:
 
 
 def swap_classes(m):
-    m["extra"]["classes"][0], m["extra"]["classes"][1] = m["extra"]["classes"][1], \
-        m["extra"]["classes"][0]
+    m["extra"]["classes"][0], m["extra"]["classes"][1] = (
+        m["extra"]["classes"][1],
+        m["extra"]["classes"][0],
+    )
 
 
 def drop_a_shard(m):
@@ -89,11 +119,14 @@ def test_a_hand_edited_shard_manifest_fails_verify_and_training(tiny_shards, tmp
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("edit, message", [
-    (drop_a_shard, "split train lists 3 shards, its manifest records 4 tars"),
-    (twelve_classes, "num_classes is 12 but 10 classes are named")])
-def test_a_resealed_manifest_whose_facts_disagree_is_refused(tiny_shards, tmp_path, edit,
-                                                             message):
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (drop_a_shard, "split train lists 3 shards, its manifest records 4 tars"),
+        (twelve_classes, "num_classes is 12 but 10 classes are named"),
+    ],
+)
+def test_a_resealed_manifest_whose_facts_disagree_is_refused(tiny_shards, tmp_path, edit, message):
     copy = copy_artifact(tiny_shards.path, tmp_path)
     edit_and_reseal(copy, edit)
     assert A.verify(copy) == []  # every file still matches ...
@@ -108,8 +141,10 @@ def test_a_file_entry_outside_the_artifact_is_refused(tiny_shards, tmp_path):
     outside = tmp_path / "secret.txt"
     outside.write_text("not part of any artifact\n")
     entry = {"sha256": A.sha256_file(outside), "bytes": outside.stat().st_size}
-    edit_and_reseal(copy, lambda m: m["files"].__setitem__(
-        "../../../../../" + os.path.relpath(outside, "/"), entry))
+    edit_and_reseal(
+        copy,
+        lambda m: m["files"].__setitem__("../../../../../" + os.path.relpath(outside, "/"), entry),
+    )
     with pytest.raises(A.ArtifactError, match=r"file entry '\.\./\.\./.*' points outside"):
         A.open_artifact(copy)
     problems = A.verify(copy)
@@ -149,32 +184,36 @@ def tiny_run(tiny_shards, tmp_path_factory):
 
 def test_evaluation_refuses_shards_outside_the_runs_lineage(tiny_run, other_shards, tmp_path):
     run_dir = copy_artifact(tiny_run.path, tmp_path / "runs")
-    edit_and_reseal(run_dir, lambda m: m["extra"].__setitem__("shards_dir",
-                                                              str(other_shards.path)))
-    with pytest.raises(DaatError, match=rf"holds {other_shards.id}.*was trained on "
-                                        rf"{tiny_run.manifest['lineage'][0]}.*--shards"):
+    edit_and_reseal(run_dir, lambda m: m["extra"].__setitem__("shards_dir", str(other_shards.path)))
+    with pytest.raises(
+        DaatError,
+        match=rf"holds {other_shards.id}.*was trained on "
+        rf"{tiny_run.manifest['lineage'][0]}.*--shards",
+    ):
         evaluate.run(str(run_dir), None, [], EVAL, str(tmp_path / "evals"))
     assert not list((tmp_path / "evals").glob("eval-*"))
 
 
-def test_shards_given_on_purpose_are_evaluated_and_recorded(tiny_run, other_shards, tiny_shards,
-                                                            tmp_path):
+def test_shards_given_on_purpose_are_evaluated_and_recorded(
+    tiny_run, other_shards, tiny_shards, tmp_path
+):
     own = evaluate.run(str(tiny_run.path), None, [], EVAL, str(tmp_path / "evals"))
-    other = evaluate.run(str(tiny_run.path), None, [], EVAL, str(tmp_path / "evals"),
-                         shards=str(other_shards.path))
+    other = evaluate.run(
+        str(tiny_run.path), None, [], EVAL, str(tmp_path / "evals"), shards=str(other_shards.path)
+    )
     assert other.path != own.path
     assert other.manifest["lineage"] == [tiny_run.id, other_shards.id]
     assert own.manifest["lineage"] == [tiny_run.id, tiny_shards.id]
     summary = json.loads((other.path / "summary.json").read_text())
     assert summary["shards"]["id"] == other_shards.id
     assert summary["shards"]["source"].startswith("--shards")
-    assert json.loads((own.path / "summary.json").read_text())["shards"]["source"] == \
-        "run lineage"
+    assert json.loads((own.path / "summary.json").read_text())["shards"]["source"] == "run lineage"
 
 
 def test_shards_with_other_classes_are_refused_even_on_purpose(tiny_run, other_shards, tmp_path):
     renamed = copy_artifact(other_shards.path, tmp_path)
     edit_and_reseal(renamed, swap_classes)
     with pytest.raises(DaatError, match="same classes in the same order"):
-        evaluate.run(str(tiny_run.path), None, [], EVAL, str(tmp_path / "evals"),
-                     shards=str(renamed))
+        evaluate.run(
+            str(tiny_run.path), None, [], EVAL, str(tmp_path / "evals"), shards=str(renamed)
+        )

@@ -1,5 +1,6 @@
 """The student's attention tap against attention computed explicitly from the weights, the
 logits/tokens contract, and the frozen teacher built from tiny random weights saved to disk."""
+
 import copy
 
 import huggingface_hub.constants
@@ -8,11 +9,20 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from daat.config import load as config_load
 from daat.config import ConfigError, ModelConfig
+from daat.config import load as config_load
 from daat.errors import DaatError, DataError
-from daat.models import (ConvStem, DaatViT, FeatureProjection, Teacher, build_projection,
-                         build_student, build_teacher, save_random_teacher, teacher_input_size)
+from daat.models import (
+    ConvStem,
+    DaatViT,
+    FeatureProjection,
+    Teacher,
+    build_projection,
+    build_student,
+    build_teacher,
+    save_random_teacher,
+    teacher_input_size,
+)
 from daat.train.losses import align_loss
 
 SYNTH = dict(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4)
@@ -32,8 +42,9 @@ def _randomise(vit: torch.nn.Module, seed: int) -> None:
 
 def tiny_vit(aggregate="mean", seed=0, **extra) -> DaatViT:
     torch.manual_seed(seed)
-    vit = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=5,
-                            **{**SYNTH, **extra})
+    vit = timm.create_model(
+        "vit_base_patch14_dinov2", pretrained=False, num_classes=5, **{**SYNTH, **extra}
+    )
     _randomise(vit, seed)
     return DaatViT(vit, aggregate).eval()
 
@@ -50,7 +61,7 @@ def explicit_forward(model: DaatViT, x: torch.Tensor):
         qkv = F.linear(u, a.qkv.weight, a.qkv.bias).reshape(b, n, 3, a.num_heads, a.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         q, k = a.q_norm(q), a.k_norm(k)
-        attn = torch.softmax((q @ k.transpose(-2, -1)) * a.head_dim ** -0.5, dim=-1)  # [B,H,N,N]
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * a.head_dim**-0.5, dim=-1)  # [B,H,N,N]
         maps.append(attn)
         o = a.proj(a.norm((attn @ v).transpose(1, 2).reshape(b, n, -1)))
         h = h + blk.ls1(o)
@@ -100,8 +111,11 @@ def test_conv_stem_keeps_the_patch_grid_and_the_tap():
     convs = [m for m in stem.proj if isinstance(m, torch.nn.Conv2d)]
     # patch 8 = three stride-2 3x3 convs widening to embed_dim / 2, then a 1x1 conv to embed_dim
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
-        (3, 8, (3, 3), (2, 2)), (8, 16, (3, 3), (2, 2)), (16, 32, (3, 3), (2, 2)),
-        (32, 64, (1, 1), (1, 1))]
+        (3, 8, (3, 3), (2, 2)),
+        (8, 16, (3, 3), (2, 2)),
+        (16, 32, (3, 3), (2, 2)),
+        (32, 64, (1, 1), (1, 1)),
+    ]
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert stem(x).shape == (3, 64, 64)  # [B, 8*8 tokens, embed_dim]
     out = model.eval().forward_train(x, need_attention=True, need_tokens=True)
@@ -119,7 +133,9 @@ def test_conv_stem_tap_matches_explicit_attention_and_has_no_batch_statistics():
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     out = model.forward_train(x, need_attention=True)
     logits, maps, _ = explicit_forward(model, x)
-    torch.testing.assert_close(out.attention, reference_attention(maps, 1, "mean"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out.attention, reference_attention(maps, 1, "mean"), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-5)
     model.train()  # a sample's logits never depend on the rest of its batch, even in train mode
     torch.testing.assert_close(model(x)[:1], model(x[:1]), atol=1e-5, rtol=1e-5)
@@ -135,7 +151,9 @@ def test_conv_stem_needs_a_power_of_two_patch():
 
 
 @pytest.mark.parametrize("aggregate", ["mean", "last", "rollout"])
-@pytest.mark.parametrize("extra", [{}, {"qk_norm": True, "reg_tokens": 2}], ids=["plain", "qknorm-regs"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"qk_norm": True, "reg_tokens": 2}], ids=["plain", "qknorm-regs"]
+)
 def test_tap_matches_explicit_attention(aggregate, extra):
     model = tiny_vit(aggregate, seed=1, **extra)
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -149,8 +167,9 @@ def test_tap_matches_explicit_attention(aggregate, extra):
     torch.testing.assert_close(out.attention.sum(-1), torch.ones(3), atol=1e-6, rtol=0)
     assert (out.attention >= 0).all()
     torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.tokens, torch.cat([feats[:, :1], feats[:, prefix:]], 1),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out.tokens, torch.cat([feats[:, :1], feats[:, prefix:]], 1), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_explicit_reference_agrees_with_timm_unfused_path():
@@ -159,8 +178,9 @@ def test_explicit_reference_agrees_with_timm_unfused_path():
     for blk in unfused.blocks:
         blk.attn.fused_attn = False
     x = torch.rand(2, 3, 64, 64)
-    torch.testing.assert_close(explicit_forward(model, x)[0], unfused((x - model.mean) / model.std),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        explicit_forward(model, x)[0], unfused((x - model.mean) / model.std), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_attention_is_not_uniform_and_differs_between_aggregates():
@@ -202,7 +222,10 @@ def test_tap_switched_off_when_forward_raises(monkeypatch):
         model.forward_train(torch.rand(2, 3, 64, 64), need_attention=True)
     assert model._sink.rows is None
     monkeypatch.undo()
-    assert model.forward_train(torch.rand(2, 3, 64, 64), need_attention=True).attention.shape == (2, 64)
+    assert model.forward_train(torch.rand(2, 3, 64, 64), need_attention=True).attention.shape == (
+        2,
+        64,
+    )
 
 
 def test_deepcopy_taps_its_own_blocks():
@@ -214,8 +237,9 @@ def test_deepcopy_taps_its_own_blocks():
     x = torch.rand(2, 3, 64, 64)
     for m in (model, clone):
         expected = reference_attention(explicit_forward(m, x)[1], 1, "mean")
-        torch.testing.assert_close(m.forward_train(x, need_attention=True).attention, expected,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            m.forward_train(x, need_attention=True).attention, expected, atol=1e-5, rtol=0
+        )
 
 
 @pytest.mark.parametrize("aggregate", ["mean", "last", "rollout"])
@@ -223,7 +247,9 @@ def test_align_loss_gradient_reaches_every_block(aggregate):
     model = tiny_vit(aggregate, seed=6)
     x = torch.rand(2, 3, 64, 64)
     target = torch.rand(2, 64)
-    align_loss(model.forward_train(x, need_attention=True).attention, target / target.sum(-1, keepdim=True)).backward()
+    align_loss(
+        model.forward_train(x, need_attention=True).attention, target / target.sum(-1, keepdim=True)
+    ).backward()
     last = len(model.vit.blocks) - 1
     for i, blk in enumerate(model.vit.blocks):
         grad = blk.attn.qkv.weight.grad
@@ -236,15 +262,25 @@ def test_align_loss_gradient_reaches_every_block(aggregate):
 
 # ---------------------------------------------------------------- teacher
 
+
 @pytest.fixture(params=["teacher.safetensors", "teacher.pt", "teacher_dir"])
 def saved_teacher(request, tmp_path):
-    return save_random_teacher(tmp_path / request.param, embed_dim=48, depth=2, num_heads=2,
-                               patch_size=8, img_size=64, seed=3)
+    return save_random_teacher(
+        tmp_path / request.param,
+        embed_dim=48,
+        depth=2,
+        num_heads=2,
+        patch_size=8,
+        img_size=64,
+        seed=3,
+    )
 
 
 def _same_weights_vit(**kw):
     torch.manual_seed(3)
-    return timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0, **kw).eval()
+    return timm.create_model(
+        "vit_base_patch14_dinov2", pretrained=False, num_classes=0, **kw
+    ).eval()
 
 
 def test_teacher_loads_saved_weights_frozen(saved_teacher):
@@ -280,7 +316,9 @@ def test_teacher_runs_at_other_sizes_and_patch14_rounds_input(tmp_path):
     small = build_teacher(str(path), 32, (2, 2), "cpu")  # pos-embed resampled 8x8 -> 4x4 by timm
     assert small(torch.rand(1, 3, 32, 32)).shape == (1, 5, 32)
     assert teacher_input_size(224, 14) == 224 and teacher_input_size(64, 14) == 70
-    p14 = save_random_teacher(tmp_path / "p14.safetensors", embed_dim=32, patch_size=14, img_size=70)
+    p14 = save_random_teacher(
+        tmp_path / "p14.safetensors", embed_dim=32, patch_size=14, img_size=70
+    )
     teacher = build_teacher(str(p14), 64, (8, 8), "cpu")
     assert teacher.in_size == 70 and tuple(teacher.vit.patch_embed.grid_size) == (5, 5)
     assert teacher(torch.rand(1, 3, 64, 64)).shape == (1, 65, 32)
@@ -289,7 +327,9 @@ def test_teacher_runs_at_other_sizes_and_patch14_rounds_input(tmp_path):
 def test_teacher_arch_overrides_are_used(tmp_path):
     path = save_random_teacher(tmp_path / "t.safetensors", embed_dim=48)
     with pytest.raises(DaatError, match="t.safetensors"):
-        build_teacher(str(path), 64, (8, 8), arch_overrides={"embed_dim": 64})  # weights are 48 wide
+        build_teacher(
+            str(path), 64, (8, 8), arch_overrides={"embed_dim": 64}
+        )  # weights are 48 wide
 
 
 def test_teacher_errors_name_the_model(tmp_path, monkeypatch):
@@ -299,8 +339,12 @@ def test_teacher_errors_name_the_model(tmp_path, monkeypatch):
         build_teacher("not_a_model", 64, (8, 8))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DaatError, match=r"vit_small_patch14_dinov2\.lvd142m.*HF_HUB_OFFLINE"):
-        build_teacher("vit_small_patch14_dinov2.lvd142m", 56, (4, 4),  # shrunk: only the download matters
-                      arch_overrides={"embed_dim": 32, "depth": 1, "num_heads": 2})
+        build_teacher(
+            "vit_small_patch14_dinov2.lvd142m",
+            56,
+            (4, 4),  # shrunk: only the download matters
+            arch_overrides={"embed_dim": 32, "depth": 1, "num_heads": 2},
+        )
 
 
 def test_projection_only_when_widths_differ():
@@ -320,7 +364,8 @@ def test_the_student_is_a_plain_vit_unless_init_values_asks_for_layerscale():
     assert cfg.model.name == "vit_base_patch14_dinov2" and cfg.model.init_values is None
     plain = build_student(cfg.model, 10)
     assert not [n for n, _ in plain.named_parameters() if ".ls" in n]  # timm's DINOv2 has 1e-5
-    scaled = build_student(config_mod.load(["imagenet100"], tiny + ["model.init_values=1e-5"])
-                           .model, 10)
+    scaled = build_student(
+        config_mod.load(["imagenet100"], tiny + ["model.init_values=1e-5"]).model, 10
+    )
     gammas = [p for n, p in scaled.named_parameters() if n.endswith(("ls1.gamma", "ls2.gamma"))]
     assert len(gammas) == 4 and all(torch.all(g == 1e-5) for g in gammas)

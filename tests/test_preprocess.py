@@ -1,5 +1,6 @@
 """``daat preprocess`` end to end: reuse, new artifact per depth model, verify, bad inputs,
 saliency fidelity, kill -9 resume and torchrun (the last two are slow-marked)."""
+
 from __future__ import annotations
 
 import io
@@ -16,20 +17,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import copy_artifact, tiny_config, write_synthetic_card
 from PIL import Image
 
-from conftest import copy_artifact, tiny_config, write_synthetic_card
 from daat import artifacts
 from daat.cards import CardWarning
 from daat.errors import DataError
-from daat.pipeline import loaders, preprocess, shards as fmt
+from daat.pipeline import loaders, preprocess
+from daat.pipeline import shards as fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def daat_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daat.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "daat.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        **kw,
+    )
 
 
 def member_sizes(art) -> dict[str, int]:
@@ -45,11 +53,16 @@ def member_sizes(art) -> dict[str, int]:
 
 
 def all_keys(art) -> list[str]:
-    return [raw["__key__"] for split in art.splits for path, _ in art.shards(split)
-            for raw in fmt.iter_raw(path)]
+    return [
+        raw["__key__"]
+        for split in art.splits
+        for path, _ in art.shards(split)
+        for raw in fmt.iter_raw(path)
+    ]
 
 
 # --- the oracle artifact --------------------------------------------------------------------
+
 
 def test_oracle_artifact_complete_and_counted(tiny_shards):
     art = tiny_shards
@@ -58,14 +71,17 @@ def test_oracle_artifact_complete_and_counted(tiny_shards):
     assert art.num_classes == 10 and art.depth_model == "oracle"
     keys = all_keys(art)
     assert len(keys) == len(set(keys)) == 50
-    assert sorted(keys) == sorted([fmt.sample_key("train", i) for i in range(30)]
-                                  + [fmt.sample_key("val", i) for i in range(20)])
+    assert sorted(keys) == sorted(
+        [fmt.sample_key("train", i) for i in range(30)]
+        + [fmt.sample_key("val", i) for i in range(20)]
+    )
     assert [p.name for p, _ in art.shards("train")] == [f"train-0000{i}.tar" for i in range(4)]
     assert art.extra["splits"]["train"]["skipped"] == {"count": 0, "items": []}
     for rel, entry in art.manifest["files"].items():
         if rel.endswith(".tar"):
-            assert entry["samples"] == (6 if rel == "train/train-00003.tar" else
-                                        4 if rel == "val/val-00002.tar" else 8)
+            assert entry["samples"] == (
+                6 if rel == "train/train-00003.tar" else 4 if rel == "val/val-00002.tar" else 8
+            )
 
 
 def test_samples_match_the_renderer(tiny_shards, tiny_card):
@@ -73,6 +89,7 @@ def test_samples_match_the_renderer(tiny_shards, tiny_card):
     the stored saliency gives G within 1e-3 of G from the float Sobel of the exact inverse depth."""
     from daat import cards, synthetic
     from daat.saliency import saliency_from_edges, sobel_magnitude
+
     card = cards.load_card(str(tiny_card))
     items = {fmt.sample_key(s, it.index): it for s in ("train", "val") for it in card.items(s)}
     worst = 0.0
@@ -110,34 +127,62 @@ def test_rerun_reuses_quickly_and_rewrites_nothing(tiny_shards, tiny_card, capsy
 def test_reuse_path_does_not_import_torch(tiny_shards, tiny_card):
     """The complete-artifact answer comes from the manifest: no torch import (seconds on a
     loaded 2-core machine), so the second identical command returns in well under 5 s."""
-    code = ("import sys, time\n"
-            "sys.path.insert(0, sys.argv[1])\n"
-            "from conftest import tiny_config\n"
-            "from daat.pipeline import preprocess\n"
-            "art = preprocess.run(tiny_config(sys.argv[2]), sys.argv[3])\n"
-            "assert 'torch' not in sys.modules, 'reuse imported torch'\n"
-            "print(art.path)\n")
-    result = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent),
-                             str(tiny_card), str(tiny_shards.path.parent)],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    code = (
+        "import sys, time\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from conftest import tiny_config\n"
+        "from daat.pipeline import preprocess\n"
+        "art = preprocess.run(tiny_config(sys.argv[2]), sys.argv[3])\n"
+        "assert 'torch' not in sys.modules, 'reuse imported torch'\n"
+        "print(art.path)\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(Path(__file__).parent),
+            str(tiny_card),
+            str(tiny_shards.path.parent),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tiny_shards.path)
 
 
 def test_depth_names_resolve_without_torch():
-    code = ("import sys; from daat.depth_ref import is_oracle, identity\n"
-            "assert [is_oracle(n) for n in ['oracle', ' Oracle ', 'oracles', '', '/x/oracle']]"
-            " == [True, True, False, False, False]\n"
-            "assert identity('ORACLE') == 'oracle' and identity('Intel/dpt-large') == 'Intel/dpt-large'\n"
-            "assert 'torch' not in sys.modules")
+    code = (
+        "import sys; from daat.depth_ref import is_oracle, identity\n"
+        "assert [is_oracle(n) for n in ['oracle', ' Oracle ', 'oracles', '', '/x/oracle']]"
+        " == [True, True, False, False, False]\n"
+        "assert identity('ORACLE') == 'oracle' and identity('Intel/dpt-large') == 'Intel/dpt-large'\n"
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_cli_rerun_prints_the_same_path_last(tiny_shards, tiny_card):
-    result = daat_cli("preprocess", "--card", str(tiny_card), "--depth", "oracle", "--out",
-                      str(tiny_shards.path.parent), "--set", "data.shard_size=8",
-                      "--set", "data.num_workers=0", "--set", "depth.batch_size=16",
-                      "--set", "device=cpu")
+    result = daat_cli(
+        "preprocess",
+        "--card",
+        str(tiny_card),
+        "--depth",
+        "oracle",
+        "--out",
+        str(tiny_shards.path.parent),
+        "--set",
+        "data.shard_size=8",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "depth.batch_size=16",
+        "--set",
+        "device=cpu",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(tiny_shards.path)
 
@@ -160,12 +205,14 @@ def test_other_settings_make_other_artifacts(tiny_shards, tiny_card):
     cfg = tiny_config(tiny_card, "data.jpeg_quality=80")
     key_cfg = tiny_config(tiny_card, "data.num_workers=1", "depth.batch_size=3")
     from daat.keys import determining
+
     assert determining("shards", cfg) != determining("shards", tiny_config(tiny_card))
     assert determining("shards", key_cfg) == determining("shards", tiny_config(tiny_card))
 
 
 def test_an_error_mid_run_leaves_finished_shards_only_and_the_rerun_completes(
-        tiny_card, tmp_path, monkeypatch, capsys):
+    tiny_card, tmp_path, monkeypatch, capsys
+):
     cfg = tiny_config(tiny_card, "data.num_workers=1", "depth.batch_size=10")
     real, calls = preprocess._DepthBatches._with_saliency, []
 
@@ -179,25 +226,39 @@ def test_an_error_mid_run_leaves_finished_shards_only_and_the_rerun_completes(
     with pytest.raises(RuntimeError, match="depth model crashed"):
         preprocess.run(cfg, str(tmp_path / "out"))
     (art_dir,) = (tmp_path / "out").iterdir()
-    assert sorted(p.name for p in art_dir.glob("train/*.tar")) == ["train-00000.tar",
-                                                                   "train-00001.tar"]
-    assert sorted(p.name for p in art_dir.glob("train/*.json")) == ["train-00000.json",
-                                                                    "train-00001.json"]
+    assert sorted(p.name for p in art_dir.glob("train/*.tar")) == [
+        "train-00000.tar",
+        "train-00001.tar",
+    ]
+    assert sorted(p.name for p in art_dir.glob("train/*.json")) == [
+        "train-00000.json",
+        "train-00001.json",
+    ]
     assert not list(art_dir.rglob("*.tmp"))
     monkeypatch.setattr(preprocess._DepthBatches, "_with_saliency", real)
     capsys.readouterr()
     art = fmt.open_shards(preprocess.run(cfg, str(tmp_path / "out")).path)
     assert art.path == art_dir and art.split_size("train") == 30
-    assert (f"[preprocess] resuming from {art_dir} (train: 2 of 4 shards already written)"
-            in capsys.readouterr().err)
+    assert (
+        f"[preprocess] resuming from {art_dir} (train: 2 of 4 shards already written)"
+        in capsys.readouterr().err
+    )
     assert artifacts.verify(art_dir) == []
 
 
-@pytest.mark.parametrize("device, cores, ranks, expected", [
-    ("cpu", 64, 1, 1), ("cuda", 16, 1, 2), ("cuda", 4, 1, 1), ("cuda", 96, 8, 1),
-    ("cuda", 256, 1, 4)])
-def test_writer_processes_follow_the_cores_of_a_gpu_rank(monkeypatch, device, cores, ranks,
-                                                         expected):
+@pytest.mark.parametrize(
+    "device, cores, ranks, expected",
+    [
+        ("cpu", 64, 1, 1),
+        ("cuda", 16, 1, 2),
+        ("cuda", 4, 1, 1),
+        ("cuda", 96, 8, 1),
+        ("cuda", 256, 1, 4),
+    ],
+)
+def test_writer_processes_follow_the_cores_of_a_gpu_rank(
+    monkeypatch, device, cores, ranks, expected
+):
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
     assert preprocess._writer_processes(torch.device(device)) == expected
@@ -234,9 +295,11 @@ def test_oracle_depth_follows_the_image_resize_and_crop():
     image and the oracle depth (resized separately, by PIL and by torch) must agree pixel for
     pixel; a half-pixel misalignment would show as ~1.6 grey levels here."""
     from daat.pipeline.images import decode_array
+
     ramp = np.mgrid[0:64, 0:96][1].astype(np.float32) * 2 + 10
-    stored, geo = decode_array(np.repeat(ramp[..., None], 3, -1).astype(np.uint8),
-                               resize_short=40, center_crop=True)
+    stored, geo = decode_array(
+        np.repeat(ramp[..., None], 3, -1).astype(np.uint8), resize_short=40, center_crop=True
+    )
     depth = preprocess._oracle_depth(1 / ramp, geo).numpy()
     image = np.asarray(stored)[..., 0].astype(np.float32)
     assert depth.shape == image.shape == (40, 40) and (geo.left, geo.rw) == (10, 60)
@@ -247,9 +310,12 @@ def test_oracle_depth_follows_the_image_resize_and_crop():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_preprocess_with_a_depth_network(tiny_dpt_dir, mini_card, tmp_path):
     cpu = preprocess.run(tiny_config(mini_card, depth=str(tiny_dpt_dir)), str(tmp_path / "c"))
-    gpu = preprocess.run(tiny_config(mini_card, "device=cuda", "depth.amp=false",
-                                     depth=str(tiny_dpt_dir)), str(tmp_path / "g"))
+    gpu = preprocess.run(
+        tiny_config(mini_card, "device=cuda", "depth.amp=false", depth=str(tiny_dpt_dir)),
+        str(tmp_path / "g"),
+    )
     from daat.saliency import saliency_from_edges
+
     for a, b in zip(fmt.iter_samples(cpu, "val"), fmt.iter_samples(gpu, "val")):
         assert a.key == b.key and np.array_equal(a.image, b.image)
         ga = saliency_from_edges(torch.from_numpy(a.saliency)[None], (8, 8))
@@ -259,10 +325,12 @@ def test_cuda_preprocess_with_a_depth_network(tiny_dpt_dir, mini_card, tmp_path)
 
 # --- real depth networks (tiny, random, loaded through transformers) -----------------------
 
+
 @pytest.fixture(scope="module")
 def mini_card(tmp_path_factory) -> Path:
-    return write_synthetic_card(tmp_path_factory.mktemp("mini"), "mini-synthetic",
-                                n_train_per_class=1, n_val_per_class=1)
+    return write_synthetic_card(
+        tmp_path_factory.mktemp("mini"), "mini-synthetic", n_train_per_class=1, n_val_per_class=1
+    )
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_dpt_dir", "tiny_depth_anything_dir"])
@@ -277,9 +345,22 @@ def test_depth_network_gives_its_own_artifact(request, model_fixture, mini_card,
     assert art.depth_model.startswith(str(model_dir)) and art.split_size("train") == 10
     sample = next(fmt.iter_samples(art, "train"))
     assert sample.meta["depth_model"] == art.depth_model and sample.meta["sal_scale"] > 0
-    images, labels, g = next(iter(loaders.train_pipeline(
-        art, image_size=32, grid=4, batch_size=4, samples_per_epoch=8, rank=0, world_size=1,
-        seed=0, epoch=0, num_workers=0)))
+    images, labels, g = next(
+        iter(
+            loaders.train_pipeline(
+                art,
+                image_size=32,
+                grid=4,
+                batch_size=4,
+                samples_per_epoch=8,
+                rank=0,
+                world_size=1,
+                seed=0,
+                epoch=0,
+                num_workers=0,
+            )
+        )
+    )
     assert images.shape == (4, 3, 32, 32) and torch.isfinite(g).all()
     torch.testing.assert_close(g.sum(1), torch.ones(4))
     # the same command again finds it (no model forward needed)
@@ -287,6 +368,7 @@ def test_depth_network_gives_its_own_artifact(request, model_fixture, mini_card,
 
 
 # --- bad and odd inputs in an ImageFolder ---------------------------------------------------
+
 
 def _jpeg(arr: np.ndarray, **kw) -> bytes:
     buf = io.BytesIO()
@@ -313,8 +395,9 @@ def build_odd_folder(root: Path) -> dict[str, str]:
     Image.fromarray(_picture(40, 40, 3)).convert("CMYK").save(cat / "cmyk.jpg", quality=95)
     rgba = np.dstack([_picture(40, 40, 4), np.full((40, 40), 128, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(cat / "rgba.png")
-    Image.fromarray((np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * 40)).save(
-        dog / "grey16.png")
+    Image.fromarray(np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * 40).save(
+        dog / "grey16.png"
+    )
     exif = Image.Exif()
     exif[0x0112] = 6
     (dog / "rotated.jpg").write_bytes(_jpeg(_picture(32, 64, 5), exif=exif.tobytes()))
@@ -339,11 +422,18 @@ def build_odd_folder(root: Path) -> dict[str, str]:
     (elsewhere / "b.jpg").write_bytes(_jpeg(_picture(40, 40, 32)))
     (root / "train" / "bird").symlink_to(elsewhere)
     (dog / "notes.txt").write_text("not an image name")
-    return {"train/cat/truncated.jpg": "truncated", "train/cat/empty.jpg": "empty-file",
-            "train/dog/notes.jpg": "not-an-image", "train/dog/dot.png": "too-small",
-            "train/dog/bomb.png": "decompression-bomb", "train/dog/dangling.jpg": "unreadable",
-            "train/cat/..jpg": "hidden", "train/.thumbnails": "hidden",
-            "train/bird": "outside-root", "train/dog/notes.txt": "not-an-image-name"}
+    return {
+        "train/cat/truncated.jpg": "truncated",
+        "train/cat/empty.jpg": "empty-file",
+        "train/dog/notes.jpg": "not-an-image",
+        "train/dog/dot.png": "too-small",
+        "train/dog/bomb.png": "decompression-bomb",
+        "train/dog/dangling.jpg": "unreadable",
+        "train/cat/..jpg": "hidden",
+        "train/.thumbnails": "hidden",
+        "train/bird": "outside-root",
+        "train/dog/notes.txt": "not-an-image-name",
+    }
 
 
 SCANNED_OUT = 4  # entries of build_odd_folder that the folder scan itself leaves out
@@ -351,8 +441,12 @@ SCANNED_OUT = 4  # entries of build_odd_folder that the folder scan itself leave
 
 def test_bad_inputs_are_skipped_with_reasons(tmp_path, tiny_dpt_dir, capfd):
     bad = build_odd_folder(tmp_path / "folder")
-    cfg = tiny_config(tmp_path / "folder", "data.max_image_pixels=50000", "data.resize_short=32",
-                      depth=str(tiny_dpt_dir))
+    cfg = tiny_config(
+        tmp_path / "folder",
+        "data.max_image_pixels=50000",
+        "data.resize_short=32",
+        depth=str(tiny_dpt_dir),
+    )
     with pytest.warns(CardWarning, match=r"train/bird has no images .*symlink outside --root"):
         art = fmt.open_shards(preprocess.run(cfg, str(tmp_path / "out")).path)
     skipped = art.extra["splits"]["train"]["skipped"]
@@ -376,16 +470,35 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path, tiny_dpt_dir, capfd):
 
 # --- resume after kill -9, and torchrun -----------------------------------------------------
 
+
 @pytest.mark.slow
 def test_kill_minus_nine_then_resume(tmp_path):
-    card = write_synthetic_card(tmp_path, "resume-synthetic", n_train_per_class=30,
-                                n_val_per_class=2)
+    card = write_synthetic_card(
+        tmp_path, "resume-synthetic", n_train_per_class=30, n_val_per_class=2
+    )
     out = tmp_path / "out"
-    args = ["preprocess", "--card", str(card), "--depth", "oracle", "--out", str(out),
-            "--set", "data.shard_size=10", "--set", "data.num_workers=1", "--set", "device=cpu"]
-    proc = subprocess.Popen([sys.executable, "-m", "daat.cli", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    args = [
+        "preprocess",
+        "--card",
+        str(card),
+        "--depth",
+        "oracle",
+        "--out",
+        str(out),
+        "--set",
+        "data.shard_size=10",
+        "--set",
+        "data.num_workers=1",
+        "--set",
+        "device=cpu",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daat.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("*/train/*.json")):
         time.sleep(0.05)
@@ -411,11 +524,31 @@ def test_kill_minus_nine_then_resume(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_card, tiny_shards):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "daat.cli", "preprocess",
-           "--card", str(tiny_card), "--depth", "oracle", "--out", str(out),
-           "--set", "data.shard_size=8", "--set", "data.num_workers=0",
-           "--set", "depth.batch_size=16", "--set", "device=cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "daat.cli",
+        "preprocess",
+        "--card",
+        str(tiny_card),
+        "--depth",
+        "oracle",
+        "--out",
+        str(out),
+        "--set",
+        "data.shard_size=8",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "depth.batch_size=16",
+        "--set",
+        "device=cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -425,7 +558,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_card, tiny_shards):
     assert sorted(all_keys(art)) == sorted(all_keys(tiny_shards))
     # each shard is byte-identical to the one a single process wrote
     ours, theirs = art.manifest["files"], tiny_shards.manifest["files"]
-    assert {k: v["sha256"] for k, v in ours.items() if k.endswith(".tar")} == \
-           {k: v["sha256"] for k, v in theirs.items() if k.endswith(".tar")}
+    assert {k: v["sha256"] for k, v in ours.items() if k.endswith(".tar")} == {
+        k: v["sha256"] for k, v in theirs.items() if k.endswith(".tar")
+    }
     assert artifacts.verify(path) == []
     shutil.rmtree(out)

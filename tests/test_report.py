@@ -1,4 +1,5 @@
 """``daat report``: Table 1 numbers equal the evaluations' summaries; Fig. 3; the paper column."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from test_evaluate import TINY_MODEL, fabricate_run, memorised  # noqa: F401 (fixture)
 
 from daat import config as config_mod
 from daat.artifacts import create_or_open
@@ -15,11 +17,19 @@ from daat.cli import main
 from daat.errors import DaatError
 from daat.eval import evaluate, report
 
-from test_evaluate import TINY_MODEL, fabricate_run, memorised  # noqa: F401 (fixture)
-
-EVAL = ["data.num_workers=0", "device=cpu", "eval.chunk_size=20", "eval.batch_size=20",
-        "eval.eps=8/255", "eval.alpha=2/255", "eval.eps_grid=[2/255,8/255]", "eval.pgd_long_steps=5",
-        "eval.n_autoattack=4", "eval.n_figures=1", "eval.figure_eps=[8/255]"]
+EVAL = [
+    "data.num_workers=0",
+    "device=cpu",
+    "eval.chunk_size=20",
+    "eval.batch_size=20",
+    "eval.eps=8/255",
+    "eval.alpha=2/255",
+    "eval.eps_grid=[2/255,8/255]",
+    "eval.pgd_long_steps=5",
+    "eval.n_autoattack=4",
+    "eval.n_figures=1",
+    "eval.figure_eps=[8/255]",
+]
 
 
 def metrics_lines(seed: int) -> str:
@@ -27,9 +37,19 @@ def metrics_lines(seed: int) -> str:
     lines = []
     for epoch in range(3):
         clean, pgd = torch.rand(2, generator=gen).tolist()
-        lines.append(json.dumps({"kind": "epoch", "epoch": epoch, "step": 10 * (epoch + 1),
-                                 "val_clean_acc": clean, "val_pgd_acc": pgd * clean,
-                                 "val_pgd_steps": 3, "val_eps": 4 / 255}))
+        lines.append(
+            json.dumps(
+                {
+                    "kind": "epoch",
+                    "epoch": epoch,
+                    "step": 10 * (epoch + 1),
+                    "val_clean_acc": clean,
+                    "val_pgd_acc": pgd * clean,
+                    "val_pgd_steps": 3,
+                    "val_eps": 4 / 255,
+                }
+            )
+        )
         lines.append(json.dumps({"kind": "step", "epoch": epoch, "step": 5}))
     return "\n".join(lines) + "\n"
 
@@ -102,29 +122,47 @@ def test_bad_inputs_are_named(tiny_shards, tmp_path):
         report.run([str(tmp_path / "nope.txt")], str(tmp_path))
 
 
-def handmade(root: Path, card: str, preset: list[str], seed: int, acc: dict,
-             overrides: list[str] = ()) -> list[str]:
-    cfg = config_mod.to_dict(config_mod.load(preset, [f"data.card={card}", f"seed={seed}",
-                                                      *overrides]))
+def handmade(
+    root: Path, card: str, preset: list[str], seed: int, acc: dict, overrides: list[str] = ()
+) -> list[str]:
+    cfg = config_mod.to_dict(
+        config_mod.load(preset, [f"data.card={card}", f"seed={seed}", *overrides])
+    )
     run = create_or_open(root, "run", {"p": preset, "s": seed}, config=cfg, lineage=["shards-x"])
     run.write_bytes("metrics.jsonl", metrics_lines(seed).encode())
     run.mark_complete()
     ev = create_or_open(root, "eval", {"r": run.id}, config=cfg, lineage=[run.id, "shards-x"])
-    ev.write_json("summary.json", {
-        "accuracy": {**acc, "pgd-100": {"4/255": acc["pgd-10"]}}, "lam": cfg["loss"]["lam"],
-        "table_attack": "pgd-10",
-        "counts": {"val": 5000, "evaluated": 5000, "autoattack": 1000},
-        "sanity": {"flags": [], "checks": [{"name": "zero_input_gradients", "passed": True}]},
-        "attention": None, "figures": []})
+    ev.write_json(
+        "summary.json",
+        {
+            "accuracy": {**acc, "pgd-100": {"4/255": acc["pgd-10"]}},
+            "lam": cfg["loss"]["lam"],
+            "table_attack": "pgd-10",
+            "counts": {"val": 5000, "evaluated": 5000, "autoattack": 1000},
+            "sanity": {"flags": [], "checks": [{"name": "zero_input_gradients", "passed": True}]},
+            "attention": None,
+            "figures": [],
+        },
+    )
     ev.mark_complete()
     return [str(run.path), str(ev.path)]
 
 
 def test_imagenet100_rows_carry_the_papers_numbers(tmp_path):
-    paths = handmade(tmp_path, "imagenet100", ["imagenet100", "pgd-at"], 1,
-                     {"clean": 0.7, "pgd-10": 0.4, "autoattack": 0.35})
-    paths += handmade(tmp_path, "imagenet100", ["imagenet100", "daat"], 2,
-                      {"clean": 0.72, "pgd-10": 0.45, "autoattack": 0.41})
+    paths = handmade(
+        tmp_path,
+        "imagenet100",
+        ["imagenet100", "pgd-at"],
+        1,
+        {"clean": 0.7, "pgd-10": 0.4, "autoattack": 0.35},
+    )
+    paths += handmade(
+        tmp_path,
+        "imagenet100",
+        ["imagenet100", "daat"],
+        2,
+        {"clean": 0.72, "pgd-10": 0.45, "autoattack": 0.41},
+    )
     markdown = report.run(paths, str(tmp_path / "out")).read_text()
     rows = list(table_rows(markdown).values())
     by_method = {r[0]: r for r in rows}
@@ -137,9 +175,16 @@ def test_imagenet100_rows_carry_the_papers_numbers(tmp_path):
     assert "fig3d.png" not in markdown and "not drawn" in markdown  # the two differ in more than λ
 
 
-@pytest.mark.parametrize("override", ["model.img_size=112", "train.epochs=30",
-                                      "model.name=vit_small_patch16_224", "model.embed_dim=192",
-                                      "data.card=synthetic"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.img_size=112",
+        "train.epochs=30",
+        "model.name=vit_small_patch16_224",
+        "model.embed_dim=192",
+        "data.card=synthetic",
+    ],
+)
 def test_no_paper_numbers_beside_a_run_that_is_not_the_papers_configuration(tmp_path, override):
     acc = {"clean": 0.7, "pgd-10": 0.4, "autoattack": 0.35}
     cfg = config_mod.to_dict(config_mod.load(["imagenet100", "pgd-at"], [override]))
@@ -162,5 +207,6 @@ def test_method_is_read_from_what_the_config_does():
 
 def test_summaries_written_before_radii_were_fractions_still_read():
     from daat.eval.report_figures import radius_of_key
+
     assert radius_of_key("4/255", {"table_attack": "pgd-10"}) == pytest.approx(4 / 255)
     assert radius_of_key("4", {"accuracy": {}}) == pytest.approx(4 / 255)  # 1/255 units then

@@ -1,11 +1,18 @@
 """E (Sobel magnitude), patch pooling and N (unit mass) against hand-computed values."""
+
 import math
 
 import pytest
 import torch
 
-from daat.saliency import (UNIFORM_EPS, depth_saliency, pool_to_grid, saliency_from_edges,
-                           sobel_magnitude, unit_mass)
+from daat.saliency import (
+    UNIFORM_EPS,
+    depth_saliency,
+    pool_to_grid,
+    saliency_from_edges,
+    sobel_magnitude,
+    unit_mass,
+)
 
 
 def vertical_step(height: int, width: int, column: int, jump: float) -> torch.Tensor:
@@ -138,8 +145,7 @@ def test_sobel_rejects_bad_input():
 def test_pool_exact_blocks():
     x = torch.arange(16, dtype=torch.float32).reshape(1, 4, 4)
     # blocks: {0,1,4,5} -> 2.5, {2,3,6,7} -> 4.5, {8,9,12,13} -> 10.5, {10,11,14,15} -> 12.5
-    torch.testing.assert_close(pool_to_grid(x, (2, 2)),
-                               torch.tensor([[[2.5, 4.5], [10.5, 12.5]]]))
+    torch.testing.assert_close(pool_to_grid(x, (2, 2)), torch.tensor([[[2.5, 4.5], [10.5, 12.5]]]))
 
 
 def test_pool_non_multiple_uses_adaptive_bins():
@@ -163,8 +169,9 @@ def test_pool_rejects_a_grid_finer_than_the_map_and_bad_grids():
 def test_unit_mass_divides_each_sample_by_its_sum():
     x = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, 5.0], [0.0, 15.0]]])
     out = unit_mass(x)
-    torch.testing.assert_close(out, torch.tensor([[[0.1, 0.2], [0.3, 0.4]],
-                                                  [[0.0, 0.25], [0.0, 0.75]]]))
+    torch.testing.assert_close(
+        out, torch.tensor([[[0.1, 0.2], [0.3, 0.4]], [[0.0, 0.25], [0.0, 0.75]]])
+    )
 
 
 def test_unit_mass_empty_sample_becomes_uniform_not_nan():
@@ -253,8 +260,12 @@ def test_gradient_through_g_is_finite_on_flat_and_textured_maps():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     depth = torch.rand(4, 64, 64)
-    torch.testing.assert_close(depth_saliency(depth.cuda(), (16, 16)).cpu(),
-                               depth_saliency(depth, (16, 16)), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        depth_saliency(depth.cuda(), (16, 16)).cpu(),
+        depth_saliency(depth, (16, 16)),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def test_matches_a_conv2d_sobel_reference_on_random_maps():

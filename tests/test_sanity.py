@@ -1,5 +1,6 @@
 """The evaluation's sanity checks on models that are broken in the quiet ways: a 100-class model
 at chance and a constant predictor that no attack moves. Neither may read "all passed"."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_evaluate import FAST_EVAL, TINY_MODEL, fabricate_run
 
 from daat import config as config_mod
 from daat.eval import evaluate, summary
 from daat.eval.summary import Evidence
 from daat.models import build_student
-
-from test_evaluate import FAST_EVAL, TINY_MODEL, fabricate_run
 
 GRID = [k / 255 for k in (1, 2, 4, 6, 8, 10)]
 
@@ -26,11 +26,20 @@ def evidence(labels, clean_pred, robust_by_eps, num_classes, table_pred=None) ->
     first = next(iter(robust_by_eps.values()))
     table_pred = clean_pred if table_pred is None else table_pred
     return Evidence(
-        labels=labels, clean=clean, clean_pred=clean_pred, table=first, table_pred=table_pred,
-        aa=np.zeros(n, bool), aa_pred=np.full(n, -1), aa_mask=np.zeros(n, bool),
+        labels=labels,
+        clean=clean,
+        clean_pred=clean_pred,
+        table=first,
+        table_pred=table_pred,
+        aa=np.zeros(n, bool),
+        aa_pred=np.full(n, -1),
+        aa_mask=np.zeros(n, bool),
         longs={config_mod.fraction_text(e): r for e, r in robust_by_eps.items()},
         long_preds={config_mod.fraction_text(e): clean_pred for e in robust_by_eps},
-        long_mask=np.ones(n, bool), zero_grad=np.zeros(n, bool), num_classes=num_classes)
+        long_mask=np.ones(n, bool),
+        zero_grad=np.zeros(n, bool),
+        num_classes=num_classes,
+    )
 
 
 def config(grid=GRID):
@@ -75,8 +84,9 @@ def test_a_model_that_learned_something_passes_the_model_checks():
     pred = np.where(rng.random(labels.size) < 0.8, labels, (labels + 3) % 10)
     clean = pred == labels
     robust = {e: clean & (rng.random(labels.size) > 0.12 * k) for k, e in enumerate(GRID)}
-    robust = {e: np.logical_and.reduce([robust[g] for g in GRID[:i + 1]])
-              for i, e in enumerate(GRID)}  # nested: a sample broken at ε stays broken beyond
+    robust = {
+        e: np.logical_and.reduce([robust[g] for g in GRID[: i + 1]]) for i, e in enumerate(GRID)
+    }  # nested: a sample broken at ε stays broken beyond
     assert flag_names(config(), evidence(labels, pred, robust, num_classes=10)) == set()
 
 
@@ -104,8 +114,13 @@ def test_evaluate_flags_a_constant_predictor_end_to_end(tiny_shards, tmp_path, c
     cfg = config_mod.load(["synthetic"], TINY_MODEL)
     model = constant_model(tiny_shards, cfg, favourite=3)
     run_dir = fabricate_run(tmp_path / "runs", tiny_shards, model, cfg, name="constant")
-    art = evaluate.run(str(run_dir), None, [], FAST_EVAL + [
-        "eval.chunk_size=20", "eval.eps_grid=[1/255, 10/255]"], str(tmp_path))
+    art = evaluate.run(
+        str(run_dir),
+        None,
+        [],
+        FAST_EVAL + ["eval.chunk_size=20", "eval.eps_grid=[1/255, 10/255]"],
+        str(tmp_path),
+    )
     data = json.loads((art.path / "summary.json").read_text())
     names = {f["name"] for f in data["sanity"]["flags"]}
     assert {"near_chance", "one_class_dominates", "robust_flat_in_eps"} <= names

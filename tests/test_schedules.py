@@ -1,4 +1,5 @@
 """Schedules: lr (warm-up + cosine), gamma(t) (Eq. 4) and s(t) at hand-computed points."""
+
 import math
 
 import pytest
@@ -6,7 +7,9 @@ import pytest
 from daat.train.schedules import ema_decay_at, eps_scale_at, gamma_at, lr_at, s_at
 
 
-@pytest.mark.parametrize("epoch, expected", [(0, 1.0), (30, 0.5), (60, 0.0), (299, 0.0), (15, 0.75)])
+@pytest.mark.parametrize(
+    "epoch, expected", [(0, 1.0), (30, 0.5), (60, 0.0), (299, 0.0), (15, 0.75)]
+)
 def test_gamma_paper_schedule_T300(epoch, expected):
     # gamma0 * max(0, 1 - t / (0.2 * 300)) = 1 - t / 60
     assert gamma_at(epoch, 300, 1.0) == pytest.approx(expected, abs=1e-12)
@@ -56,7 +59,9 @@ def test_s_constant_is_one():
     assert [s_at(t, 10) for t in range(10)] == [1.0] * 10
 
 
-@pytest.mark.parametrize("epoch, expected", [(0, 0.0), (5, 0.5), (10, 1.0), (55, 0.5), (100, 0.0), (99, 1 / 90)])
+@pytest.mark.parametrize(
+    "epoch, expected", [(0, 0.0), (5, 0.5), (10, 1.0), (55, 0.5), (100, 0.0), (99, 1 / 90)]
+)
 def test_s_warmup_anneal(epoch, expected):
     # T = 100, W = 10: ramp t / 10, then (100 - t) / 90
     assert s_at(epoch, 100, "warmup_anneal", 0.1) == pytest.approx(expected, abs=1e-12)
@@ -73,9 +78,21 @@ def test_s_rejects_unknown_kind():
         s_at(0, 10, "cosine")
 
 
-@pytest.mark.parametrize("step, warmup, expected", [
-    (0, 4, 0.25), (1, 4, 0.5), (2, 4, 0.75), (3, 4, 1.0), (4, 4, 1.0), (99, 4, 1.0),
-    (0, 1, 1.0), (0, 0, 1.0), (7, 0, 1.0), (9, 20, 0.5)])
+@pytest.mark.parametrize(
+    "step, warmup, expected",
+    [
+        (0, 4, 0.25),
+        (1, 4, 0.5),
+        (2, 4, 0.75),
+        (3, 4, 1.0),
+        (4, 4, 1.0),
+        (99, 4, 1.0),
+        (0, 1, 1.0),
+        (0, 0, 1.0),
+        (7, 0, 1.0),
+        (9, 20, 0.5),
+    ],
+)
 def test_eps_warmup_is_linear_like_the_lr_warmup(step, warmup, expected):
     # (step + 1) / warmup before the end of the warm-up, then 1; no warm-up = always 1
     assert eps_scale_at(step, warmup) == pytest.approx(expected, abs=1e-12)
@@ -88,8 +105,10 @@ def test_eps_warmup_rejects_negative_inputs():
         eps_scale_at(0, -4)
 
 
-@pytest.mark.parametrize("step, decay, expected", [
-    (0, 0.999, 0.1), (10, 0.999, 0.55), (90, 0.9, 0.9), (1000, 0.99, 0.99), (3, 0.0, 0.0)])
+@pytest.mark.parametrize(
+    "step, decay, expected",
+    [(0, 0.999, 0.1), (10, 0.999, 0.55), (90, 0.9, 0.9), (1000, 0.99, 0.99), (3, 0.0, 0.0)],
+)
 def test_ema_decay_warms_up_as_one_plus_t_over_ten_plus_t(step, decay, expected):
     assert ema_decay_at(step, decay) == pytest.approx(expected, abs=1e-12)
 

@@ -3,6 +3,7 @@
 These tests build small artifacts directly with ``ShardWriter`` (no depth model, no card), so
 the reader is tested on maps whose truth we know (e.g. the saliency *is* the image's own Sobel).
 """
+
 from __future__ import annotations
 
 import io
@@ -16,7 +17,8 @@ from PIL import Image
 
 from daat import artifacts
 from daat.errors import ShardFormatError
-from daat.pipeline import loaders, shards as fmt
+from daat.pipeline import loaders
+from daat.pipeline import shards as fmt
 from daat.pipeline.images import encode_jpeg
 from daat.saliency import saliency_from_edges, sobel_magnitude
 
@@ -34,28 +36,38 @@ def grey_sobel(rgb_u8: np.ndarray) -> np.ndarray:
     return sobel_magnitude(grey[None])[0].numpy()
 
 
-def build_artifact(root, splits: dict[str, list[tuple[int, int, tuple[int, int]]]],
-                   shard_size: int = 4, seed: int = 0, classes=("a", "b", "c")):
+def build_artifact(
+    root,
+    splits: dict[str, list[tuple[int, int, tuple[int, int]]]],
+    shard_size: int = 4,
+    seed: int = 0,
+    classes=("a", "b", "c"),
+):
     """A complete shard artifact: per split, (index, label, (h, w)) samples whose saliency is the
     Sobel of the stored (JPEG-decoded) image."""
     rng = np.random.default_rng(seed)
-    art = artifacts.create_or_open(root, "shards", {"test": seed, "splits": str(splits)},
-                                   config={})
+    art = artifacts.create_or_open(root, "shards", {"test": seed, "splits": str(splits)}, config={})
     facts = {}
     for split, samples in splits.items():
         planned = []
         for s in range(0, len(samples), shard_size):
-            chunk = samples[s:s + shard_size]
+            chunk = samples[s : s + shard_size]
             keys = [fmt.sample_key(split, i) for i, _, _ in chunk]
             planned.append(keys)
-            writer = fmt.ShardWriter(art.path, split, s // shard_size,
-                                     [(k, f"{split}/{k}.png") for k in keys])
+            writer = fmt.ShardWriter(
+                art.path, split, s // shard_size, [(k, f"{split}/{k}.png") for k in keys]
+            )
             for key, (_, label, (h, w)) in zip(keys, chunk):
                 jpg = encode_jpeg(Image.fromarray(smooth_image(rng, h, w)), 95)
                 stored = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"))
                 png, scale = fmt.encode_saliency(grey_sobel(stored))
-                writer.add(key, jpg=jpg, label=label, sal_png=png,
-                           meta={"relpath": f"{split}/{key}.png", "hw": [h, w], "sal_scale": scale})
+                writer.add(
+                    key,
+                    jpg=jpg,
+                    label=label,
+                    sal_png=png,
+                    meta={"relpath": f"{split}/{key}.png", "hw": [h, w], "sal_scale": scale},
+                )
             writer.close()
         facts[split] = fmt.record_split(art, split, planned)
     fmt.describe(art, classes=list(classes), splits=facts, depth_model="test", image={}, card={})
@@ -72,6 +84,7 @@ def small_art(tmp_path_factory):
 
 # --- saliency encoding ----------------------------------------------------------------------
 
+
 def test_quantise_hand_values():
     e = torch.tensor([[[0.0, 1.0], [0.04, 4.0]]])  # scale 4 -> E/scale = 0, .25, .01, 1
     q, scale = fmt.quantise_saliency(e)
@@ -80,8 +93,9 @@ def test_quantise_hand_values():
     assert q.tolist() == [[[0, 128], [26, 255]]]
     assert scale.tolist() == [4.0]
     back = fmt.dequantise_saliency(q[0].numpy(), 4.0)
-    np.testing.assert_allclose(back, [[0, 4 * (128 / 255) ** 2], [4 * (26 / 255) ** 2, 4.0]],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        back, [[0, 4 * (128 / 255) ** 2], [4 * (26 / 255) ** 2, 4.0]], rtol=1e-6
+    )
 
 
 def test_dither_keeps_the_mean_of_a_constant_region():
@@ -91,7 +105,7 @@ def test_dither_keeps_the_mean_of_a_constant_region():
     e[0, 0, 0] = 1.0
     q, scale = fmt.quantise_saliency(e)
     u = q[0, 8:, 8:].double() / 255  # one full tile away from the spike
-    assert abs(float(u.mean()) - 0.003 ** 0.5) <= 1 / 255 / 64 + 1e-12
+    assert abs(float(u.mean()) - 0.003**0.5) <= 1 / 255 / 64 + 1e-12
     assert len(set(q[0, 8:, 8:].flatten().tolist())) == 2  # dithered between two levels
 
 
@@ -116,6 +130,7 @@ def test_encoding_error_bound_per_pixel():
 
 
 # --- writer and safe reader -----------------------------------------------------------------
+
 
 def test_roundtrip_members_and_sidecar(small_art):
     samples = list(fmt.iter_samples(small_art, "train"))
@@ -187,11 +202,20 @@ def _tar_with(path, members: dict[str, bytes]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-@pytest.mark.parametrize("member", ["train-000000000.pyd", "train-000000000.pickle",
-                                    "train-000000000.pth", "train-000000000.npy",
-                                    "train.000000000.jpg", "noext"])
+@pytest.mark.parametrize(
+    "member",
+    [
+        "train-000000000.pyd",
+        "train-000000000.pickle",
+        "train-000000000.pth",
+        "train-000000000.npy",
+        "train.000000000.jpg",
+        "noext",
+    ],
+)
 def test_reader_refuses_foreign_members(tmp_path, member):
     import pickle
+
     path = tmp_path / "evil.tar"
     _tar_with(path, {"train-000000000.cls": b"1", member: pickle.dumps({"x": 1})})
     with pytest.raises(ShardFormatError) as err:
@@ -201,16 +225,28 @@ def test_reader_refuses_foreign_members(tmp_path, member):
 
 def test_loaders_refuse_a_shard_with_a_pickle_member(tmp_path):
     import pickle
-    art = build_artifact(tmp_path, {"train": [(i, 0, (16, 16)) for i in range(4)],
-                                    "val": [(0, 0, (16, 16))]})
+
+    art = build_artifact(
+        tmp_path, {"train": [(i, 0, (16, 16)) for i in range(4)], "val": [(0, 0, (16, 16))]}
+    )
     shard = art.path / fmt.shard_relpath("train", 0)
     with tarfile.open(shard, "a") as tar:
         blob = pickle.dumps(object)
         info = tarfile.TarInfo("train-000000003.pyd")
         info.size = len(blob)
         tar.addfile(info, io.BytesIO(blob))
-    batches = loaders.train_pipeline(art, image_size=16, grid=2, batch_size=2, samples_per_epoch=4,
-                                 rank=0, world_size=1, seed=0, epoch=0, num_workers=0)
+    batches = loaders.train_pipeline(
+        art,
+        image_size=16,
+        grid=2,
+        batch_size=2,
+        samples_per_epoch=4,
+        rank=0,
+        world_size=1,
+        seed=0,
+        epoch=0,
+        num_workers=0,
+    )
     with pytest.raises(ShardFormatError, match="train-000000003.pyd"):
         list(batches)
 
@@ -246,7 +282,7 @@ def test_reader_refuses_links_dirs_extension_headers_and_damage(tmp_path):
     with pytest.raises(ShardFormatError, match="checksum"):
         list(fmt.iter_raw(damaged))
     cut = tmp_path / "cut.tar"
-    cut.write_bytes(bytes(data[:512 + 100]))
+    cut.write_bytes(bytes(data[: 512 + 100]))
     with pytest.raises(ShardFormatError, match="truncated"):
         list(fmt.iter_raw(cut))
 
@@ -276,6 +312,7 @@ def test_open_shards_refuses_incomplete_or_wrong_kind(tmp_path):
 
 # --- joint augmentation ---------------------------------------------------------------------
 
+
 def _interior_corr(a: torch.Tensor, b: torch.Tensor, border: int = 3) -> float:
     a, b = a[border:-border, border:-border].flatten(), b[border:-border, border:-border].flatten()
     a, b = a - a.mean(), b - b.mean()
@@ -289,9 +326,18 @@ def test_joint_augmentation_keeps_image_and_saliency_aligned(small_art):
     for n, sample in enumerate(samples):
         rng = np.random.default_rng(n)
         stack = loaders.augment(sample, rng, image_size=32, rrc_scale=(0.3, 1.0), hflip=True)
-        flips += int(not torch.equal(stack, loaders.augment(sample, np.random.default_rng(n),
-                                                        image_size=32, rrc_scale=(0.3, 1.0),
-                                                        hflip=False)))
+        flips += int(
+            not torch.equal(
+                stack,
+                loaders.augment(
+                    sample,
+                    np.random.default_rng(n),
+                    image_size=32,
+                    rrc_scale=(0.3, 1.0),
+                    hflip=False,
+                ),
+            )
+        )
         image, sal = stack[:3], stack[3]
         truth = sobel_magnitude(image.mean(0)[None])[0]
         aligned.append(_interior_corr(sal, truth))
@@ -301,14 +347,16 @@ def test_joint_augmentation_keeps_image_and_saliency_aligned(small_art):
     assert 0 < flips < len(samples)  # the coin was used both ways and applied to both channels
 
 
-@pytest.mark.parametrize("n,m,size,cells", [(1, 9, 8, 4), (7, 9, 8, 4), (8, 20, 8, 3),
-                                             (24, 13, 8, 3), (50, 37, 12, 5)])
+@pytest.mark.parametrize(
+    "n,m,size,cells", [(1, 9, 8, 4), (7, 9, 8, 4), (8, 20, 8, 3), (24, 13, 8, 3), (50, 37, 12, 5)]
+)
 def test_pool_weights_are_resize_then_pool(n, m, size, cells):
     """A_h @ E @ A_w^T = pool(resize(E)) for crops smaller than, equal to and larger than the
     output, and grids that do and do not divide it."""
     e = torch.rand(n, m, generator=torch.Generator().manual_seed(n * m))
-    expected = torch.nn.functional.adaptive_avg_pool2d(loaders._resize_square(e[None, None], size),
-                                                       cells)[0, 0]
+    expected = torch.nn.functional.adaptive_avg_pool2d(
+        loaders._resize_square(e[None, None], size), cells
+    )[0, 0]
     got = loaders._pool_weights(n, size, cells) @ e @ loaders._pool_weights(m, size, cells).T
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -320,19 +368,34 @@ def test_train_batch_is_augment_with_its_saliency_pooled(small_art, size, grid):
     and the pooled ``augment`` saliency (up to float32 rounding), flipped or not."""
     raws = list(fmt.iter_raw(small_art.shards("train")[0][0]))
     raws += list(fmt.iter_raw(small_art.shards("train")[1][0]))
-    plan = loaders._TrainPlan(shards=(), weights=(), seed=5, epoch=1, rank=0, world_size=1,
-                          streams=1, batch_size=len(raws), batches=1, skip_batches=0,
-                          image_size=size, grid=grid, rrc_scale=(0.3, 1.0), hflip=True,
-                          shuffle_buffer=1)
+    plan = loaders._TrainPlan(
+        shards=(),
+        weights=(),
+        seed=5,
+        epoch=1,
+        rank=0,
+        world_size=1,
+        streams=1,
+        batch_size=len(raws),
+        batches=1,
+        skip_batches=0,
+        image_size=size,
+        grid=grid,
+        rrc_scale=(0.3, 1.0),
+        hflip=True,
+        shuffle_buffer=1,
+    )
     images, labels, g = loaders._TrainAugment(plan).batch(0, list(enumerate(raws)))
     flips = 0
     for i, raw in enumerate(raws):
         sample = fmt.decode(raw)
-        stack = loaders.augment(sample, plan.rng(0, 2, i), image_size=size, rrc_scale=(0.3, 1.0),
-                            hflip=True)
+        stack = loaders.augment(
+            sample, plan.rng(0, 2, i), image_size=size, rrc_scale=(0.3, 1.0), hflip=True
+        )
         assert torch.equal(images[i], stack[:3]) and labels[i] == sample.label
-        torch.testing.assert_close(g[i], saliency_from_edges(stack[3][None], grid)[0],
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            g[i], saliency_from_edges(stack[3][None], grid)[0], rtol=1e-4, atol=1e-6
+        )
         h, w = sample.saliency.shape
         flips += loaders._draw_view(plan.rng(0, 2, i), h, w, (0.3, 1.0), True)[1]
     assert 0 < flips < len(raws)
@@ -361,9 +424,21 @@ def test_g_from_decoded_map_within_1e3_of_float_map():
 
 # --- training loader ------------------------------------------------------------------------
 
+
 def _train(art, **kw):
-    args = dict(image_size=32, grid=4, batch_size=4, samples_per_epoch=20, rank=0, world_size=1,
-                seed=7, epoch=0, num_workers=0, rrc_scale=(0.35, 1.0), hflip=True)
+    args = dict(
+        image_size=32,
+        grid=4,
+        batch_size=4,
+        samples_per_epoch=20,
+        rank=0,
+        world_size=1,
+        seed=7,
+        epoch=0,
+        num_workers=0,
+        rrc_scale=(0.35, 1.0),
+        hflip=True,
+    )
     args.update(kw)
     return loaders.train_pipeline(art, **args)
 
@@ -428,12 +503,21 @@ def test_train_g_is_the_pooled_augmented_saliency(small_art):
 
 # --- evaluation loader ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("world,workers", [(1, 0), (2, 0), (3, 2)])
 def test_eval_covers_every_sample_once_in_order(small_art, world, workers):
     seen = []
     for rank in range(world):
-        loader = loaders.eval_pipeline(small_art, split="val", image_size=24, grid=3, batch_size=2,
-                                   rank=rank, world_size=world, num_workers=workers)
+        loader = loaders.eval_pipeline(
+            small_art,
+            split="val",
+            image_size=24,
+            grid=3,
+            batch_size=2,
+            rank=rank,
+            world_size=world,
+            num_workers=workers,
+        )
         got = list(loader)
         assert len(got) == len(loader)
         keys = [k for batch in got for k in batch[0]]
@@ -458,7 +542,8 @@ def test_eval_centre_view_of_a_square_image_is_exact(small_art):
     side = min(h, w)
     view = loaders.center_view(sample, image_size=side)
     top, left = (h - side) // 2, (w - side) // 2
-    expected = torch.from_numpy(sample.image[top:top + side, left:left + side]).permute(2, 0, 1)
+    expected = torch.from_numpy(sample.image[top : top + side, left : left + side]).permute(2, 0, 1)
     torch.testing.assert_close(view[:3], expected.float() / 255)
-    torch.testing.assert_close(view[3], torch.from_numpy(
-        sample.saliency[top:top + side, left:left + side]))
+    torch.testing.assert_close(
+        view[3], torch.from_numpy(sample.saliency[top : top + side, left : left + side])
+    )

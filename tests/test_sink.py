@@ -1,5 +1,6 @@
 """The shard writer process of ``daat preprocess``: what it writes, and that its failures reach the
 parent loudly and never leave a shard under its final name."""
+
 from __future__ import annotations
 
 import io
@@ -18,10 +19,15 @@ from daat.saliency import sobel_magnitude
 
 
 def _record(i: int, shard: int = 0, **fields) -> dict:
-    return {"split": "train", "shard": shard, "key": fmt.sample_key("train", i),
-            "jpg": _jpeg(i), "label": i % 3,
-            "meta": {"relpath": f"c/{i}.jpg", "label": i % 3, "orig_hw": [8, 10],
-                     "depth_model": "m"}, **fields}
+    return {
+        "split": "train",
+        "shard": shard,
+        "key": fmt.sample_key("train", i),
+        "jpg": _jpeg(i),
+        "label": i % 3,
+        "meta": {"relpath": f"c/{i}.jpg", "label": i % 3, "orig_hw": [8, 10], "depth_model": "m"},
+        **fields,
+    }
 
 
 def _jpeg(i: int) -> bytes:
@@ -31,8 +37,10 @@ def _jpeg(i: int) -> bytes:
 
 
 def _plan(shards: dict[int, range]) -> dict:
-    return {("train", s): [(fmt.sample_key("train", i), f"c/{i}.jpg") for i in idx]
-            for s, idx in shards.items()}
+    return {
+        ("train", s): [(fmt.sample_key("train", i), f"c/{i}.jpg") for i in idx]
+        for s, idx in shards.items()
+    }
 
 
 def test_codes_equal_the_quantised_sobel_of_each_map_whatever_the_mix_of_sizes():
@@ -50,9 +58,18 @@ def test_writes_depth_maps_precomputed_codes_and_skips_into_finished_shards(tmp_
     q_pre, scale_pre = saliency_codes([torch.from_numpy(depth)], torch.device("cpu"))[0]
     with ShardSink(tmp_path, processes) as sink:
         sink.plan(_plan({0: range(0, 3), 1: range(3, 4)}))
-        sink.write([_record(0, depth=depth), _record(1, saliency=q_pre, scale=scale_pre),
-                    {"split": "train", "shard": 0, "key": fmt.sample_key("train", 2),
-                     "reason": "too-small: 1x1"}])
+        sink.write(
+            [
+                _record(0, depth=depth),
+                _record(1, saliency=q_pre, scale=scale_pre),
+                {
+                    "split": "train",
+                    "shard": 0,
+                    "key": fmt.sample_key("train", 2),
+                    "reason": "too-small: 1x1",
+                },
+            ]
+        )
         assert sink.wait() == 3
         sink.write([_record(3, shard=1, depth=depth)])
         sink.finish()
@@ -63,10 +80,12 @@ def test_writes_depth_maps_precomputed_codes_and_skips_into_finished_shards(tmp_
         assert sample.meta["hw"] == [8, 10] and sample.meta["sal_scale"] == scale_pre
         with Image.open(io.BytesIO(raw["sal.png"])) as png:
             np.testing.assert_array_equal(np.array(png), q_pre)
-    side = fmt.finished_sidecar(tmp_path, "train", 0, [k for k, _ in _plan({0: range(3)})[
-        ("train", 0)]])
-    assert side["skipped"] == [{"key": fmt.sample_key("train", 2), "relpath": "c/2.jpg",
-                                "reason": "too-small: 1x1"}]
+    side = fmt.finished_sidecar(
+        tmp_path, "train", 0, [k for k, _ in _plan({0: range(3)})[("train", 0)]]
+    )
+    assert side["skipped"] == [
+        {"key": fmt.sample_key("train", 2), "relpath": "c/2.jpg", "reason": "too-small: 1x1"}
+    ]
     assert (tmp_path / fmt.shard_relpath("train", 1)).exists()
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -77,8 +96,13 @@ def test_an_error_in_a_child_is_raised_in_the_parent_and_aborts_open_shards(tmp_
     with pytest.raises(ShardFormatError, match="not planned") as info:
         with ShardSink(tmp_path, processes) as sink:
             sink.plan(_plan({0: range(0, 2), 2: range(2, 4)}))
-            sink.write([_record(0, depth=depth), _record(2, shard=2, depth=depth),
-                        _record(5, shard=3, depth=depth)])
+            sink.write(
+                [
+                    _record(0, depth=depth),
+                    _record(2, shard=2, depth=depth),
+                    _record(5, shard=3, depth=depth),
+                ]
+            )
             sink.wait()
     assert any("shard writer process" in note for note in info.value.__notes__)
     for shard in (0, 2, 3):

@@ -1,4 +1,5 @@
 """The experiment statistics against hand-computed values."""
+
 from __future__ import annotations
 
 import math
@@ -17,10 +18,19 @@ def test_mean_and_sample_std():
     assert stats.mean_std([]) == (None, None)
 
 
-@pytest.mark.parametrize("p, df, expected", [  # printed t tables (to 10 digits)
-    (0.975, 1, 12.7062047362), (0.975, 2, 4.3026527297), (0.975, 3, 3.1824463053),
-    (0.975, 10, 2.2281388520), (0.975, 30, 2.0422724563), (0.95, 5, 2.0150483733),
-    (0.025, 4, -2.7764451052), (0.5, 7, 0.0)])
+@pytest.mark.parametrize(
+    "p, df, expected",
+    [  # printed t tables (to 10 digits)
+        (0.975, 1, 12.7062047362),
+        (0.975, 2, 4.3026527297),
+        (0.975, 3, 3.1824463053),
+        (0.975, 10, 2.2281388520),
+        (0.975, 30, 2.0422724563),
+        (0.95, 5, 2.0150483733),
+        (0.025, 4, -2.7764451052),
+        (0.5, 7, 0.0),
+    ],
+)
 def test_t_quantile_matches_the_tables(p, df, expected):
     assert stats.t_quantile(p, df) == pytest.approx(expected, abs=1e-8)
 

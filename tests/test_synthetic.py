@@ -1,4 +1,5 @@
 """The synthetic dataset: exact depth, determinism, balance, the spurious variant, speed."""
+
 import time
 
 import numpy as np
@@ -8,13 +9,31 @@ from daat import synthetic as S
 from daat.errors import DataError
 
 SPEC = {"n_train_per_class": 20, "n_val_per_class": 5, "size": 32, "spurious": False, "seed": 0}
-PLAIN = S.Texture(S.TEXTURES.index("plain"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0, (0, 0, 0),
-                  tuple(np.eye(3).ravel()))
+PLAIN = S.Texture(
+    S.TEXTURES.index("plain"),
+    (0.5, 0.5, 0.5),
+    (0.5, 0.5, 0.5),
+    1.0,
+    (0, 0, 0),
+    tuple(np.eye(3).ravel()),
+)
 
 
 def scene(shape=0, scale=1.25, centre=(0.0, 0.0, 4.0), normal=(0.0, 0.0, 1.0), offset=9.0):
-    return S.Scene(shape, tuple(np.eye(3).ravel()), scale, centre, (0.0, 0.0, -1.0), 0.2, 0.0,
-                   10.0, PLAIN, normal, offset, PLAIN)
+    return S.Scene(
+        shape,
+        tuple(np.eye(3).ravel()),
+        scale,
+        centre,
+        (0.0, 0.0, -1.0),
+        0.2,
+        0.0,
+        10.0,
+        PLAIN,
+        normal,
+        offset,
+        PLAIN,
+    )
 
 
 def pixel_rays(size):
@@ -45,7 +64,7 @@ def test_sphere_depth_matches_analytic_ray_sphere_intersection():
     _, _, d = pixel_rays(size)
     b = d @ c
     miss_dist = np.sqrt(np.maximum(c @ c - b * b, 0))  # ray line to sphere centre
-    disc = b * b - (c @ c - radius ** 2)
+    disc = b * b - (c @ c - radius**2)
     hit = disc > 0
     z_true = np.where(hit, (b - np.sqrt(np.maximum(disc, 0))) * d[..., 2], 9.0)
     rendered_hit = depth < 8.99  # the wall is at z = 9 everywhere (normal along the axis)
@@ -60,7 +79,7 @@ def test_sphere_depth_matches_analytic_ray_sphere_intersection():
     delta = s * S._GRAZE_EPS
     err = np.abs(depth[both] - z_true[both])
     assert both.sum() > 200
-    assert err.max() <= np.sqrt(2 * radius * delta + delta ** 2)
+    assert err.max() <= np.sqrt(2 * radius * delta + delta**2)
     assert np.median(err) <= s * S._HIT_EPS + 1e-6
     assert np.allclose(depth[~hit & ~disagree], 9.0, rtol=1e-6)
 
@@ -69,8 +88,9 @@ def test_tilted_wall_depth_is_a_plane():
     # For a plane n.p = k seen by a pinhole camera, 1/z is affine in the image coordinates.
     normal = np.array([0.3, -0.2, 1.0]) / np.linalg.norm([0.3, -0.2, 1.0])
     size = 40
-    _, depth = S.render_scene(scene(centre=(0.0, 0.0, 4.0), scale=0.5, normal=tuple(normal),
-                                    offset=7.0), size)
+    _, depth = S.render_scene(
+        scene(centre=(0.0, 0.0, 4.0), scale=0.5, normal=tuple(normal), offset=7.0), size
+    )
     u, v, _ = pixel_rays(size)
     wall = depth > 5.0  # the small sphere is nearer than z = 4.4
     a = np.stack([u[wall], v[wall], np.ones(wall.sum())], 1)
@@ -107,8 +127,11 @@ def test_forcing_a_texture_changes_only_the_object_texture_family():
         forced = S.sample_scene(5, 2, texture=family)
         assert forced.texture.family == family
         assert forced.texture.colour0 == free.texture.colour0
-        assert (forced.rotation, forced.centre, forced.wall_texture) == \
-               (free.rotation, free.centre, free.wall_texture)
+        assert (forced.rotation, forced.centre, forced.wall_texture) == (
+            free.rotation,
+            free.centre,
+            free.wall_texture,
+        )
 
 
 @pytest.mark.parametrize("sdf, bound", list(zip(S.SDFS, S.BOUNDS)))
@@ -163,14 +186,17 @@ def test_spurious_variant_ties_texture_to_class_in_train_only():
     assert [it.seed for it in plain] == [it.seed for it in S.items(spec, "train")]
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"colour": 1}, "unknown key 'colour'"),
-    ({"seed": -1}, "'seed'"),
-    ({"size": "64"}, "'size'"),
-    ({"spurious": "yes"}, "'spurious'"),
-    ({"spurious_rate": 1.5}, "'spurious_rate'"),
-    ({"n_train_per_class": 2.5}, "'n_train_per_class'"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"colour": 1}, "unknown key 'colour'"),
+        ({"seed": -1}, "'seed'"),
+        ({"size": "64"}, "'size'"),
+        ({"spurious": "yes"}, "'spurious'"),
+        ({"spurious_rate": 1.5}, "'spurious_rate'"),
+        ({"n_train_per_class": 2.5}, "'n_train_per_class'"),
+    ],
+)
 def test_bad_spec_is_an_error_naming_the_key(change, needle):
     with pytest.raises(DataError, match=needle):
         S.items({**SPEC, **change}, "train")
@@ -205,11 +231,21 @@ def test_clutter_zero_gives_a_plain_wall_and_leaves_the_object_alone():
     plain_img, plain_depth = S.render(11, 4, size=48, clutter=0.0)
     np.testing.assert_array_equal(busy_depth, plain_depth)  # geometry is untouched
     wall = plain_depth > np.percentile(plain_depth, 70)  # far pixels: the wall
+
     # A plain wall varies only through shading; a patterned one has much more local contrast.
     def local_contrast(img):
         g = img.astype(float).mean(-1)
         return np.abs(np.diff(g, axis=1))[wall[:, 1:]].mean()
+
     assert local_contrast(plain_img) < 0.5 * local_contrast(busy_img)
     with pytest.raises(DataError, match="clutter"):
-        S.validate_spec({"n_train_per_class": 1, "n_val_per_class": 1, "size": 8,
-                                 "spurious": False, "seed": 0, "clutter": 2})
+        S.validate_spec(
+            {
+                "n_train_per_class": 1,
+                "n_val_per_class": 1,
+                "size": 8,
+                "spurious": False,
+                "seed": 0,
+                "clutter": 2,
+            }
+        )

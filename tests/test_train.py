@@ -4,6 +4,7 @@ Every check compares against values computed independently here: the update agai
 written Eq. 5 + clip + AdamW step on a copy of the model, the depth model's input against the
 PGD output, the teacher and depth-model call counts against the configured schedule.
 """
+
 import copy
 import shutil
 
@@ -14,18 +15,27 @@ import torch.nn.functional as F
 from daat import attacks
 from daat import config as config_mod
 from daat.errors import TrainingError
+from daat.keys import determining as keys_determining
 from daat.models import Outputs
 from daat.train import step as step_mod
-from daat.keys import determining as keys_determining
 from daat.train.loop import build_state
 from daat.train.online_depth import DepthTarget, check_policy, wants_online
 from daat.train.step import NonFiniteGuard, StepSchedule, train_step
 from daat.train.teacher import ResolvedTeacher, RunTeacher, standard_config
 from daat.train.warm_start import effective
 
-TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
-        "model.num_heads=2", "train.batch_size=4", "attack.steps=2", "seed=3",
-        "depth.target=cached", "train.init_from="]
+TINY = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "train.batch_size=4",
+    "attack.steps=2",
+    "seed=3",
+    "depth.target=cached",
+    "train.init_from=",
+]
 CLASSES = 5
 
 
@@ -82,8 +92,9 @@ def never_load(*args, **kwargs):
 def test_train_step_is_eq5_then_clip_then_adamw():
     """With PGD off (x_adv = x) the step must equal Eq. 5 computed by hand with separate forwards
     (adversarial with the tap, clean with tokens), global-norm clipping and one AdamW step."""
-    cfg = tiny_cfg(overrides=["attack.steps=0", "loss.lam=0.7", "loss.gamma0=0.5",
-                              "optim.grad_clip=0.05"])
+    cfg = tiny_cfg(
+        overrides=["attack.steps=0", "loss.lam=0.7", "loss.gamma0=0.5", "optim.grad_clip=0.05"]
+    )
     teacher = CountingTeacher()
     state = build_state(cfg, CLASSES, resolved(teacher), torch.device("cpu"))
     ref_model = copy.deepcopy(state.model)
@@ -128,7 +139,7 @@ def independent_g(depth: torch.Tensor, grid: int) -> torch.Tensor:
     padded = F.pad(depth.unsqueeze(1), (1, 1, 1, 1), mode="replicate")
     gx = F.conv2d(padded, kx.view(1, 1, 3, 3))
     gy = F.conv2d(padded, kx.t().contiguous().view(1, 1, 3, 3))
-    e = torch.sqrt(gx ** 2 + gy ** 2)
+    e = torch.sqrt(gx**2 + gy**2)
     pooled = F.avg_pool2d(e, depth.shape[-1] // grid).flatten(1)
     return pooled / pooled.sum(1, keepdim=True)
 
@@ -139,9 +150,16 @@ def test_train_step_with_pgd_and_online_g_is_eq5(tiny_dpt_dir):
     conv2d, Eq. 2 and 3, clip, one AdamW step -- on a copy of the model."""
     from daat.depth import load_depth_model
 
-    cfg = tiny_cfg(overrides=["attack.steps=3", "loss.lam=0.7", "loss.gamma0=0.5",
-                              "optim.grad_clip=0.05", "depth.target=online",
-                              f"depth.model={tiny_dpt_dir}"])
+    cfg = tiny_cfg(
+        overrides=[
+            "attack.steps=3",
+            "loss.lam=0.7",
+            "loss.gamma0=0.5",
+            "optim.grad_clip=0.05",
+            "depth.target=online",
+            f"depth.model={tiny_dpt_dir}",
+        ]
+    )
     teacher = CountingTeacher()
     state = build_state(cfg, CLASSES, resolved(teacher), torch.device("cpu"))
     ref_model, ref_proj = copy.deepcopy(state.model), copy.deepcopy(state.projection)
@@ -168,8 +186,9 @@ def test_train_step_with_pgd_and_online_g_is_eq5(tiny_dpt_dir):
     clean = ref_model.forward_train(x, need_tokens=True)
     ce = F.cross_entropy(adv.logits, y)
     align = (1 - F.cosine_similarity(adv.attention, g_adv, dim=1)).mean()
-    feat = (1 - F.cosine_similarity(ref_proj(clean.tokens).flatten(1), teacher(x).flatten(1),
-                                    dim=1)).mean()
+    feat = (
+        1 - F.cosine_similarity(ref_proj(clean.tokens).flatten(1), teacher(x).flatten(1), dim=1)
+    ).mean()
     loss = ce + 0.7 * 0.8 * align + 0.5 * feat
     assert state.depth_target.online_calls == 1
     assert not torch.allclose(g_adv, g_cached)  # the cached G would give another loss
@@ -190,26 +209,49 @@ def test_train_step_with_pgd_and_online_g_is_eq5(tiny_dpt_dir):
 
 
 def test_optimizer_groups_skip_decay_on_norms_biases_tokens():
-    cfg = tiny_cfg("pgd-at", "synthetic", overrides=["model.name=vit_base_patch14_dinov2",
-                                                     "model.init_values=1e-5", "model.stem=patch"])
+    cfg = tiny_cfg(
+        "pgd-at",
+        "synthetic",
+        overrides=[
+            "model.name=vit_base_patch14_dinov2",
+            "model.init_values=1e-5",
+            "model.stem=patch",
+        ],
+    )
     state = build_state(cfg, CLASSES, None, torch.device("cpu"))
     names = {id(p): n for n, p in state.model.named_parameters()}
     decay, no_decay = ({names[id(p)] for p in g["params"]} for g in state.optimizer.param_groups)
     assert state.optimizer.param_groups[0]["weight_decay"] == cfg.optim.weight_decay
     assert state.optimizer.param_groups[1]["weight_decay"] == 0.0
-    assert {"vit.pos_embed", "vit.cls_token", "vit.norm.weight", "vit.norm.bias",
-            "vit.blocks.0.attn.qkv.bias", "vit.blocks.0.ls1.gamma"} <= no_decay
-    assert {"vit.blocks.0.attn.qkv.weight", "vit.head.weight",
-            "vit.patch_embed.proj.weight"} <= decay
+    assert {
+        "vit.pos_embed",
+        "vit.cls_token",
+        "vit.norm.weight",
+        "vit.norm.bias",
+        "vit.blocks.0.attn.qkv.bias",
+        "vit.blocks.0.ls1.gamma",
+    } <= no_decay
+    assert {
+        "vit.blocks.0.attn.qkv.weight",
+        "vit.head.weight",
+        "vit.patch_embed.proj.weight",
+    } <= decay
     assert len(decay) + len(no_decay) == len(names)
     # ConvStem: its convolutions decay, its channel LayerNorms do not
-    conv = build_state(tiny_cfg("pgd-at", "synthetic", overrides=["model.stem=conv"]), CLASSES,
-                       None, torch.device("cpu"))
+    conv = build_state(
+        tiny_cfg("pgd-at", "synthetic", overrides=["model.stem=conv"]),
+        CLASSES,
+        None,
+        torch.device("cpu"),
+    )
     names = {id(p): n for n, p in conv.model.named_parameters()}
     decay, no_decay = ({names[id(p)] for p in g["params"]} for g in conv.optimizer.param_groups)
     assert {"vit.patch_embed.proj.0.weight", "vit.patch_embed.proj.9.weight"} <= decay
-    assert {"vit.patch_embed.proj.1.weight", "vit.patch_embed.proj.1.bias",
-            "vit.patch_embed.proj.9.bias"} <= no_decay
+    assert {
+        "vit.patch_embed.proj.1.weight",
+        "vit.patch_embed.proj.1.bias",
+        "vit.patch_embed.proj.9.bias",
+    } <= no_decay
 
 
 def test_pgd_runs_on_frozen_weights_and_feeds_the_update(monkeypatch):
@@ -220,7 +262,8 @@ def test_pgd_runs_on_frozen_weights_and_feeds_the_update(monkeypatch):
 
     grads_on = []
     state.model.register_forward_pre_hook(  # PGD calls model(x); the update uses forward_train
-        lambda m, args: grads_on.append(any(p.requires_grad for p in m.parameters())))
+        lambda m, args: grads_on.append(any(p.requires_grad for p in m.parameters()))
+    )
 
     def spy(model, x, y, **kw):
         result = real(model, x, y, **kw)
@@ -231,9 +274,13 @@ def test_pgd_runs_on_frozen_weights_and_feeds_the_update(monkeypatch):
     forward_inputs = []
     real_forward = state.forward.forward
     monkeypatch.setattr(step_mod, "pgd", spy)
-    monkeypatch.setattr(state.forward, "forward",
-                        lambda x_adv, x_clean, att: forward_inputs.append(x_adv)
-                        or real_forward(x_adv, x_clean, att))
+    monkeypatch.setattr(
+        state.forward,
+        "forward",
+        lambda x_adv, x_clean, att: (
+            forward_inputs.append(x_adv) or real_forward(x_adv, x_clean, att)
+        ),
+    )
     x, y, g = batch()
     train_step(state, (x, y, g), StepSchedule(0, 0, 1e-3))
     assert seen["kw"]["steps"] == 3 and seen["kw"]["eps"] == cfg.attack.eps
@@ -289,15 +336,19 @@ def test_run_teacher_gives_final_norm_tokens_and_stays_frozen():
 
 def test_standard_config_and_content_key_match_a_standard_preset_run():
     daat = tiny_cfg("daat", "synthetic", overrides=["loss.teacher=run:standard"])
-    standard = tiny_cfg("standard", "synthetic", overrides=["loss.teacher=run:standard",
-                                                           "attack.steps=0"])
+    standard = tiny_cfg(
+        "standard", "synthetic", overrides=["loss.teacher=run:standard", "attack.steps=0"]
+    )
     derived = standard_config(daat)
     assert derived.attack.steps == 0 and derived.loss.lam == 0 and derived.loss.gamma0 == 0
     assert determining(derived) == determining(standard)
     assert determining(daat) != determining(derived)
     # purely operational keys never change the run
-    noisy = tiny_cfg("daat", "synthetic", overrides=["train.log_every_steps=3", "device=cpu",
-                                                     "data.num_workers=0"])
+    noisy = tiny_cfg(
+        "daat",
+        "synthetic",
+        overrides=["train.log_every_steps=3", "device=cpu", "data.num_workers=0"],
+    )
     assert determining(noisy) == determining(tiny_cfg("daat", "synthetic"))
 
 
@@ -320,55 +371,95 @@ def test_eps_warmup_scales_the_training_attack(monkeypatch):
     train_step(state, batch(), StepSchedule(0, 0, 1e-3, eps_scale=0.25))
     train_step(state, batch(), StepSchedule(1, 0, 1e-3))
     eps, alpha = 4 / 255, 1 / 255
-    assert seen == [(pytest.approx(eps / 4), pytest.approx(alpha / 4), 2),
-                    (pytest.approx(eps), pytest.approx(alpha), 2)]
+    assert seen == [
+        (pytest.approx(eps / 4), pytest.approx(alpha / 4), 2),
+        (pytest.approx(eps), pytest.approx(alpha), 2),
+    ]
 
 
 def test_ema_update_is_a_lerp_towards_the_updated_weights():
-    state = build_state(tiny_cfg("pgd-at", "synthetic", overrides=["train.ema_decay=0.9"]),
-                        CLASSES, None, torch.device("cpu"))
+    state = build_state(
+        tiny_cfg("pgd-at", "synthetic", overrides=["train.ema_decay=0.9"]),
+        CLASSES,
+        None,
+        torch.device("cpu"),
+    )
     assert not state.ema.training and not any(p.requires_grad for p in state.ema.parameters())
     before = {n: p.clone() for n, p in state.ema.named_parameters()}
     train_step(state, batch(), StepSchedule(0, 0, 1e-2, ema_decay=0.3))
     model = dict(state.model.named_parameters())
     for name, p in state.ema.named_parameters():
         assert not torch.equal(before[name], model[name]), name  # the step moved the weight
-        torch.testing.assert_close(p, 0.3 * before[name] + 0.7 * model[name].detach(),
-                                   rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
-    assert build_state(tiny_cfg("pgd-at", "synthetic"), CLASSES, None,
-                       torch.device("cpu")).ema is None
+        torch.testing.assert_close(
+            p,
+            0.3 * before[name] + 0.7 * model[name].detach(),
+            rtol=0,
+            atol=1e-6,
+            msg=lambda m: f"{name}: {m}",
+        )
+    assert (
+        build_state(tiny_cfg("pgd-at", "synthetic"), CLASSES, None, torch.device("cpu")).ema is None
+    )
 
 
 def test_warm_start_effective_config():
-    pgd = tiny_cfg("pgd-at", "synthetic", overrides=["train.init_from=run:standard",
-                                                     "train.epochs=30", "train.finetune_epochs=4"])
+    pgd = tiny_cfg(
+        "pgd-at",
+        "synthetic",
+        overrides=["train.init_from=run:standard", "train.epochs=30", "train.finetune_epochs=4"],
+    )
     assert effective(pgd).train.epochs == 4 and effective(effective(pgd)) == effective(pgd)
     assert pgd.train.epochs == 30  # the given config is not modified
-    std = tiny_cfg("standard", "synthetic", overrides=["train.init_from=run:standard", "attack.steps=0",
-                                                       "train.epochs=30", "train.finetune_epochs=4"])
+    std = tiny_cfg(
+        "standard",
+        "synthetic",
+        overrides=[
+            "train.init_from=run:standard",
+            "attack.steps=0",
+            "train.epochs=30",
+            "train.finetune_epochs=4",
+        ],
+    )
     assert effective(std).train.init_from == "" and effective(std).train.epochs == 30
-    no_ft = tiny_cfg("pgd-at", "synthetic", overrides=["train.init_from=run:/x/run-1",
-                                                       "train.finetune_epochs=0"])
+    no_ft = tiny_cfg(
+        "pgd-at", "synthetic", overrides=["train.init_from=run:/x/run-1", "train.finetune_epochs=0"]
+    )
     assert effective(no_ft).train.epochs == no_ft.train.epochs  # finetune_epochs 0: train.epochs
 
 
 def test_content_key_ignores_knobs_that_cannot_act():
     base = tiny_cfg("standard", "synthetic", overrides=["attack.steps=0"])
     # an eps warm-up means nothing without an attack; run:standard means nothing to a standard run
-    for extra in (["attack.eps_warmup_epochs=2"], ["train.init_from=run:standard"],
-                  ["train.finetune_epochs=3"]):
-        assert determining(tiny_cfg("standard", "synthetic", overrides=["attack.steps=0", *extra])) \
-            == determining(base)
+    for extra in (
+        ["attack.eps_warmup_epochs=2"],
+        ["train.init_from=run:standard"],
+        ["train.finetune_epochs=3"],
+    ):
+        assert determining(
+            tiny_cfg("standard", "synthetic", overrides=["attack.steps=0", *extra])
+        ) == determining(base)
     pgd = tiny_cfg("pgd-at", "synthetic")
-    assert determining(tiny_cfg("pgd-at", "synthetic", overrides=[
-        "attack.eps_warmup_epochs=2"])) != determining(pgd)
-    assert determining(tiny_cfg("pgd-at", "synthetic", overrides=["train.finetune_epochs=3"])) \
-        == determining(pgd)
-    derived = standard_config(tiny_cfg("daat", "synthetic", overrides=[
-        "train.init_from=run:standard", "train.finetune_epochs=3"]))
+    assert determining(
+        tiny_cfg("pgd-at", "synthetic", overrides=["attack.eps_warmup_epochs=2"])
+    ) != determining(pgd)
+    assert determining(
+        tiny_cfg("pgd-at", "synthetic", overrides=["train.finetune_epochs=3"])
+    ) == determining(pgd)
+    derived = standard_config(
+        tiny_cfg(
+            "daat",
+            "synthetic",
+            overrides=["train.init_from=run:standard", "train.finetune_epochs=3"],
+        )
+    )
     assert derived.train.init_from == ""
-    assert determining(derived) == determining(tiny_cfg("standard", "synthetic", overrides=[
-        "train.init_from=run:standard", "train.finetune_epochs=3", "attack.steps=0"]))
+    assert determining(derived) == determining(
+        tiny_cfg(
+            "standard",
+            "synthetic",
+            overrides=["train.init_from=run:standard", "train.finetune_epochs=3", "attack.steps=0"],
+        )
+    )
 
 
 def test_bad_init_from_is_a_config_error():
@@ -388,12 +479,17 @@ def test_cached_never_loads_the_depth_model():
     assert target.online_calls == 0
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["depth.target=online"], [True] * 6),
-    (["depth.target=mixed", "depth.online_every=2"], [True, False, True, False, True, False]),
-    (["depth.target=mixed", "depth.online_epochs=[1,2]"], [False, False, True, True, False,
-                                                           False]),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["depth.target=online"], [True] * 6),
+        (["depth.target=mixed", "depth.online_every=2"], [True, False, True, False, True, False]),
+        (
+            ["depth.target=mixed", "depth.online_epochs=[1,2]"],
+            [False, False, True, True, False, False],
+        ),
+    ],
+)
 def test_online_and_mixed_call_the_depth_model_on_x_adv(monkeypatch, overrides, expected):
     """Six steps, two per epoch: the depth model runs exactly on the configured steps, on the
     very tensor PGD returned, and its G is what L_align compares A(x_adv) with."""
@@ -421,6 +517,7 @@ def test_online_and_mixed_call_the_depth_model_on_x_adv(monkeypatch, overrides, 
             assert torch.equal(fake.inputs[-1], pgd_outputs[-1])
             assert not torch.equal(fake.inputs[-1], x)
             from daat.saliency import depth_saliency
+
             torch.testing.assert_close(targets[-1], depth_saliency(pgd_outputs[-1].mean(1), (4, 4)))
         else:
             torch.testing.assert_close(targets[-1], g)
@@ -434,8 +531,9 @@ def test_policy_checks():
         check_policy(tiny_cfg(overrides=["depth.target=online", "depth.model=oracle"]))
     with pytest.raises(config_mod.ConfigError, match="online_every"):
         tiny_cfg(overrides=["depth.target=mixed", "depth.model=x"])
-    check_policy(tiny_cfg(overrides=["depth.target=online", "depth.model=oracle",
-                                     "loss.lam=0"]))  # no L_align: the target is never needed
+    check_policy(
+        tiny_cfg(overrides=["depth.target=online", "depth.model=oracle", "loss.lam=0"])
+    )  # no L_align: the target is never needed
 
 
 def test_train_forward_batches_adv_and_clean_like_two_forwards():
@@ -459,9 +557,11 @@ def test_depth_model_is_the_shards_own_unless_allowed_otherwise(tiny_dpt_dir, tm
     from daat.tiny_models import save_tiny_dpt
     from daat.train.online_depth import resolve_model
 
-    shards = SimpleNamespace(config={"depth": {"model": str(tiny_dpt_dir)}},
-                             depth_model=f"{tiny_dpt_dir}@{dir_hash(tiny_dpt_dir)}",
-                             path=tmp_path / "shards-x")
+    shards = SimpleNamespace(
+        config={"depth": {"model": str(tiny_dpt_dir)}},
+        depth_model=f"{tiny_dpt_dir}@{dir_hash(tiny_dpt_dir)}",
+        path=tmp_path / "shards-x",
+    )
     online = ["depth.target=online"]
     unset = tiny_cfg(overrides=online)
     assert unset.depth.model is None
@@ -471,8 +571,11 @@ def test_depth_model_is_the_shards_own_unless_allowed_otherwise(tiny_dpt_dir, tm
     assert resolve_model(tiny_cfg(overrides=online + [f"depth.model={moved}"]), shards)
     other = save_tiny_dpt(tmp_path / "other", image_size=32)
     mismatch = tiny_cfg(overrides=online + [f"depth.model={other}"])
-    with pytest.raises(config_mod.ConfigError, match=r"not the depth model the shards were made "
-                                                     r"with.*depth.allow_other_model=true"):
+    with pytest.raises(
+        config_mod.ConfigError,
+        match=r"not the depth model the shards were made "
+        r"with.*depth.allow_other_model=true",
+    ):
         resolve_model(mismatch, shards)
     allowed = tiny_cfg(overrides=online + [f"depth.model={other}", "depth.allow_other_model=true"])
     assert resolve_model(allowed, shards).depth.model == str(other)
@@ -484,8 +587,24 @@ def test_train_depth_option_sets_the_depth_model(tiny_shards, tiny_dpt_dir, tmp_
     from click.testing import CliRunner
 
     from daat.cli import main
-    result = CliRunner().invoke(main, [
-        "train", "--config", "daat", "--config", "synthetic", "--shards", str(tiny_shards.path),
-        "--depth", str(tiny_dpt_dir), "--out", str(tmp_path), "--set", "depth.target=online"])
+
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--config",
+            "daat",
+            "--config",
+            "synthetic",
+            "--shards",
+            str(tiny_shards.path),
+            "--depth",
+            str(tiny_dpt_dir),
+            "--out",
+            str(tmp_path),
+            "--set",
+            "depth.target=online",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert f"config key 'depth.model' = '{tiny_dpt_dir}' is not the depth model" in result.stderr

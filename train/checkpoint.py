@@ -17,6 +17,7 @@ the replay from there is exact, so the result is the same), else it stops with a
 damaged ``final.pt`` is never reused or evaluated: ``daat train`` rewrites it from the last epoch
 checkpoint, ``daat evaluate`` refuses it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -25,14 +26,21 @@ import random
 import re
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from daat.artifacts import (Artifact, ArtifactError, atomic_path, atomic_write_text,
-                            open_artifact, sha256_file)
+from daat.artifacts import (
+    Artifact,
+    ArtifactError,
+    atomic_path,
+    atomic_write_text,
+    open_artifact,
+    sha256_file,
+)
 from daat.errors import TrainingError
 
 FORMAT = 1
@@ -58,8 +66,13 @@ def rng_state() -> dict[str, Any]:
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": [version, list(mt), gauss],
-        "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos),
-                  int(np_has_gauss), float(np_gauss)],
+        "numpy": [
+            np_kind,
+            torch.from_numpy(np_keys.astype(np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_gauss),
+        ],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
@@ -100,9 +113,12 @@ def _write_failure(path: Path, state: dict[str, Any], error: RuntimeError) -> Ex
     need = sum(t.numel() * t.element_size() for t in _tensors(state))
     free = shutil.disk_usage(path.parent).free
     if free < need:
-        return OSError(errno.ENOSPC, f"No space left on device (the checkpoint needs about "
-                                     f"{need / 2**20:.0f} MB, {free / 2**20:.0f} MB are free)",
-                       str(path))
+        return OSError(
+            errno.ENOSPC,
+            f"No space left on device (the checkpoint needs about "
+            f"{need / 2**20:.0f} MB, {free / 2**20:.0f} MB are free)",
+            str(path),
+        )
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return TrainingError(f"cannot write checkpoint {path}: {first}")
 
@@ -144,13 +160,16 @@ def latest(ckpt_dir: str | os.PathLike) -> Path | None:
     name = pointer.read_text().strip()
     path = Path(ckpt_dir) / name
     if not path.is_file():
-        raise TrainingError(f"{pointer} names {name}, which is missing; delete {pointer} to "
-                            f"restart the run from scratch")
+        raise TrainingError(
+            f"{pointer} names {name}, which is missing; delete {pointer} to "
+            f"restart the run from scratch"
+        )
     return path
 
 
-def prune(ckpt_dir: str | os.PathLike, keep_steps: int, keep_epochs: int,
-          before_delete=None) -> list[Path]:
+def prune(
+    ckpt_dir: str | os.PathLike, keep_steps: int, keep_epochs: int, before_delete=None
+) -> list[Path]:
     """Delete all but the newest ``keep_steps`` step-* and ``keep_epochs`` epoch-* files; the one
     ``latest`` names is always kept. ``before_delete(names)`` runs first (the run forgets them in
     its manifest, so a manifest never lists a deleted checkpoint). Returns the deleted paths."""
@@ -202,21 +221,27 @@ class RunCheckpoints:
         if not pointer.is_file():
             return None
         named = pointer.read_text().strip()
-        steps = {rel[len(CKPT_DIR) + 1:]: entry["step"]
-                 for rel, entry in self.art.manifest["files"].items()
-                 if rel.startswith(f"{CKPT_DIR}/") and "step" in entry}
+        steps = {
+            rel[len(CKPT_DIR) + 1 :]: entry["step"]
+            for rel, entry in self.art.manifest["files"].items()
+            if rel.startswith(f"{CKPT_DIR}/") and "step" in entry
+        }
         earlier = sorted((n for n in steps if n != named), key=lambda n: -steps[n])
         damaged = []
         for name in [named] + earlier:
             problem = self.art.check_file(f"{CKPT_DIR}/{name}")
             if problem is None:
                 if damaged:
-                    sys.stderr.write(f"warning: {self.dir}: {'; '.join(damaged)}; resuming from "
-                                     f"{name} instead (the replay from there is exact)\n")
+                    sys.stderr.write(
+                        f"warning: {self.dir}: {'; '.join(damaged)}; resuming from "
+                        f"{name} instead (the replay from there is exact)\n"
+                    )
                 return self.dir / name
             damaged.append(problem)
-        raise TrainingError(f"{self.dir}: no intact checkpoint to resume from ({damaged[0]}); "
-                            f"delete {pointer} to restart the run from scratch")
+        raise TrainingError(
+            f"{self.dir}: no intact checkpoint to resume from ({damaged[0]}); "
+            f"delete {pointer} to restart the run from scratch"
+        )
 
 
 def verify_checkpoint(run_art: Artifact, path: Path) -> None:
@@ -228,9 +253,11 @@ def verify_checkpoint(run_art: Artifact, path: Path) -> None:
         return
     problem = run_art.check_file(rel)
     if problem is not None:
-        raise TrainingError(f"{run_art.path}: {problem}: the checkpoint is damaged or is not the "
-                            f"one the run wrote (run the same `daat train` again to rewrite a "
-                            f"damaged {FINAL})")
+        raise TrainingError(
+            f"{run_art.path}: {problem}: the checkpoint is damaged or is not the "
+            f"one the run wrote (run the same `daat train` again to rewrite a "
+            f"damaged {FINAL})"
+        )
 
 
 # -- evaluation entry point ------------------------------------------------------------------
@@ -239,8 +266,11 @@ def eval_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return state["model_ema"] if state.get("model_ema") is not None else state["model"]
 
 
-def load_model_for_eval(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
-                        device: str | torch.device = "cpu"):
+def load_model_for_eval(
+    run_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+):
     """``(model in eval mode on device, Config, shards_dir)`` from a run artifact.
 
     ``checkpoint`` defaults to ``checkpoints/final.pt``, else the ``latest`` one (a run still in
@@ -272,6 +302,7 @@ def _default_checkpoint(run_dir: Path) -> Path:
         return final
     found = latest(run_dir / CKPT_DIR)
     if found is None:
-        raise TrainingError(f"{run_dir} has no checkpoint yet (no {CKPT_DIR}/{FINAL} or "
-                            f"{CKPT_DIR}/{LATEST})")
+        raise TrainingError(
+            f"{run_dir} has no checkpoint yet (no {CKPT_DIR}/{FINAL} or {CKPT_DIR}/{LATEST})"
+        )
     return found

@@ -16,15 +16,17 @@ stays complete. A resumed run logs into the same TensorBoard directory (events a
 checkpoint are purged), MLflow run (found by its ``daat.run`` tag) and W&B run id; MLflow and
 W&B may show the steps between the checkpoint and the crash twice.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 from urllib.parse import urlparse
 
 from daat import config as config_mod
@@ -32,8 +34,11 @@ from daat.config import Config, ConfigError
 
 METRICS = "metrics.jsonl"
 # tracker -> (module it needs, the extra that installs it)
-TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"),
-            "wandb": ("wandb", "wandb")}
+TRACKERS = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+}
 _NOT_SCALARS = {"kind", "step"}
 
 
@@ -49,15 +54,20 @@ def check(cfg: Config) -> None:
     required and no repeats, are ``TrainConfig.check``'s rules."""
     for name in cfg.train.loggers:
         if name in TRACKERS and importlib.util.find_spec(TRACKERS[name][0]) is None:
-            raise ConfigError(f"train.loggers includes {name!r} but the {TRACKERS[name][0]} "
-                              f"package is not installed: pip install 'daat[{TRACKERS[name][1]}]'")
+            raise ConfigError(
+                f"train.loggers includes {name!r} but the {TRACKERS[name][0]} "
+                f"package is not installed: pip install 'daat[{TRACKERS[name][1]}]'"
+            )
 
 
 def scalars(record: dict) -> dict[str, float]:
     """The tracker view of one metrics record: ``{kind}/{field}`` -> number."""
     kind = record["kind"]
-    return {f"{kind}/{k}": float(v) for k, v in record.items()
-            if k not in _NOT_SCALARS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        f"{kind}/{k}": float(v)
+        for k, v in record.items()
+        if k not in _NOT_SCALARS and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def hyperparameters(cfg: Config) -> dict[str, str | int | float | bool]:
@@ -102,8 +112,9 @@ class TensorBoardLogger:
         from torch.utils.tensorboard.summary import hparams
 
         # purge_step drops events a crashed session wrote after the checkpoint we resume from.
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"),
-                                    purge_step=resume_step + 1, flush_secs=30)
+        self.writer = SummaryWriter(
+            log_dir=str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1, flush_secs=30
+        )
         for summary in hparams(hyperparameters(cfg), {}):
             self.writer.file_writer.add_summary(summary)
         self.writer.add_text("config", "```yaml\n" + config_mod.dump(cfg) + "```", 0)
@@ -135,10 +146,14 @@ class MlflowLogger:
 
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(cfg.train.tracker_project)
-        experiment_id = (experiment.experiment_id if experiment is not None
-                         else self.client.create_experiment(cfg.train.tracker_project))
-        found = self.client.search_runs([experiment_id], f"tags.`daat.run` = '{run_id}'",
-                                        max_results=1)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else self.client.create_experiment(cfg.train.tracker_project)
+        )
+        found = self.client.search_runs(
+            [experiment_id], f"tags.`daat.run` = '{run_id}'", max_results=1
+        )
         if found:
             self.run_id = found[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
@@ -147,15 +162,20 @@ class MlflowLogger:
             self.run_id = run.info.run_id
             params = [Param(k, str(v)) for k, v in hyperparameters(cfg).items()]
             for start in range(0, len(params), 100):  # MLflow takes at most 100 per batch
-                self.client.log_batch(self.run_id, params=params[start:start + 100])
+                self.client.log_batch(self.run_id, params=params[start : start + 100])
 
     def log(self, record: dict) -> None:
         import time
 
         from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            Metric(tag, value, now, record["step"]) for tag, value in scalars(record).items()])
+        self.client.log_batch(
+            self.run_id,
+            metrics=[
+                Metric(tag, value, now, record["step"]) for tag, value in scalars(record).items()
+            ],
+        )
 
     def close(self, failed: bool) -> None:
         self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
@@ -168,10 +188,16 @@ class WandbLogger:
     def __init__(self, cfg: Config, run_dir: Path, run_id: str, resume_step: int):
         import wandb
 
-        self.run = wandb.init(project=cfg.train.tracker_project, name=run_id, id=run_id,
-                              dir=str(run_dir), mode=cfg.train.wandb_mode,
-                              config=config_mod.to_dict(cfg), resume="allow",
-                              settings=wandb.Settings(console="off", silent=True))
+        self.run = wandb.init(
+            project=cfg.train.tracker_project,
+            name=run_id,
+            id=run_id,
+            dir=str(run_dir),
+            mode=cfg.train.wandb_mode,
+            config=config_mod.to_dict(cfg),
+            resume="allow",
+            settings=wandb.Settings(console="off", silent=True),
+        )
 
     def log(self, record: dict) -> None:
         self.run.log(scalars(record), step=record["step"])
@@ -208,8 +234,12 @@ class _Guarded:
 
 def _warn(name: str, what: str, e: Exception) -> None:
     first_line = (str(e).splitlines() or [""])[0][:300]
-    print(f"warning: {name} {what} ({type(e).__name__}: {first_line}); {name} is off for the rest "
-          f"of this session, metrics.jsonl is complete", file=sys.stderr, flush=True)
+    print(
+        f"warning: {name} {what} ({type(e).__name__}: {first_line}); {name} is off for the rest "
+        f"of this session, metrics.jsonl is complete",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 class Loggers:
@@ -228,8 +258,9 @@ class Loggers:
 
 
 @contextmanager
-def open_loggers(cfg: Config, run_dir: str | os.PathLike, run_id: str, resume_step: int,
-                 enabled: bool = True) -> Iterator[Loggers]:
+def open_loggers(
+    cfg: Config, run_dir: str | os.PathLike, run_id: str, resume_step: int, enabled: bool = True
+) -> Iterator[Loggers]:
     """The loggers of ``train.loggers`` for one training session (none unless ``enabled``, i.e.
     on ranks other than 0); trackers are told whether the session failed when it ends."""
     run_dir = Path(run_dir)
@@ -248,8 +279,7 @@ def open_loggers(cfg: Config, run_dir: str | os.PathLike, run_id: str, resume_st
     sink.close(failed=False)
 
 
-def _open_tracker(name: str, cfg: Config, run_dir: Path, run_id: str,
-                  resume_step: int) -> _Guarded:
+def _open_tracker(name: str, cfg: Config, run_dir: Path, run_id: str, resume_step: int) -> _Guarded:
     try:
         return _Guarded(name, _OPENERS[name](cfg, run_dir, run_id, resume_step))
     # As in _Guarded: a tracker that cannot start (no server, bad credentials) must not stop a

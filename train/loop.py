@@ -14,6 +14,7 @@ step (the ranks split the work), re-checks them (a stat each, a re-hash of any t
 every checkpoint and hashes them all again before ``final.pt``. A changed byte stops the run
 naming the file, and no checkpoint or final model is written from shards that differ.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,13 +39,19 @@ from daat.errors import ShardFormatError, TrainingError
 from daat.pipeline.loaders import batches_per_epoch, eval_pipeline, require_intact, train_pipeline
 from daat.pipeline.shards import ShardArtifact, open_shards
 from daat.train import checkpoint as ckpt
-from daat.train import loggers
+from daat.train import loggers, warm_start
 from daat.train import teacher as teacher_mod
-from daat.train import warm_start
 from daat.train.online_depth import DepthTarget, check_policy, resolve_model
 from daat.train.schedules import ema_decay_at, eps_scale_at, gamma_at, lr_at, s_at
-from daat.train.step import NonFiniteGuard, StepSchedule, TrainForward, TrainState
-from daat.train.step import build_optimizer, train_step, val_sums
+from daat.train.step import (
+    NonFiniteGuard,
+    StepSchedule,
+    TrainForward,
+    TrainState,
+    build_optimizer,
+    train_step,
+    val_sums,
+)
 
 METRICS = loggers.METRICS
 CONFIG_FILE = "config.yaml"
@@ -98,14 +105,16 @@ def open_checked(cfg: Config, shards_dir: str | Path) -> ShardArtifact:
     shards = open_shards(shards_dir)
     for split in ("train", "val"):
         if split not in shards.splits or shards.split_size(split) == 0:
-            raise ShardFormatError(f"{shards.path}: training needs a non-empty '{split}' split "
-                                   f"(has {shards.splits})")
+            raise ShardFormatError(
+                f"{shards.path}: training needs a non-empty '{split}' split (has {shards.splits})"
+            )
     stored = int(shards.image_policy["resize_short"])
     if stored < cfg.model.img_size:
         raise ShardFormatError(
             f"{shards.path}: images are stored with short side {stored} px, smaller than "
             f"model.img_size={cfg.model.img_size}; preprocess again with data.resize_short >= "
-            f"{cfg.model.img_size} or lower model.img_size")
+            f"{cfg.model.img_size} or lower model.img_size"
+        )
     if not shards.saliency_encoding:
         raise ShardFormatError(f"{shards.path}: no depth saliency stored (needed for L_align)")
     return shards
@@ -147,8 +156,9 @@ class _Loop:
         if path is None:
             _seed_all(self.cfg.seed + self.info.rank)
             if self.init is not None:
-                warm_start.load_weights(self.state.model, self.init, self.cfg,
-                                        self.shards.num_classes)
+                warm_start.load_weights(
+                    self.state.model, self.init, self.cfg, self.shards.num_classes
+                )
                 if self.state.ema is not None:
                     self.state.ema.load_state_dict(self.state.model.state_dict())
             if self.info.is_main:  # a run killed before its first ``latest`` starts over
@@ -164,35 +174,57 @@ class _Loop:
             self.state.projection.load_state_dict(state["projection"])
         ckpt.set_rng_state(state["rng"][self.info.rank])
         self.state.generator.set_state(state["generator"][self.info.rank])
-        self.pos = _Position(state["step"], state["epoch"], state["batch_in_epoch"],
-                             float(state["wall_s"]), dict(state["epoch_sums"]))
+        self.pos = _Position(
+            state["step"],
+            state["epoch"],
+            state["batch_in_epoch"],
+            float(state["wall_s"]),
+            dict(state["epoch_sums"]),
+        )
         self.last_val = dict(state["last_val"])
         if self.info.is_main:
             _truncate_metrics(self.art.path / METRICS, self.pos.step)
-            tqdm.write("[train] " + resume_line(path, f"step {self.pos.step} of {self.total_steps}"
-                                                      f", epoch {self.pos.epoch + 1} of "
-                                                      f"{self.cfg.train.epochs}"), file=sys.stderr)
+            tqdm.write(
+                "[train] "
+                + resume_line(
+                    path,
+                    f"step {self.pos.step} of {self.total_steps}"
+                    f", epoch {self.pos.epoch + 1} of "
+                    f"{self.cfg.train.epochs}",
+                ),
+                file=sys.stderr,
+            )
 
     def _check_resumable(self, state: dict, path: Path) -> None:
         if state["shards_id"] != self.shards.id:
-            raise TrainingError(f"{path} was trained on {state['shards_id']}, not "
-                                f"{self.shards.id}")
-        if state["steps_per_epoch"] != self.steps_per_epoch or \
-                len(state["rng"]) != self.info.world_size:
+            raise TrainingError(f"{path} was trained on {state['shards_id']}, not {self.shards.id}")
+        if (
+            state["steps_per_epoch"] != self.steps_per_epoch
+            or len(state["rng"]) != self.info.world_size
+        ):
             raise TrainingError(
                 f"{path} was written by {len(state['rng'])} process(es) with "
                 f"{state['steps_per_epoch']} steps/epoch; this run has {self.info.world_size} "
-                f"with {self.steps_per_epoch}: resume with the same number of processes")
+                f"with {self.steps_per_epoch}: resume with the same number of processes"
+            )
         if state["num_workers"] != self.cfg.data.num_workers and self.info.is_main:
-            tqdm.write(f"warning: {path.name} was written with data.num_workers="
-                       f"{state['num_workers']}, now {self.cfg.data.num_workers}: the sample "
-                       "order differs from an uninterrupted run (one stream per worker)",
-                       file=sys.stderr)
+            tqdm.write(
+                f"warning: {path.name} was written with data.num_workers="
+                f"{state['num_workers']}, now {self.cfg.data.num_workers}: the sample "
+                "order differs from an uninterrupted run (one stream per worker)",
+                file=sys.stderr,
+            )
 
     def train(self) -> None:
         cfg = self.cfg
-        bar = tqdm(total=self.total_steps, initial=self.pos.step, disable=not self.info.is_main,
-                   file=sys.stderr, dynamic_ncols=True, desc=self.art.id)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.pos.step,
+            disable=not self.info.is_main,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            desc=self.art.id,
+        )
         for epoch in range(self.pos.epoch, cfg.train.epochs):
             self.pos.epoch = epoch
             start, done_before = time.perf_counter(), self.pos.batch
@@ -210,8 +242,10 @@ class _Loop:
                 if self.pos.step % cfg.train.log_every_steps == 0:
                     self._log(interval, sched, bar)
                     interval = _Interval(self.device)
-                if self.pos.step % cfg.train.ckpt_every_steps == 0 \
-                        and self.pos.batch < self.steps_per_epoch:
+                if (
+                    self.pos.step % cfg.train.ckpt_every_steps == 0
+                    and self.pos.batch < self.steps_per_epoch
+                ):
                     self._flush(interval)
                     interval = _Interval(self.device)
                     self._save(ckpt.step_name(self.pos.step), epoch_end=False)
@@ -222,47 +256,74 @@ class _Loop:
     def _batches(self, epoch: int):
         cfg = self.cfg
         batches = train_pipeline(
-            self.shards, image_size=cfg.model.img_size, grid=self.state.model.grid,
-            batch_size=cfg.train.batch_size, samples_per_epoch=cfg.train.samples_per_epoch,
-            rank=self.info.rank, world_size=self.info.world_size, seed=cfg.seed, epoch=epoch,
-            num_workers=cfg.data.num_workers, rrc_scale=tuple(cfg.train.rrc_scale),
-            hflip=cfg.train.hflip, skip_batches=self.pos.batch,
-            pin_memory=dist.cuda_paths(self.device))
+            self.shards,
+            image_size=cfg.model.img_size,
+            grid=self.state.model.grid,
+            batch_size=cfg.train.batch_size,
+            samples_per_epoch=cfg.train.samples_per_epoch,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            seed=cfg.seed,
+            epoch=epoch,
+            num_workers=cfg.data.num_workers,
+            rrc_scale=tuple(cfg.train.rrc_scale),
+            hflip=cfg.train.hflip,
+            skip_batches=self.pos.batch,
+            pin_memory=dist.cuda_paths(self.device),
+        )
         expected, seen = len(batches), 0
         for batch in batches:
             seen += 1
             yield batch
         if seen != expected:  # a short rank would leave the others waiting in DDP forever
-            raise TrainingError(f"epoch {epoch}: the train pipeline gave {seen} batches, "
-                                f"expected {expected} ({self.shards.path})")
+            raise TrainingError(
+                f"epoch {epoch}: the train pipeline gave {seen} batches, "
+                f"expected {expected} ({self.shards.path})"
+            )
 
     def _schedule(self, step: int, epoch: int) -> StepSchedule:
         c, epochs = self.cfg, self.cfg.train.epochs
         warmup = min(round(c.optim.warmup_epochs * self.steps_per_epoch), self.total_steps)
         eps_warmup = min(round(c.attack.eps_warmup_epochs * self.steps_per_epoch), self.total_steps)
         return StepSchedule(
-            step=step, epoch=epoch,
+            step=step,
+            epoch=epoch,
             lr=lr_at(step, self.total_steps, warmup, c.optim.lr, c.optim.min_lr),
             gamma=gamma_at(epoch, epochs, c.loss.gamma0, c.loss.gamma_frac),
             s=s_at(epoch, epochs, c.loss.s_schedule, c.loss.s_warmup_frac),
             eps_scale=eps_scale_at(step, eps_warmup) if c.attack.steps else 1.0,
-            ema_decay=ema_decay_at(step, c.train.ema_decay))
+            ema_decay=ema_decay_at(step, c.train.ema_decay),
+        )
 
-    def _log(self, interval: "_Interval", sched: StepSchedule, bar) -> None:
+    def _log(self, interval: _Interval, sched: StepSchedule, bar) -> None:
         self.guard.check()
         means = self._flush(interval)  # the one host-device sync of the interval
         rate = interval.n * self.cfg.train.batch_size * self.info.world_size / interval.elapsed()
-        bar.set_postfix(ce=f"{means['ce']:.3f}", align=f"{means['align']:.3f}",
-                        feat=f"{means['feat']:.3f}", img_s=f"{rate:.0f}")
-        self._append({"kind": "step", "epoch": sched.epoch, "step": self.pos.step, **means,
-                      "lr": sched.lr, "gamma": sched.gamma, "s": sched.s,
-                      "eps": self._train_eps(sched), "img_per_s": rate})
+        bar.set_postfix(
+            ce=f"{means['ce']:.3f}",
+            align=f"{means['align']:.3f}",
+            feat=f"{means['feat']:.3f}",
+            img_s=f"{rate:.0f}",
+        )
+        self._append(
+            {
+                "kind": "step",
+                "epoch": sched.epoch,
+                "step": self.pos.step,
+                **means,
+                "lr": sched.lr,
+                "gamma": sched.gamma,
+                "s": sched.s,
+                "eps": self._train_eps(sched),
+                "img_per_s": rate,
+            }
+        )
 
     def _train_eps(self, sched: StepSchedule) -> float:
         """The training attack's ε at this step (0 for standard training)."""
         return self.cfg.attack.eps * sched.eps_scale if self.cfg.attack.steps else 0.0
 
-    def _flush(self, interval: "_Interval") -> dict:
+    def _flush(self, interval: _Interval) -> dict:
         self.guard.check()
         sums = interval.host_sums()
         for k, v in sums.items():
@@ -272,8 +333,9 @@ class _Loop:
 
     def _end_epoch(self, epoch: int, seconds: float, batches: int) -> None:
         keys = (*LOSS_KEYS, "n")
-        local = torch.tensor([self.pos.sums.get(k, 0.0) for k in keys], dtype=torch.float64,
-                             device=self.device)
+        local = torch.tensor(
+            [self.pos.sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.device
+        )
         sums = dict(zip(keys, dist.all_reduce_sum(local).tolist()))
         n = max(sums["n"], 1.0)
         every = self.cfg.train.val_every_epochs
@@ -282,12 +344,22 @@ class _Loop:
             self.last_val = self._validate()
         sched = self._schedule(max(self.pos.step - 1, 0), epoch)
         images = batches * self.cfg.train.batch_size * self.info.world_size
-        self._append({"kind": "epoch", "epoch": epoch, "step": self.pos.step,
-                      **{k: sums[k] / n for k in LOSS_KEYS if k != "zero_grad"},
-                      "zero_grad": int(sums["zero_grad"]), "lr": sched.lr, "gamma": sched.gamma,
-                      "s": sched.s, "eps": self._train_eps(sched),
-                      "img_per_s": images / max(seconds, 1e-9),
-                      "wall_s": self._wall(), **(self.last_val if validated else {})})
+        self._append(
+            {
+                "kind": "epoch",
+                "epoch": epoch,
+                "step": self.pos.step,
+                **{k: sums[k] / n for k in LOSS_KEYS if k != "zero_grad"},
+                "zero_grad": int(sums["zero_grad"]),
+                "lr": sched.lr,
+                "gamma": sched.gamma,
+                "s": sched.s,
+                "eps": self._train_eps(sched),
+                "img_per_s": images / max(seconds, 1e-9),
+                "wall_s": self._wall(),
+                **(self.last_val if validated else {}),
+            }
+        )
         self.pos.epoch, self.pos.batch, self.pos.sums = epoch + 1, 0, {}
         self._save(ckpt.epoch_name(epoch + 1), epoch_end=True)
 
@@ -296,16 +368,33 @@ class _Loop:
         val split, sharded over ranks and summed."""
         cfg, info = self.cfg, self.info
         batches = eval_pipeline(
-            self.shards, split="val", image_size=cfg.model.img_size, grid=self.state.model.grid,
-            batch_size=cfg.train.batch_size, rank=info.rank, world_size=info.world_size,
-            num_workers=cfg.data.num_workers, max_samples=cfg.train.val_samples or None)
+            self.shards,
+            split="val",
+            image_size=cfg.model.img_size,
+            grid=self.state.model.grid,
+            batch_size=cfg.train.batch_size,
+            rank=info.rank,
+            world_size=info.world_size,
+            num_workers=cfg.data.num_workers,
+            max_samples=cfg.train.val_samples or None,
+        )
         k = cfg.train.val_pgd_steps
-        local = val_sums(self.state, ((x, y, g) for _, x, y, g in batches), k,
-                         seed=cfg.seed * 1_000_003 + 7919 + info.rank)
+        local = val_sums(
+            self.state,
+            ((x, y, g) for _, x, y, g in batches),
+            k,
+            seed=cfg.seed * 1_000_003 + 7919 + info.rank,
+        )
         n, clean, robust, cos = dist.all_reduce_sum(local).tolist()
         n = max(n, 1.0)
-        return {"val_n": int(n), "val_clean_acc": clean / n, "val_pgd_acc": robust / n,
-                "val_pgd_steps": k, "val_eps": cfg.attack.eps, "val_cos_AG": cos / n}
+        return {
+            "val_n": int(n),
+            "val_clean_acc": clean / n,
+            "val_pgd_acc": robust / n,
+            "val_pgd_steps": k,
+            "val_eps": cfg.attack.eps,
+            "val_cos_AG": cos / n,
+        }
 
     def _wall(self) -> float:
         return self.pos.wall_s + time.perf_counter() - self.session_start
@@ -321,41 +410,66 @@ class _Loop:
         generators = dist.all_gather_objects(s.generator.get_state())
         if not self.info.is_main:
             return
-        self.ckpts.save(name, {
-            **self._model_state(), "optimizer": s.optimizer.state_dict(),
-            "batch_in_epoch": self.pos.batch, "rng": rng, "generator": generators,
-            "epoch_sums": dict(self.pos.sums), "wall_s": self._wall(),
-            "last_val": self.last_val, "epoch_end": epoch_end,
-            "num_workers": self.cfg.data.num_workers},
-            self.cfg.train.keep_step_checkpoints, self.cfg.train.keep_epoch_checkpoints)
+        self.ckpts.save(
+            name,
+            {
+                **self._model_state(),
+                "optimizer": s.optimizer.state_dict(),
+                "batch_in_epoch": self.pos.batch,
+                "rng": rng,
+                "generator": generators,
+                "epoch_sums": dict(self.pos.sums),
+                "wall_s": self._wall(),
+                "last_val": self.last_val,
+                "epoch_end": epoch_end,
+                "num_workers": self.cfg.data.num_workers,
+            },
+            self.cfg.train.keep_step_checkpoints,
+            self.cfg.train.keep_epoch_checkpoints,
+        )
 
     def _model_state(self) -> dict:
         s = self.state
-        return {"model": s.model.state_dict(),
-                "model_ema": s.ema.state_dict() if s.ema is not None else None,
-                "projection": s.projection.state_dict() if s.projection is not None else None,
-                "step": self.pos.step, "epoch": self.pos.epoch,
-                "steps_per_epoch": self.steps_per_epoch, "config": config_mod.to_dict(self.cfg),
-                "shards_id": self.shards.id, "num_classes": self.shards.num_classes}
+        return {
+            "model": s.model.state_dict(),
+            "model_ema": s.ema.state_dict() if s.ema is not None else None,
+            "projection": s.projection.state_dict() if s.projection is not None else None,
+            "step": self.pos.step,
+            "epoch": self.pos.epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "config": config_mod.to_dict(self.cfg),
+            "shards_id": self.shards.id,
+            "num_classes": self.shards.num_classes,
+        }
 
     def finish(self) -> None:
-        require_intact(self.shards, self.files.verify(self.info.rank, self.info.world_size),
-                       f"before {ckpt.FINAL}")
+        require_intact(
+            self.shards,
+            self.files.verify(self.info.rank, self.info.world_size),
+            f"before {ckpt.FINAL}",
+        )
         if not self.info.is_main:
             return
         art, target = self.art, self.state.depth_target
         self.ckpts.save_final(self._model_state())
         for rel in (CONFIG_FILE, METRICS):
             art.record_file(rel)
-        art.extra.update({
-            "shards_dir": str(self.shards.path.resolve()), "steps": self.pos.step,
-            "shards_content": self.shards.content_digest, "classes": self.shards.classes,
-            "depth_target": self.cfg.depth.target,
-            "depth_model": target.model_id or self.shards.depth_model,
-            "shards_depth_model": self.shards.depth_model,
-            "online_depth_steps": target.online_calls, "teacher": self.teacher_id,
-            "init_from": self.init.lineage[0] if self.init is not None else None,
-            "final_metrics": self.last_val, "wall_s": self._wall()})
+        art.extra.update(
+            {
+                "shards_dir": str(self.shards.path.resolve()),
+                "steps": self.pos.step,
+                "shards_content": self.shards.content_digest,
+                "classes": self.shards.classes,
+                "depth_target": self.cfg.depth.target,
+                "depth_model": target.model_id or self.shards.depth_model,
+                "shards_depth_model": self.shards.depth_model,
+                "online_depth_steps": target.online_calls,
+                "teacher": self.teacher_id,
+                "init_from": self.init.lineage[0] if self.init is not None else None,
+                "final_metrics": self.last_val,
+                "wall_s": self._wall(),
+            }
+        )
         art.mark_complete()
 
 
@@ -382,8 +496,11 @@ def _truncate_metrics(path: Path, step: int | None) -> None:
     """Drop lines written after the checkpoint we resume from (they will be written again);
     ``None``: no checkpoint, drop them all."""
     if path.is_file():
-        keep = [line for line in path.read_text().splitlines()
-                if line.strip() and step is not None and json.loads(line)["step"] <= step]
+        keep = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and step is not None and json.loads(line)["step"] <= step
+        ]
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
@@ -398,18 +515,23 @@ def _open_run(cfg, shards, sources, out, info) -> Artifact:
     and intact); the other ranks open the same one. A complete run whose ``final.pt`` no longer
     matches its sha256 is reopened to write it again from its last checkpoint. ``sources``: the
     teacher and ``init_from`` runs (None where unused); their ids join the lineage."""
-    lineage = list(dict.fromkeys([shards.id] + [i for s in sources if s is not None
-                                                for i in s.lineage]))
+    lineage = list(
+        dict.fromkeys([shards.id] + [i for s in sources if s is not None for i in s.lineage])
+    )
     determining = {**keys.determining("run", cfg), "shards_content": shards.content_digest}
 
     def open_on_main() -> Artifact:
-        art = create_or_open(out, "run", determining, config=config_mod.to_dict(cfg),
-                             lineage=lineage)
+        art = create_or_open(
+            out, "run", determining, config=config_mod.to_dict(cfg), lineage=lineage
+        )
         problem = ckpt.RunCheckpoints(art).final_problem() if art.complete else None
         if problem is not None:
             art.lock()
-            tqdm.write(f"warning: {art.path}: {problem}; not reusing it: {ckpt.FINAL} is written "
-                       "again from the run's last checkpoint", file=sys.stderr)
+            tqdm.write(
+                f"warning: {art.path}: {problem}; not reusing it: {ckpt.FINAL} is written "
+                "again from the run's last checkpoint",
+                file=sys.stderr,
+            )
             art.mark_incomplete()
         return art
 
@@ -418,8 +540,13 @@ def _open_run(cfg, shards, sources, out, info) -> Artifact:
     return art or open_artifact(path, kind="run")
 
 
-def build_state(cfg: Config, num_classes: int, teacher: teacher_mod.ResolvedTeacher | None,
-                device: torch.device, info: dist.DistInfo = dist.DistInfo()) -> TrainState:
+def build_state(
+    cfg: Config,
+    num_classes: int,
+    teacher: teacher_mod.ResolvedTeacher | None,
+    device: torch.device,
+    info: dist.DistInfo = dist.DistInfo(),
+) -> TrainState:
     """Student, projection, DDP wrapper, AdamW, PGD generator and depth target for ``train_step``
     (also the entry point for benchmarks)."""
     from daat.models import FeatureProjection, build_student
@@ -432,8 +559,10 @@ def build_state(cfg: Config, num_classes: int, teacher: teacher_mod.ResolvedTeac
     forward: torch.nn.Module = TrainForward(model)
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
+
         forward = DistributedDataParallel(
-            forward, device_ids=[device.index] if device.type == "cuda" else None)
+            forward, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.train.compile:
         forward = torch.compile(forward)
     generator = torch.Generator(device=device)
@@ -441,8 +570,17 @@ def build_state(cfg: Config, num_classes: int, teacher: teacher_mod.ResolvedTeac
     # PGD is ~90% of a step: compiling only the update forward would leave it eager.
     attack_model = torch.compile(model) if cfg.train.compile else None
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.train.ema_decay > 0 else None
-    return TrainState(cfg=cfg, model=model, forward=forward, attack_model=attack_model, ema=ema,
-                      optimizer=build_optimizer(cfg, model, projection), device=device,
-                      depth_target=DepthTarget(cfg, model.grid, device), generator=generator,
-                      teacher=teacher.module if teacher else None, projection=projection,
-                      distributed=info.enabled)
+    return TrainState(
+        cfg=cfg,
+        model=model,
+        forward=forward,
+        attack_model=attack_model,
+        ema=ema,
+        optimizer=build_optimizer(cfg, model, projection),
+        device=device,
+        depth_target=DepthTarget(cfg, model.grid, device),
+        generator=generator,
+        teacher=teacher.module if teacher else None,
+        projection=projection,
+        distributed=info.enabled,
+    )

@@ -3,6 +3,7 @@
 Both are 1 - cosine similarity of per-sample flattened vectors, averaged over the batch. They are
 computed in fp32 whatever the autocast dtype, since a cosine of long bf16 vectors loses digits.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,10 @@ def align_loss(attention: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"align_loss: attention must be [B, h*w], got {tuple(attention.shape)}")
     target = target.detach().reshape(target.shape[0], -1)
     if target.shape != attention.shape:
-        raise ValueError(f"align_loss: target {tuple(target.shape)} does not match attention "
-                         f"{tuple(attention.shape)} (different patch grids?)")
+        raise ValueError(
+            f"align_loss: target {tuple(target.shape)} does not match attention "
+            f"{tuple(attention.shape)} (different patch grids?)"
+        )
     return cosine_distance(attention, target).mean()
 
 
@@ -42,6 +45,8 @@ def feat_loss(student_tokens: torch.Tensor, teacher_tokens: torch.Tensor) -> tor
     patch tokens [B, 1+N, D] concatenated into one vector per sample (student tokens already
     projected to the teacher's width). The teacher side is a constant."""
     if student_tokens.dim() != 3 or student_tokens.shape != teacher_tokens.shape:
-        raise ValueError(f"feat_loss: student tokens {tuple(student_tokens.shape)} and teacher tokens "
-                         f"{tuple(teacher_tokens.shape)} must both be [B, 1+N, D] with equal shapes")
+        raise ValueError(
+            f"feat_loss: student tokens {tuple(student_tokens.shape)} and teacher tokens "
+            f"{tuple(teacher_tokens.shape)} must both be [B, 1+N, D] with equal shapes"
+        )
     return cosine_distance(student_tokens, teacher_tokens.detach()).mean()

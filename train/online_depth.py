@@ -8,10 +8,12 @@
 The depth model is the shards' own unless ``depth.model`` names another (``resolve_model``); it
 loads lazily, the first time a step needs it, so a policy that never goes online never pays for it.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,7 +33,9 @@ def wants_online(cfg: Config, step: int, epoch: int) -> bool:
     if depth.target == "online":
         return True
     by_step = depth.online_every > 0 and step % depth.online_every == 0
-    by_epoch = bool(depth.online_epochs) and depth.online_epochs[0] <= epoch < depth.online_epochs[1]
+    by_epoch = (
+        bool(depth.online_epochs) and depth.online_epochs[0] <= epoch < depth.online_epochs[1]
+    )
     return by_step or by_epoch
 
 
@@ -54,7 +58,8 @@ def resolve_model(cfg: Config, shards: ShardArtifact) -> Config:
             f"were made with ({recorded_id}, {shards.path}); with depth.target="
             f"{cfg.depth.target} the online G(x_adv) would come from another network than the "
             f"cached G(x). Leave depth.model unset (or pass --depth {recorded_name}) to use the "
-            f"shards' model, or set depth.allow_other_model=true to train with it anyway")
+            f"shards' model, or set depth.allow_other_model=true to train with it anyway"
+        )
     return cfg
 
 
@@ -66,14 +71,20 @@ def check_policy(cfg: Config) -> None:
             f"depth.target={depth.target} runs the depth model on x_adv, but depth.model="
             f"'{depth.model}' is the synthetic ground truth, which exists only for clean "
             "images; pass --use-cached-depth (depth.target=cached) or set depth.model to a "
-            "real depth model (a hub id or local directory)")
+            "real depth model (a hub id or local directory)"
+        )
 
 
 class DepthTarget:
     """Gives G for a step: the batch's cached G or G(x_adv) from the lazily loaded depth model."""
 
-    def __init__(self, cfg: Config, grid: tuple[int, int], device: torch.device,
-                 loader: Callable | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        grid: tuple[int, int],
+        device: torch.device,
+        loader: Callable | None = None,
+    ):
         self.cfg = cfg
         self.grid = grid
         self.device = device
@@ -91,12 +102,14 @@ class DepthTarget:
             if loader is None:
                 from daat.depth import load_depth_model as loader
             d = self.cfg.depth
-            self._model = loader(d.model, self.device, amp=d.amp, channels_last=d.channels_last,
-                                 compile=d.compile)
+            self._model = loader(
+                d.model, self.device, amp=d.amp, channels_last=d.channels_last, compile=d.compile
+            )
         return self._model
 
-    def __call__(self, step: int, epoch: int, x_adv: torch.Tensor,
-                 cached: torch.Tensor | None) -> torch.Tensor:
+    def __call__(
+        self, step: int, epoch: int, x_adv: torch.Tensor, cached: torch.Tensor | None
+    ) -> torch.Tensor:
         if not wants_online(self.cfg, step, epoch):
             if cached is None:
                 raise TrainingError(f"step {step}: depth.target=cached but the batch has no G")
@@ -111,6 +124,8 @@ class DepthTarget:
 
         model = self._depth_model()
         chunk = max(1, self.cfg.depth.batch_size)
-        parts = [depth_saliency(model(x_adv[i:i + chunk]).float(), self.grid)
-                 for i in range(0, x_adv.shape[0], chunk)]
+        parts = [
+            depth_saliency(model(x_adv[i : i + chunk]).float(), self.grid)
+            for i in range(0, x_adv.shape[0], chunk)
+        ]
         return torch.cat(parts) if len(parts) > 1 else parts[0]

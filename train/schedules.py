@@ -1,4 +1,5 @@
 """Schedules as pure functions of the step or epoch (no state, so resuming needs nothing saved)."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,10 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
     min_lr + (base_lr - min_lr) * (1 + cos(pi * p)) / 2 with p = (step - warmup_steps) /
     (total_steps - warmup_steps), clipped to [0, 1]: base_lr right after warm-up, min_lr at the end."""
     if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"lr_at: need total_steps > 0 and 0 <= warmup_steps <= total_steps, "
-                         f"got total_steps={total_steps}, warmup_steps={warmup_steps}")
+        raise ValueError(
+            f"lr_at: need total_steps > 0 and 0 <= warmup_steps <= total_steps, "
+            f"got total_steps={total_steps}, warmup_steps={warmup_steps}"
+        )
     if step < 0:
         raise ValueError(f"lr_at: step must be non-negative, got {step}")
     if step < warmup_steps:
@@ -25,21 +28,27 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
 def gamma_at(epoch: float, total_epochs: int, gamma0: float, frac: float = 0.2) -> float:
     """Eq. 4: gamma0 * max(0, 1 - t / (frac * T)); t is the epoch index (0-based)."""
     if total_epochs <= 0 or frac <= 0:
-        raise ValueError(f"gamma_at: need total_epochs > 0 and frac > 0, got {total_epochs}, {frac}")
+        raise ValueError(
+            f"gamma_at: need total_epochs > 0 and frac > 0, got {total_epochs}, {frac}"
+        )
     if epoch < 0:
         raise ValueError(f"gamma_at: epoch must be non-negative, got {epoch}")
     return gamma0 * max(0.0, 1.0 - epoch / (frac * total_epochs))
 
 
-def s_at(epoch: float, total_epochs: int, kind: str = "constant", warmup_frac: float = 0.1) -> float:
+def s_at(
+    epoch: float, total_epochs: int, kind: str = "constant", warmup_frac: float = 0.1
+) -> float:
     """s(t) in [0, 1], the weight on lambda * L_align (the paper gives no schedule).
     ``constant``: 1. ``warmup_anneal``: t / W for t < W = warmup_frac * T (so 0 at t = 0), then
     (T - t) / (T - W), reaching 0 at t = T."""
     if kind not in S_KINDS:
         raise ValueError(f"s_at: kind must be one of {S_KINDS}, got {kind!r}")
     if total_epochs <= 0 or not 0 <= warmup_frac < 1:
-        raise ValueError(f"s_at: need total_epochs > 0 and 0 <= warmup_frac < 1, "
-                         f"got {total_epochs}, {warmup_frac}")
+        raise ValueError(
+            f"s_at: need total_epochs > 0 and 0 <= warmup_frac < 1, "
+            f"got {total_epochs}, {warmup_frac}"
+        )
     if epoch < 0:
         raise ValueError(f"s_at: epoch must be non-negative, got {epoch}")
     if kind == "constant":
@@ -55,8 +64,10 @@ def eps_scale_at(step: int, warmup_steps: int) -> float:
     the lr warm-up, (step + 1) / warmup_steps for step < warmup_steps, so step 0 already attacks
     and step warmup_steps - 1 reaches the full ε; then 1. ``warmup_steps == 0``: always 1 (off)."""
     if warmup_steps < 0 or step < 0:
-        raise ValueError(f"eps_scale_at: need step >= 0 and warmup_steps >= 0, "
-                         f"got step={step}, warmup_steps={warmup_steps}")
+        raise ValueError(
+            f"eps_scale_at: need step >= 0 and warmup_steps >= 0, "
+            f"got step={step}, warmup_steps={warmup_steps}"
+        )
     if step >= warmup_steps:
         return 1.0
     return (step + 1) / warmup_steps

@@ -8,11 +8,12 @@ forward of ``[x_adv; x]``: a ViT has no batch statistics, so this is exactly two
 launch, and DDP sees one forward per backward. Losses come back as detached 0-d tensors; nothing
 here waits for the device, so the loop decides when to synchronise (once per log interval).
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,9 @@ class TrainForward(nn.Module):
             out = self.student.forward_train(x_adv, need_attention=need_attention)
             return out.logits, out.attention, None
         b = x_adv.shape[0]
-        out = self.student.forward_train(torch.cat([x_adv, x_clean]),
-                                         need_attention=need_attention, need_tokens=True)
+        out = self.student.forward_train(
+            torch.cat([x_adv, x_clean]), need_attention=need_attention, need_tokens=True
+        )
         attention = out.attention[:b] if need_attention else None
         return out.logits[:b], attention, out.tokens[b:]
 
@@ -60,7 +62,9 @@ class TrainState:
     projection: nn.Module | None = None  # student width -> teacher width, trained with L_feat
     distributed: bool = False
     attack_model: nn.Module | None = None  # torch.compile'd ``model`` for PGD (train.compile)
-    ema: nn.Module | None = None  # frozen copy of ``model`` holding the weight EMA (train.ema_decay)
+    ema: nn.Module | None = (
+        None  # frozen copy of ``model`` holding the weight EMA (train.ema_decay)
+    )
     params: list[torch.Tensor] = field(default_factory=list)  # clipped together
 
     def __post_init__(self) -> None:
@@ -103,9 +107,17 @@ def adversarial(state: TrainState, x: torch.Tensor, y: torch.Tensor, eps_scale: 
     state.model.eval()  # the attack sees the deterministic model
     try:
         attacked = state.model if state.attack_model is None else state.attack_model
-        result = pgd(attacked, x, y, eps=a.eps * eps_scale, alpha=a.alpha * eps_scale,
-                     steps=a.steps, random_start=a.random_start, generator=state.generator,
-                     amp_dtype=amp_dtype(state.device, a.amp))
+        result = pgd(
+            attacked,
+            x,
+            y,
+            eps=a.eps * eps_scale,
+            alpha=a.alpha * eps_scale,
+            steps=a.steps,
+            random_start=a.random_start,
+            generator=state.generator,
+            amp_dtype=amp_dtype(state.device, a.amp),
+        )
     finally:
         state.model.train(was_training)
     return result.x_adv.detach(), result.zero_grad.sum().float()
@@ -143,9 +155,14 @@ def train_step(state: TrainState, batch, sched: StepSchedule) -> dict[str, torch
     state.optimizer.zero_grad(set_to_none=True)
     if state.ema is not None:
         update_ema(state.ema, state.model, sched.ema_decay)
-    return {"loss": loss.detach(), "ce": ce.detach(), "align": align.detach(),
-            "feat": feat.detach(), "zero_grad": zero_grad,
-            "nonfinite": (~torch.isfinite(loss.detach())).float()}
+    return {
+        "loss": loss.detach(),
+        "ce": ce.detach(),
+        "align": align.detach(),
+        "feat": feat.detach(),
+        "zero_grad": zero_grad,
+        "nonfinite": (~torch.isfinite(loss.detach())).float(),
+    }
 
 
 @torch.no_grad()
@@ -185,8 +202,9 @@ def _to_device(batch, device: torch.device):
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
 
 
-def build_optimizer(cfg: Config, model: nn.Module,
-                    projection: nn.Module | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: Config, model: nn.Module, projection: nn.Module | None = None
+) -> torch.optim.Optimizer:
     """AdamW over the student (and projection); no weight decay on norms, biases, layer-scale
     gains (every 1-d tensor), the positional embedding or the CLS/register tokens."""
     named = list(model.named_parameters())
@@ -197,8 +215,10 @@ def build_optimizer(cfg: Config, model: nn.Module,
         if p.requires_grad:
             skip = p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES)
             (no_decay if skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     fused = True if cuda_paths(next(model.parameters()).device) else None
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=fused)
 
@@ -231,12 +251,27 @@ def val_sums(state: TrainState, batches, pgd_steps: int, seed: int) -> torch.Ten
             cos = 1.0 - cosine_distance(out.attention.float(), g.float().flatten(1))
             robust = clean
             if pgd_steps > 0:
-                result = pgd(model, x, y, eps=eps, alpha=2.5 * eps / pgd_steps, steps=pgd_steps,
-                             random_start=True, generator=generator, amp_dtype=attack_dtype,
-                             check_final=True)
+                result = pgd(
+                    model,
+                    x,
+                    y,
+                    eps=eps,
+                    alpha=2.5 * eps / pgd_steps,
+                    steps=pgd_steps,
+                    random_start=True,
+                    generator=generator,
+                    amp_dtype=attack_dtype,
+                    check_final=True,
+                )
                 robust = clean & ~result.fooled_any
-            sums += torch.stack([torch.tensor(float(len(y)), device=device, dtype=torch.float64),
-                                 clean.sum().double(), robust.sum().double(), cos.sum().double()])
+            sums += torch.stack(
+                [
+                    torch.tensor(float(len(y)), device=device, dtype=torch.float64),
+                    clean.sum().double(),
+                    robust.sum().double(),
+                    cos.sum().double(),
+                ]
+            )
     finally:
         model.train(was_training)
     return sums
@@ -260,4 +295,5 @@ class NonFiniteGuard:
         if bad >= 0:
             raise TrainingError(
                 f"loss became NaN/inf at step {bad} (epoch {bad // self.steps_per_epoch}); the "
-                "run stopped without checkpointing it. Lower optim.lr or check the data")
+                "run stopped without checkpointing it. Lower optim.lr or check the data"
+            )

@@ -10,6 +10,7 @@
   run with the same data/model/optim settings on the same shards, and use that. Offline, with no
   DINOv2 weights, this is the synthetic preset's stand-in teacher.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,7 +47,7 @@ class RunTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student.forward_train(x, need_tokens=True).tokens
 
-    def train(self, mode: bool = True) -> "RunTeacher":
+    def train(self, mode: bool = True) -> RunTeacher:
         return super().train(False)  # always frozen
 
 
@@ -80,6 +81,7 @@ def locate(cfg: Config, shards_dir: str | Path, out: str | Path) -> TeacherSourc
     spec = cfg.loss.teacher
     if spec == STANDARD:
         from daat.train.loop import run as train_run
+
         return run_source(spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path)
     if spec.startswith(RUN_PREFIX):
         return run_source(spec, run_dir(spec, out))
@@ -88,7 +90,7 @@ def locate(cfg: Config, shards_dir: str | Path, out: str | Path) -> TeacherSourc
 
 def run_dir(ref: str, out: str | Path) -> Path:
     """The directory a ``run:`` reference names: a path, or a bare artifact id under ``out``."""
-    target = ref[len(RUN_PREFIX):]
+    target = ref[len(RUN_PREFIX) :]
     if "/" not in target and target.startswith("run-"):
         return Path(out) / target
     return Path(target)
@@ -109,8 +111,9 @@ def load(source: TeacherSource, cfg: Config, device: torch.device) -> ResolvedTe
         from daat.train.checkpoint import load_model_for_eval
 
         student, _, _ = load_model_for_eval(source.run_dir, device=device)
-        return ResolvedTeacher(RunTeacher(student), source.lineage[0], list(source.lineage),
-                               int(student.embed_dim))
+        return ResolvedTeacher(
+            RunTeacher(student), source.lineage[0], list(source.lineage), int(student.embed_dim)
+        )
     from daat.models import build_teacher
 
     grid = (cfg.model.img_size // cfg.model.patch_size,) * 2

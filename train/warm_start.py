@@ -11,6 +11,7 @@ A run that starts from another trains ``train.finetune_epochs`` epochs (when > 0
 ``train.epochs``; ``effective`` writes the epochs it trains into ``train.epochs`` of the config the
 run saves. Only the weights are taken: the optimiser, schedules and RNG streams start fresh.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,8 @@ from torch import nn
 
 from daat import config as config_mod
 from daat.config import Config
-from daat.keys import as_trained
 from daat.errors import TrainingError
+from daat.keys import as_trained
 from daat.train.teacher import STANDARD, TeacherSource, run_dir, run_source, standard_config
 
 KEY = "train.init_from"
@@ -44,17 +45,18 @@ def locate(cfg: Config, shards_dir: str | Path, out: str | Path) -> TeacherSourc
         return None
     if spec == STANDARD:
         from daat.train.loop import run as train_run
-        return run_source(spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path,
-                          key=KEY)
+
+        return run_source(
+            spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path, key=KEY
+        )
     return run_source(spec, run_dir(spec, out), key=KEY)
 
 
 def load_weights(model: nn.Module, source: TeacherSource, cfg: Config, num_classes: int) -> None:
     """Copy the final weights of ``source``'s run into ``model`` (the evaluation weights: its
     weight EMA where it kept one). Its model section must equal ``cfg.model``."""
-    from daat.train import checkpoint as ckpt
-
     from daat.artifacts import open_artifact
+    from daat.train import checkpoint as ckpt
 
     path = source.run_dir / ckpt.CKPT_DIR / ckpt.FINAL
     ckpt.verify_checkpoint(open_artifact(source.run_dir, kind="run"), path)
@@ -63,8 +65,13 @@ def load_weights(model: nn.Module, source: TeacherSource, cfg: Config, num_class
     ours = config_mod.to_dict(cfg)["model"]
     differ = sorted(k for k in ours if theirs.get(k) != ours[k])
     if differ or int(state["num_classes"]) != num_classes:
-        what = (f"model.{differ[0]} = {theirs.get(differ[0])!r} there, {ours[differ[0]]!r} here"
-                if differ else f"{state['num_classes']} classes there, {num_classes} here")
-        raise TrainingError(f"{KEY}={source.spec}: {source.run_dir} has a different model "
-                            f"({what}); fine-tune from a run with the same model settings")
+        what = (
+            f"model.{differ[0]} = {theirs.get(differ[0])!r} there, {ours[differ[0]]!r} here"
+            if differ
+            else f"{state['num_classes']} classes there, {num_classes} here"
+        )
+        raise TrainingError(
+            f"{KEY}={source.spec}: {source.run_dir} has a different model "
+            f"({what}); fine-tune from a run with the same model settings"
+        )
     model.load_state_dict(ckpt.eval_weights(state))
