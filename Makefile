@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all quickstart experiment bench gpu-check gpu-wheels clean
+.PHONY: install lint test test-slow test-all quickstart experiment bench gpu-check gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Fast suite (CI): everything but tests marked slow. Exit code 5 (no tests ran) is a failure.
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+# Lint and formatting (configured in pyproject.toml), before any test runs.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The slow end-to-end tests (kill -9 resume, torchrun, real quickstart-sized runs).
 test-slow: $(STAMP)

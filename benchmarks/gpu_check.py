@@ -274,7 +274,8 @@ for name in ("timm", "transformers", "webdataset", "zarr", "pyautoattack", "nump
         out[name] = None
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
-    out.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_memory_gib=round(p.total_memory / 2**30, 1),
+    memory_gib = round(p.total_memory / 2**30, 1)
+    out.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_memory_gib=memory_gib,
                multiprocessors=p.multi_processor_count)
 print(json.dumps(out))
 """
@@ -552,7 +553,8 @@ def train_step(check: Check) -> str:
     }
     if code != 0:
         raise RuntimeError(f"daat train {_ended(code)} (see gpu_check.log)")
-    return f"{check.result['train']['steps_done']} steps, {check.result['train']['img_per_s_steady']} img/s"
+    train = check.result["train"]
+    return f"{train['steps_done']} steps, {train['img_per_s_steady']} img/s"
 
 
 def compile_step(check: Check) -> str:

@@ -150,7 +150,7 @@ def measure(workdir: Path, ref: str, rounds: int, batches: int, **overrides) -> 
     guard = art.guard(["train"])
     times: dict[str, list[tuple[float, float, int]]] = {k: [] for k in variants}
     upfront: list[tuple[float, float]] = []
-    for name, fn in variants.items():  # warm-up: imports, first decode, page cache
+    for fn in variants.values():  # warm-up: imports, first decode, page cache
         one_epoch(fn, art, p)
     names = list(variants)
     for i in range(rounds):

@@ -100,7 +100,7 @@ def read_rate(art, p: dict, workers: int, pin: bool) -> dict:
     it = iter(batches)
     first = next(it)
     start, seen = time.perf_counter(), 0
-    for images, labels, g in it:
+    for images, _labels, _g in it:
         seen += images.shape[0]
     seconds = time.perf_counter() - start
     del it  # joins the workers, so their CPU time is counted in RUSAGE_CHILDREN

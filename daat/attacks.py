@@ -7,7 +7,8 @@ The exact procedure (evaluation tests re-implement it, so changes here are contr
   without random start ``x_0 = x``.
 - step k = 0..steps-1: ``loss = loss_fn(model(x_k).float(), y)`` (default: cross-entropy with
   ``reduction="sum"``, so each sample's gradient does not shrink with the batch size),
-  ``g = autograd.grad(loss, x_k)``, ``x_{k+1} = clamp(clamp(x_k + alpha * sign(g), x - eps, x + eps),
+  ``g = autograd.grad(loss, x_k)``,
+  ``x_{k+1} = clamp(clamp(x_k + alpha * sign(g), x - eps, x + eps),
   0, 1)`` -- i.e. delta <- delta + alpha sign(g), projected onto the eps-ball and so that x + delta
   stays in [0,1]. The iterate is kept as x + delta directly so x_adv is exactly inside [0,1].
 - ``x_adv = x_steps`` (the final iterate, detached); ``steps == 0`` gives ``x_adv = x``.

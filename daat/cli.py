@@ -233,7 +233,8 @@ def evaluate(run_dir, checkpoint, shards, out, configs, overrides):
     \b
     Example:
       daat evaluate --run $R
-      daat evaluate --run $R --set eval.n_autoattack=5000 --set eval.depth_model=Intel/dpt-hybrid-midas
+      daat evaluate --run $R --set eval.n_autoattack=5000 \
+          --set eval.depth_model=Intel/dpt-hybrid-midas
       torchrun --nproc_per_node 8 -m daat.cli evaluate --run-dir $R
     The run's own config is the base; --config/--set change eval settings on top.
     The run's own shards are used (refused if they are not the ones it was trained on) unless

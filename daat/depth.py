@@ -35,12 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from daat.depth_ref import (
-    DepthModelError,
-    dir_hash,
-    is_oracle,  # noqa: F401
-    resolve,
-)
+from daat.depth_ref import ORACLE, DepthModelError, dir_hash, is_oracle, resolve  # noqa: F401
 from daat.dist import cuda_paths
 
 OUTPUT_MODE = "bicubic"
@@ -269,7 +264,7 @@ class DepthModel:
         )
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] in [0,1] -> pixel_values on the model's device (what the HF processor gives)."""
+        """[B,3,H,W] in [0,1] -> pixel_values on the model's device (as the HF processor makes)."""
         return self._prepare(_check_batch(images))
 
     def _prepare(self, batch: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -41,6 +42,23 @@ def init(device: torch.device | None = None) -> DistInfo:
     return DistInfo(
         torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
     )
+
+
+@contextmanager
+def session(device_name: str) -> Iterator[tuple[torch.device, DistInfo]]:
+    """``(device, DistInfo)`` for one stage: the device ``device_name`` picks (``auto``, ``cpu``
+    or ``cuda``; the local rank's GPU under torchrun) and the process group torchrun describes,
+    joined here if no one has joined it yet. The one clean-up rule: the group is left on exit
+    only by the session that joined it, so a stage called inside another (the ``run:standard``
+    run a fine-tune starts from, tests that set up the group themselves) leaves it alone."""
+    device = pick_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
+    joined_here = not torch_dist.is_initialized()
+    info = init(device)
+    try:
+        yield device, info
+    finally:
+        if joined_here:
+            cleanup()
 
 
 def barrier() -> None:

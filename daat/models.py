@@ -1,4 +1,5 @@
-"""The student ViT with its attention tap A(x), the frozen DINOv2 teacher, and the feature projection.
+"""The student ViT with its attention tap A(x), the frozen DINOv2 teacher and the feature
+projection.
 
 Images enter every model in [0,1]; each model's first layer is its own mean/std normalisation.
 
@@ -62,8 +63,9 @@ def _cls_and_patches(tokens: torch.Tensor, num_prefix: int) -> torch.Tensor:
 def _split_qk(
     attn: Attention, qkv: torch.Tensor, all_queries: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (CLS only unless ``all_queries``) and k from a qkv output laid out as timm's Attention does:
-    [B, N, 3*H*hd] -> (3, H, hd); q_norm/k_norm act on the head dim, as in timm. fp32 for the softmax."""
+    """q (CLS only unless ``all_queries``) and k from a qkv output laid out as timm's Attention
+    does: [B, N, 3*H*hd] -> (3, H, hd); q_norm/k_norm act on the head dim, as in timm. fp32 for
+    the softmax."""
     b, n, _ = qkv.shape
     qkv = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim)
     q = qkv[:, :, 0] if all_queries else qkv[:, :1, 0]
@@ -133,7 +135,8 @@ class DaatViT(nn.Module):
         # forward is a torch.compile graph break; an inert hook is traced away.
         self._sink = _TapSink()
         for index, block in enumerate(vit.blocks):
-            # The logits path must use F.scaled_dot_product_attention (TIMM_FUSED_ATTN=0 would turn it off).
+            # The logits path must use F.scaled_dot_product_attention (TIMM_FUSED_ATTN=0 would
+            # turn it off).
             block.attn.fused_attn = True
             block.attn.qkv.register_forward_hook(partial(_tap_hook, self._sink, index, block.attn))
 
@@ -323,7 +326,7 @@ def build_projection(student_dim: int, teacher_dim: int) -> nn.Module:
 
 
 class Teacher(nn.Module):
-    """A frozen DINOv2: [0,1] images -> final-norm CLS + patch tokens on the student's patch grid."""
+    """A frozen DINOv2: [0,1] images -> final-norm CLS + patch tokens on the student's grid."""
 
     def __init__(self, vit: nn.Module, in_size: int, grid: tuple[int, int], model_id: str):
         super().__init__()

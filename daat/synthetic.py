@@ -109,7 +109,8 @@ def _check_texture(texture: int | None) -> None:
 
 def sample_scene(seed: int, label: int, texture: int | None = None, clutter: float = 1.0) -> Scene:
     """The scene parameters of (seed, label); ``texture`` forces the object's texture family;
-    ``clutter`` scales the wall pattern's contrast (0: plain wall, the object's shape stands out)."""
+    ``clutter`` scales the wall pattern's contrast (0: plain wall, the object's shape stands
+    out)."""
     _check_label(label)
     _check_texture(texture)
     rng = np.random.default_rng(seed)

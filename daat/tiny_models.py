@@ -7,10 +7,12 @@ widths; the processor configs mirror the real checkpoints' settings except for t
 
 | builder | mirrors | processor |
 | --- | --- | --- |
-| ``save_tiny_dpt`` | Intel/dpt-large (ViT-DPT) | square ``size``, keep_aspect_ratio False, bicubic, mean/std 0.5 |
-| ``save_tiny_dpt(hybrid=True)`` | Intel/dpt-hybrid-midas (BiT + ViT) | as above (384 px on the hub) |
-| ``save_tiny_dpt_dinov2`` | facebook/dpt-dinov2-*-{nyu,kitti} | no resize, no rescale, 0-255 mean/std, centre pad to 14 |
-| ``save_tiny_depth_anything`` | depth-anything/Depth-Anything-V2-*-hf | keep aspect, multiple of 14, bicubic, ImageNet mean/std |
+| ``save_tiny_dpt`` | Intel/dpt-large (ViT-DPT) | square, no aspect kept, bicubic, mean/std 0.5 |
+| ``save_tiny_dpt(hybrid=True)`` | Intel/dpt-hybrid-midas (BiT + ViT) | as above (384 px on hub) |
+| ``save_tiny_dpt_dinov2`` | facebook/dpt-dinov2-*-{nyu,kitti} | 0-255 mean/std, centre pad 14 |
+| | | (no resize, no rescale) |
+| ``save_tiny_depth_anything`` | depth-anything/Depth-Anything-V2-*-hf | keep aspect, x14, |
+| | | bicubic, ImageNet mean/std |
 
 The weights are re-drawn with fan-in scaling (and a positive bias on the last head conv)
 because transformers' default init (std 0.02) makes these tiny nets output ~1e-8 everywhere,

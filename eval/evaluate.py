@@ -201,20 +201,20 @@ def stream_chunks(
     member = {g: {int(p): i for i, p in enumerate(store.positions[g])} for g in GROUPS}
     chunks = {g: Chunk(g, 0) for g in GROUPS}
     seen = 0
-    for keys, images, labels, sal in batches:
-        for j in range(len(keys)):
+    for sample_keys, images, labels, sal in batches:
+        for j in range(len(sample_keys)):
             pos = pos_of.get(seen)
             seen += 1
             if pos is None:
                 continue
             if pos in figure_pos:
-                figures[pos] = (images[j], int(labels[j]), sal[j], keys[j])
+                figures[pos] = (images[j], int(labels[j]), sal[j], sample_keys[j])
             for g in GROUPS:
                 if pos not in member[g]:
                     continue
                 chunk = chunks[g]
                 chunk.val_index.append(seen - 1)
-                chunk.keys.append(keys[j])
+                chunk.keys.append(sample_keys[j])
                 chunk.labels.append(int(labels[j]))
                 if wanted(g, chunk.index):
                     chunk.images.append(images[j])
@@ -381,48 +381,46 @@ def run(
     run_art = open_artifact(run_dir, kind="run")
     cfg = eval_config(run_art, list(configs), list(overrides))
     ckpt_path = resolve_checkpoint(run_art.path, checkpoint)
-    device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
-    info = dist.init(device)
-    art = None
-    try:
-        model, _run_cfg, shards_dir = load_model_for_eval(run_art.path, ckpt_path, device)
-        shard_art, shard_facts = eval_shards(run_art, shards_dir, shards, model.vit.num_classes)
-        sha = checkpoint_sha(run_art, ckpt_path)
-        art = open_eval_artifact(out, cfg, run_art, shard_art, sha, info)
-        if info.is_main:
-            config_mod.print_resolved(cfg, art.id)
-        if art.complete:
+    with dist.session(cfg.device) as (device, info):
+        art = None
+        try:
+            model, _run_cfg, shards_dir = load_model_for_eval(run_art.path, ckpt_path, device)
+            shard_art, shard_facts = eval_shards(run_art, shards_dir, shards, model.vit.num_classes)
+            sha = checkpoint_sha(run_art, ckpt_path)
+            art = open_eval_artifact(out, cfg, run_art, shard_art, sha, info)
             if info.is_main:
-                log(reuse_line(art))
+                config_mod.print_resolved(cfg, art.id)
+            if art.complete:
+                if info.is_main:
+                    log(reuse_line(art))
+                return art
+            files = shard_art.guard(["val"])
+            require_intact(shard_art, files.verify(info.rank, info.world_size), "before evaluating")
+            _evaluate(
+                art,
+                model,
+                cfg,
+                shard_art,
+                eval_pipeline,
+                info,
+                device,
+                {
+                    "run": run_art.id,
+                    "checkpoint": str(ckpt_path),
+                    "checkpoint_sha256": sha,
+                    "shards": shard_facts,
+                    "grid": list(model.grid),
+                },
+                lambda: require_intact(
+                    shard_art,
+                    files.verify(info.rank, info.world_size),
+                    "before writing summary.json",
+                ),
+            )
             return art
-        files = shard_art.guard(["val"])
-        require_intact(shard_art, files.verify(info.rank, info.world_size), "before evaluating")
-        _evaluate(
-            art,
-            model,
-            cfg,
-            shard_art,
-            eval_pipeline,
-            info,
-            device,
-            {
-                "run": run_art.id,
-                "checkpoint": str(ckpt_path),
-                "checkpoint_sha256": sha,
-                "shards": shard_facts,
-                "grid": list(model.grid),
-            },
-            lambda: require_intact(
-                shard_art, files.verify(info.rank, info.world_size), "before writing summary.json"
-            ),
-        )
-        return art
-    finally:
-        if art is not None:
-            art.unlock()
-        if not was_initialised:
-            dist.cleanup()
+        finally:
+            if art is not None:
+                art.unlock()
 
 
 def _evaluate(

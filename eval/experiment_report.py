@@ -394,7 +394,7 @@ def render(spec: Spec, rows: list[Result], missing: list[str], figures: dict) ->
     ]
     md += paired_section(spec, groups)
     md += ["", "## Figures", ""]
-    for key, (rel, caption) in figures.items():
+    for rel, caption in figures.values():
         md += [f"**{caption}**", "", f"![{caption}]({rel})", ""]
     if "3d" not in figures:
         md += ["*Fig. 3d (λ sweep) not drawn: `loss.lam` is not a grid axis of this spec.*", ""]

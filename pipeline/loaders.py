@@ -409,7 +409,10 @@ class _EvalStream:
     def __call__(self):
         plan = self.plan
         worker, workers = _worker()
-        mine = lambda m: m is not None and m % workers == worker
+
+        def mine(batch: int | None) -> bool:
+            return batch is not None and batch % workers == worker
+
         start, current, keys, stacks, labels = 0, None, [], [], []
         for url, n in plan.shards:
             if not any(mine(plan.batch_of(p)) for p in range(start, start + n)):

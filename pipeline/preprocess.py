@@ -98,18 +98,10 @@ def run(cfg: config_mod.Config, out: str) -> artifacts.Artifact:
             _say(reuse_line(art))
             return art
     try:
-        import torch
-
         from daat import dist
 
-        device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-        joined_here = not torch.distributed.is_initialized()
-        info = dist.init(device)
-        try:
+        with dist.session(cfg.device) as (device, info):
             return _run(cfg, out, card, determining, oracle, device, info, art)
-        finally:
-            if joined_here and info.enabled:
-                dist.cleanup()
     finally:
         if art is not None:
             art.unlock()

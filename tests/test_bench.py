@@ -22,6 +22,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from benchmarks.goals import GOALS
 from daat import config as config_mod
 from daat.models import Teacher
 from daat.train import step as step_mod
@@ -350,7 +351,7 @@ def test_run_all_tiny_prints_one_json_object_last(capsys, monkeypatch):
         assert result[key] > 0, key
     assert result["preprocess_images"] == run_all.TINY["preprocess"]["n_images"]
     assert 0 <= result["preprocess_g_err_stored_vs_float"] < 1e-2
-    assert set(result["goals"]) == {f"{k} {op} {g:g}" for k, op, g in run_all.GOALS}
+    assert set(result["goals"]) == {f"{k} {op} {g:g}" for k, op, g in GOALS}
     assert result["mode"] == "tiny"
 
 

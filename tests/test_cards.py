@@ -154,11 +154,7 @@ def test_missing_required_keys_and_bad_yaml(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "spec_change, needle",
-    [
-        ({"colour": 1}, "unknown key 'colour'"),
-        ({"size": 0}, "'size'"),
-    ],
+    "spec_change, needle", [({"colour": 1}, "unknown key 'colour'"), ({"size": 0}, "'size'")]
 )
 def test_bad_synthetic_block_names_the_key(tmp_path, spec_change, needle):
     spec = {**load_card("synthetic").synthetic, **spec_change}

@@ -62,7 +62,8 @@ def test_align_loss_rejects_other_grid():
 
 
 def test_feat_loss_concatenates_cls_and_patch_tokens():
-    # sample 0: phi_s = [1, 0, 0, 2], phi_t = [1, 0, 2, 0]: dot 1, norms sqrt5 sqrt5 -> cos 0.2 -> 0.8
+    # sample 0: phi_s = [1, 0, 0, 2], phi_t = [1, 0, 2, 0]: dot 1, norms sqrt5 sqrt5 -> cos 0.2
+    # -> 0.8
     #   (a per-token average would give (0 + 1) / 2 = 0.5 instead)
     # sample 1: phi_s = [3, 4, 0, 0], phi_t = [4, 3, 0, 0]: cos 0.96 -> 0.04
     student = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[3.0, 4.0], [0.0, 0.0]]], requires_grad=True)

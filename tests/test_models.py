@@ -255,7 +255,8 @@ def test_align_loss_gradient_reaches_every_block(aggregate):
         grad = blk.attn.qkv.weight.grad
         assert grad is not None and grad.abs().sum() > 0, f"block {i}"
         if aggregate != "last" or i == last:
-            # the tap's own q/k rows (not only the residual stream) carry gradient: the CLS query row
+            # the tap's own q/k rows (not only the residual stream) carry gradient: the CLS
+            # query row
             assert grad[: model.embed_dim].abs().sum() > 0, f"block {i} q"
     assert model.vit.head.weight.grad is None  # L_align does not touch the classifier head
 

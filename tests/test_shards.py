@@ -271,7 +271,7 @@ def test_reader_refuses_links_dirs_extension_headers_and_damage(tmp_path):
                 long.size = 1
                 tar.addfile(long, io.BytesIO(b"x"))
         cases[kind] = path
-    for kind, path in cases.items():
+    for path in cases.values():
         with pytest.raises(ShardFormatError, match="not a regular file"):
             list(fmt.iter_raw(path))
     path = tmp_path / "ok.tar"

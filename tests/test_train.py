@@ -128,7 +128,7 @@ def test_train_step_is_eq5_then_clip_then_adamw():
     # 1e-3 of lr, so the tolerance is 1e-3 * lr, still far below a single step (lr = 3e-3).
     for (name, p), q in zip(ref_model.named_parameters(), state.model.parameters()):
         assert not torch.equal(p, dict(copy_before)[name]), name  # every weight moved
-        torch.testing.assert_close(q, p, rtol=0, atol=3e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(q, p, rtol=0, atol=3e-6, msg=lambda m, name=name: f"{name}: {m}")
     assert out["nonfinite"].item() == 0.0
 
 
@@ -205,7 +205,7 @@ def test_train_step_with_pgd_and_online_g_is_eq5(tiny_dpt_dir):
     # computed in another summation order moves its element by a few 1e-3 of lr (3.2e-6 seen
     # after other tests ran first); 1e-5 is still 300 times below one step (lr = 3e-3).
     for (name, p), q in zip(ref_model.named_parameters(), state.model.parameters()):
-        torch.testing.assert_close(q, p, rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_optimizer_groups_skip_decay_on_norms_biases_tokens():
@@ -395,7 +395,7 @@ def test_ema_update_is_a_lerp_towards_the_updated_weights():
             0.3 * before[name] + 0.7 * model[name].detach(),
             rtol=0,
             atol=1e-6,
-            msg=lambda m: f"{name}: {m}",
+            msg=lambda m, name=name: f"{name}: {m}",
         )
     assert (
         build_state(tiny_cfg("pgd-at", "synthetic"), CLASSES, None, torch.device("cpu")).ema is None

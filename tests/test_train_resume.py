@@ -430,9 +430,6 @@ def test_resume_reproduces_the_uninterrupted_run(
     assert (a is None) == (b is None) == (ema == 0)
     for name in a or {}:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
-    strip = lambda rows: [
-        {k: v for k, v in r.items() if k not in ("img_per_s", "wall_s")} for r in rows
-    ]
     assert strip(metrics(resumed.path)) == strip(metrics(whole.path))
     again = train(shards, tmp_path / "split", *presets, overrides=overrides)
     assert again.path == resumed.path
@@ -453,9 +450,6 @@ def test_a_crash_before_the_first_latest_starts_over_without_duplicate_metrics(
     (run_dir,) = (tmp_path / "split").glob("run-*")
     assert ckpt.latest(run_dir / "checkpoints") is None and metrics(run_dir)
     resumed = train(shards, tmp_path / "split", *presets, overrides=overrides)
-    strip = lambda rows: [
-        {k: v for k, v in r.items() if k not in ("img_per_s", "wall_s")} for r in rows
-    ]
     assert strip(metrics(resumed.path)) == strip(metrics(whole.path))
 
 
@@ -599,3 +593,8 @@ def test_torchrun_two_gloo_processes_train_checkpoint_and_resume(shards, tmp_pat
     assert all(r["val_n"] == 10 for r in epochs)  # both ranks' halves of the val subset, summed
     assert epochs[0]["feat"] > 0 and epochs[1]["feat"] == 0
     assert art.manifest["extra"]["teacher"] == str(teacher)
+
+
+def strip(rows: list[dict]) -> list[dict]:
+    """Metrics rows without the timing fields, which differ between any two runs."""
+    return [{k: v for k, v in r.items() if k not in ("img_per_s", "wall_s")} for r in rows]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import sys
 import time
@@ -60,44 +59,40 @@ LOSS_KEYS = ("loss", "ce", "align", "feat", "zero_grad")
 
 def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
     """Train (or resume, or reuse) the run that ``cfg`` on ``shards_dir`` determines."""
-    device = dist.pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    joined_here = not torch.distributed.is_initialized()
-    info = dist.init(device)
-    art = None
-    try:
-        loggers.check(cfg)
-        shards = open_checked(cfg, shards_dir)
-        cfg = resolve_model(cfg, shards)
-        check_policy(cfg)
-        source = teacher_mod.locate(cfg, shards_dir, out)
-        init = warm_start.locate(cfg, shards_dir, out)
-        cfg = warm_start.effective(cfg)
-        art = _open_run(cfg, shards, [source, init], out, info)
-        if info.is_main:
-            config_mod.print_resolved(cfg, art.id)
-        if art.complete:
+    with dist.session(cfg.device) as (device, info):
+        art = None
+        try:
+            loggers.check(cfg)
+            shards = open_checked(cfg, shards_dir)
+            cfg = resolve_model(cfg, shards)
+            check_policy(cfg)
+            source = teacher_mod.locate(cfg, shards_dir, out)
+            init = warm_start.locate(cfg, shards_dir, out)
+            cfg = warm_start.effective(cfg)
+            art = _open_run(cfg, shards, [source, init], out, info)
             if info.is_main:
-                print(f"[train] {reuse_line(art)}", file=sys.stderr, flush=True)
+                config_mod.print_resolved(cfg, art.id)
+            if art.complete:
+                if info.is_main:
+                    print(f"[train] {reuse_line(art)}", file=sys.stderr, flush=True)
+                return art
+            files = shards.guard(["train", "val"])
+            require_intact(shards, files.verify(info.rank, info.world_size), "before training")
+            teacher = teacher_mod.load(source, cfg, device) if source else None
+            if info.is_main:
+                art.write_bytes(CONFIG_FILE, config_mod.dump(cfg).encode())
+                art.save()
+            loop = _Loop(cfg, art, shards, files, teacher, device, info, init)
+            loop.restore()
+            with loggers.open_loggers(cfg, art.path, art.id, loop.pos.step, info.is_main) as sink:
+                loop.sink = sink
+                loop.train()
+                loop.finish()
+            dist.barrier()
             return art
-        files = shards.guard(["train", "val"])
-        require_intact(shards, files.verify(info.rank, info.world_size), "before training")
-        teacher = teacher_mod.load(source, cfg, device) if source else None
-        if info.is_main:
-            art.write_bytes(CONFIG_FILE, config_mod.dump(cfg).encode())
-            art.save()
-        loop = _Loop(cfg, art, shards, files, teacher, device, info, init)
-        loop.restore()
-        with loggers.open_loggers(cfg, art.path, art.id, loop.pos.step, info.is_main) as sink:
-            loop.sink = sink
-            loop.train()
-            loop.finish()
-        dist.barrier()
-        return art
-    finally:
-        if art is not None:
-            art.unlock()
-        if joined_here and info.enabled:
-            dist.cleanup()
+        finally:
+            if art is not None:
+                art.unlock()
 
 
 def open_checked(cfg: Config, shards_dir: str | Path) -> ShardArtifact:
@@ -545,12 +540,13 @@ def build_state(
     num_classes: int,
     teacher: teacher_mod.ResolvedTeacher | None,
     device: torch.device,
-    info: dist.DistInfo = dist.DistInfo(),
+    info: dist.DistInfo | None = None,
 ) -> TrainState:
     """Student, projection, DDP wrapper, AdamW, PGD generator and depth target for ``train_step``
-    (also the entry point for benchmarks)."""
+    (also the entry point for benchmarks). ``info`` None: one process."""
     from daat.models import FeatureProjection, build_student
 
+    info = info or dist.DistInfo()
     _seed_all(cfg.seed)  # identical initial weights on every rank
     model = build_student(cfg.model, num_classes).to(device)
     projection = None

@@ -28,7 +28,8 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def align_loss(attention: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Eq. 2: mean over the batch of 1 - cos(vec A(x_adv), vec G). ``attention`` [B, h*w] from the
-    student's tap; ``target`` [B, h*w] (or [B, h, w]) is G, a constant: no gradient flows into it."""
+    student's tap; ``target`` [B, h*w] (or [B, h, w]) is G, a constant: no gradient flows into
+    it."""
     if attention.dim() != 2:
         raise ValueError(f"align_loss: attention must be [B, h*w], got {tuple(attention.shape)}")
     target = target.detach().reshape(target.shape[0], -1)

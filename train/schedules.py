@@ -11,7 +11,8 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
     """Linear warm-up then cosine decay. Warm-up: base_lr * (step + 1) / warmup_steps for
     step < warmup_steps (so step 0 already trains and step warmup_steps - 1 reaches base_lr). Then
     min_lr + (base_lr - min_lr) * (1 + cos(pi * p)) / 2 with p = (step - warmup_steps) /
-    (total_steps - warmup_steps), clipped to [0, 1]: base_lr right after warm-up, min_lr at the end."""
+    (total_steps - warmup_steps), clipped to [0, 1]: base_lr right after warm-up, min_lr at the
+    end."""
     if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
         raise ValueError(
             f"lr_at: need total_steps > 0 and 0 <= warmup_steps <= total_steps, "

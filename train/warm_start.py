@@ -1,4 +1,5 @@
-"""Robust fine-tuning: ``train.init_from`` names a finished run whose final weights a run starts from.
+"""Robust fine-tuning: ``train.init_from`` names a finished run whose final weights a run starts
+from.
 
 - ``run:/path/to/run-…``: that run;
 - ``run:standard``: the ``standard`` run with this config's data/model/optim/train settings on the
