@@ -134,8 +134,9 @@ def timm_config(model, cfg, shards: dict | None) -> dict:
     if cfg.model.stem != "patch":
         raise ExportError(
             _not_timm(
-                f"it has a convolutional stem (model.stem={cfg.model.stem}), "
-                "which timm's VisionTransformer cannot build from config.json"
+                f"it has a convolutional stem (model.stem={cfg.model.stem}), which timm's "
+                "VisionTransformer cannot build from config.json (train with --set "
+                "model.stem=patch for a timm export)"
             )
         )
     import timm
