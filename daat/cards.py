@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from daat import synthetic
-from daat.config import load_yaml, yaml_problem
+from daat.strict_yaml import load_yaml, yaml_problem
 from daat.errors import DataError
 
 log = logging.getLogger(__name__)
