@@ -9,30 +9,36 @@ An artifact is a directory ``<out>/<kind>-<key16>`` holding ``manifest.json``:
      "extra": {stage-specific facts: sample counts, skipped inputs, ...},
      "digest": <sha256 of every field above>}
 
-Files are written under a temporary name and renamed into place; the manifest itself too. The
-manifest checks itself: ``digest`` covers all its other fields, so an edited class list, a shard
-dropped from a split or a changed ``num_classes`` makes every reader refuse it (a digest is not a
-signature: it catches edits and damage, not someone who recomputes it). File entries are relative
-paths inside the artifact. One process writes an artifact at a time (``create_or_open`` takes its
-writer lock, ``daat/locks.py``); any number read it.
+Files are written under a temporary name and renamed into place (``daat/atomic_files.py``); the
+manifest itself too. The manifest checks itself: ``digest`` covers all its other fields, so an
+edited class list, a shard dropped from a split or a changed ``num_classes`` makes every reader
+refuse it (a digest is not a signature: it catches edits and damage, not someone who recomputes
+it). File entries are relative paths inside the artifact. One process writes an artifact at a
+time (``create_or_open`` takes its writer lock, ``daat/locks.py``); any number read it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import platform
-import tempfile
 import warnings
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+# Re-exported: the stages import the atomic writers and FileGuard from here, beside the manifest.
+from daat.atomic_files import (  # noqa: F401
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+)
 from daat.errors import DaatError
+from daat.file_guard import FileGuard  # noqa: F401
 from daat.locks import WriterLock
 
 SCHEMA_VERSION = 2  # 2: the manifest carries its own digest
@@ -60,14 +66,6 @@ def content_key(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest_digest(manifest: dict) -> str:
     """sha256 of every manifest field but ``digest``, as they read back from JSON."""
     body = {k: v for k, v in manifest.items() if k != DIGEST}
@@ -86,41 +84,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success fsync and rename it into place."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        # mkstemp makes 0600 files; artifacts are shared datasets, so honour the umask instead.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, final)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(final: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(final, text.encode())
-
-
-def atomic_write_json(final: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(final, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 class Artifact:
@@ -236,6 +199,11 @@ class Artifact:
         if entry is None:
             return f"{relpath}: not recorded in the manifest"
         return _file_problem(self.path, relpath, entry)
+
+    def recorded_bytes(self, relpath: str) -> int | None:
+        """The size the manifest records for ``relpath``; None when it is not recorded."""
+        entry = self.manifest["files"].get(relpath)
+        return None if entry is None else entry["bytes"]
 
 
 def create_or_open(
@@ -454,56 +422,3 @@ def verify(path: str | os.PathLike) -> list[str]:
             if not _unsafe_relpath(rel) and (p := _file_problem(path, rel, entry))
         ]
     return problems
-
-
-class FileGuard:
-    """Checks that some of an artifact's files still hold the bytes its manifest records:
-    ``sizes`` stats them; ``verify`` hashes this process's share (rank r of W: files r, r+W, ...)
-    and remembers their stats; ``recheck`` (before results are written) re-hashes any file of
-    that share whose size, mtime, ctime or inode moved. Each returns problem lines naming the
-    file (empty = good)."""
-
-    def __init__(self, art: Artifact, relpaths: list[str]):
-        self.art, self.relpaths = art, sorted(set(relpaths))
-        self._stats: dict[str, tuple] = {}
-
-    def sizes(self) -> list[str]:
-        problems = []
-        for rel in self.relpaths:
-            entry, full = self.art.manifest["files"].get(rel), self.art.path / rel
-            if entry is None:
-                problems.append(f"{rel}: not recorded in the manifest")
-            elif not full.is_file():
-                problems.append(f"{rel}: missing")
-            elif full.stat().st_size != entry["bytes"]:
-                problems.append(
-                    f"{rel}: {full.stat().st_size} bytes, manifest says "
-                    f"{entry['bytes']} (truncated or changed since it was made)"
-                )
-        return problems
-
-    def verify(self, rank: int = 0, world_size: int = 1) -> list[str]:
-        self._stats = {}
-        return [p for rel in self.relpaths[rank::world_size] if (p := self._check(rel))]
-
-    def recheck(self) -> list[str]:
-        return [
-            p
-            for rel, stat in list(self._stats.items())
-            if _stat(self.art.path / rel) != stat and (p := self._check(rel))
-        ]
-
-    def _check(self, rel: str) -> str | None:
-        before = _stat(self.art.path / rel)  # taken first: a write during hashing shows later
-        problem = self.art.check_file(rel)
-        if problem is None:
-            self._stats[rel] = before
-        return problem
-
-
-def _stat(path: Path) -> tuple | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev

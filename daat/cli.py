@@ -1,99 +1,23 @@
 """``daat`` command line. Thin: parse, load config, call one stage function, print the artifact path
 last. Heavy imports (torch, timm, transformers) happen inside the commands so ``--help`` is instant.
+The options and error boundary every command shares are in ``cli_options.py``; the ``artifacts``
+and ``experiment`` command groups have their own modules.
 """
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-CONFIG_OPTION = click.option(
-    "--config",
-    "configs",
-    multiple=True,
-    metavar="PRESET_OR_YAML",
-    help="Preset name (see `daat config presets`) or YAML file; repeatable, later ones win.",
+from daat import cli_artifacts, cli_experiment
+from daat.cli_options import (
+    CONFIG_OPTION,
+    OUT_OPTION,
+    SET_OPTION,
+    fail_cleanly,
+    load_config,
+    print_result,
+    writable,
 )
-SET_OPTION = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override one config key, e.g. --set train.epochs=5 --set attack.eps=4/255; repeatable.",
-)
-OUT_OPTION = click.option(
-    "--out",
-    default="artifacts",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Directory that holds artifacts.",
-)
-
-
-def _print_result(path) -> None:
-    """The artifact path, last line of stdout, once: under torchrun only rank 0 prints it."""
-    import os
-
-    if os.environ.get("RANK", "0") == "0":
-        click.echo(str(path))
-
-
-def _load_config(configs, overrides, base=None):
-    """The resolved config; a ConfigError reaches ``_fail_cleanly``, which prints it as one line."""
-    from daat import config as config_mod
-
-    return config_mod.load(configs, overrides, base=base)
-
-
-def _fail_cleanly(fn):
-    """Print the errors a user can fix as one clear line and exit with code 2: the project's own
-    boundary errors, storage errors (full disk, read-only or forbidden --out) and errors raised in
-    a data-loader worker (whose traceback would otherwise fill the screen)."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from daat.errors import DaatError, from_worker, one_line, storage_problem
-
-        try:
-            return fn(*args, **kwargs)
-        except DaatError as e:
-            message = one_line(e)
-        except OSError as e:
-            message = storage_problem(e, kwargs.get("out"))
-            if message is None:
-                raise
-        except Exception as e:
-            if not from_worker(e):
-                raise
-            message = (
-                f"{type(e).__name__}: {one_line(e)}; rerun with --set data.num_workers=0 "
-                f"for the full traceback"
-            )
-        # A progress bar a failed stage left open ends without a newline on a terminal.
-        lead = "\n" if sys.stderr.isatty() else ""
-        click.echo(f"{lead}error: {message}", err=True)
-        sys.exit(2)
-
-    return wrapper
-
-
-def _writable(out: str) -> None:
-    """Fail at once, naming the directory, when ``--out`` cannot be created or written."""
-    import tempfile
-    from pathlib import Path
-
-    from daat.errors import DaatError
-
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".daat-write-test-"):
-            pass
-    except OSError as e:
-        raise DaatError(
-            f"--out {out} is not writable ({e.strerror}); choose a directory you can write to"
-        ) from e
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -134,7 +58,7 @@ def main() -> None:
 @OUT_OPTION
 @CONFIG_OPTION
 @SET_OPTION
-@_fail_cleanly
+@fail_cleanly
 def preprocess(card, root, depth_model, out, configs, overrides):
     """Stage 1: run a frozen depth model once over clean images; write shards + saliency.
 
@@ -152,11 +76,11 @@ def preprocess(card, root, depth_model, out, configs, overrides):
         extra.append(f"data.root={root}")
     if depth_model:
         extra.append(f"depth.model={depth_model}")
-    cfg = _load_config(configs, list(overrides) + extra)
-    _writable(out)
+    cfg = load_config(configs, list(overrides) + extra)
+    writable(out)
     from daat.pipeline.preprocess import run
 
-    _print_result(run(cfg, out).path)
+    print_result(run(cfg, out).path)
 
 
 @main.command()
@@ -181,7 +105,7 @@ def preprocess(card, root, depth_model, out, configs, overrides):
 @OUT_OPTION
 @CONFIG_OPTION
 @SET_OPTION
-@_fail_cleanly
+@fail_cleanly
 def train(shards, use_cached_depth, depth_model, out, configs, overrides):
     """Stage 2: PGD adversarial training with depth-attention and DINOv2 feature alignment.
 
@@ -195,11 +119,11 @@ def train(shards, use_cached_depth, depth_model, out, configs, overrides):
     extra = ["depth.target=cached"] if use_cached_depth else []
     if depth_model:
         extra.append(f"depth.model={depth_model}")
-    cfg = _load_config(configs, list(overrides) + extra)
-    _writable(out)
+    cfg = load_config(configs, list(overrides) + extra)
+    writable(out)
     from daat.train.loop import run
 
-    _print_result(run(cfg, shards, out).path)
+    print_result(run(cfg, shards, out).path)
 
 
 @main.command()
@@ -226,7 +150,7 @@ def train(shards, use_cached_depth, depth_model, out, configs, overrides):
 @OUT_OPTION
 @CONFIG_OPTION
 @SET_OPTION
-@_fail_cleanly
+@fail_cleanly
 def evaluate(run_dir, checkpoint, shards, out, configs, overrides):
     """Stage 3: clean, PGD-10, PGD-100 over ε, AutoAttack; attention and Grad-CAM under attack.
 
@@ -240,10 +164,10 @@ def evaluate(run_dir, checkpoint, shards, out, configs, overrides):
     The run's own shards are used (refused if they are not the ones it was trained on) unless
     --shards names others on purpose. The evaluation directory is printed as the last line.
     """
-    _writable(out)
+    writable(out)
     from daat.eval.evaluate import run
 
-    _print_result(run(run_dir, checkpoint, list(configs), list(overrides), out, shards).path)
+    print_result(run(run_dir, checkpoint, list(configs), list(overrides), out, shards).path)
 
 
 @main.command()
@@ -268,7 +192,7 @@ def evaluate(run_dir, checkpoint, shards, out, configs, overrides):
     type=click.Path(exists=True, dir_okay=False),
     help="Checkpoint file inside the run (default: checkpoints/final.pt).",
 )
-@_fail_cleanly
+@fail_cleanly
 def export(run_dir, out, fmt, checkpoint):
     """Export a trained run's model for timm / the Hugging Face hub, or for attack libraries.
 
@@ -281,13 +205,13 @@ def export(run_dir, out, fmt, checkpoint):
     """
     from daat.export import export as run
 
-    _print_result(run(run_dir, out, fmt, checkpoint))
+    print_result(run(run_dir, out, fmt, checkpoint))
 
 
 @main.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False))
-@_fail_cleanly
+@fail_cleanly
 def report(artifacts, out):
     """Table 1 and Figure 3 (markdown + PNG) over run and eval artifacts.
 
@@ -296,10 +220,10 @@ def report(artifacts, out):
       daat report artifacts/run-* artifacts/eval-* --out report/
     The report's markdown path is printed as the last line.
     """
-    _writable(out)
+    writable(out)
     from daat.eval.report import run
 
-    _print_result(run(list(artifacts), out))
+    print_result(run(list(artifacts), out))
 
 
 @main.command()
@@ -312,7 +236,7 @@ def report(artifacts, out):
     default=None,
     help="Steps run at once (default: 2 when 2+ cores are free, else 1).",
 )
-@_fail_cleanly
+@fail_cleanly
 def quickstart(out, jobs):
     """All stages end to end on the built-in synthetic data, on a CPU, in minutes.
 
@@ -321,164 +245,10 @@ def quickstart(out, jobs):
       daat quickstart --out /tmp/qs
     The report's markdown path is printed as the last line.
     """
-    _writable(out)
+    writable(out)
     from daat.eval.quickstart import run
 
-    _print_result(run(out, jobs))
-
-
-@main.group()
-def artifacts():
-    """List, show, verify and remove artifacts.
-
-    \b
-    Example:
-      daat artifacts list
-      daat artifacts verify artifacts/shards-0123456789abcdef
-      daat artifacts gc artifacts/            # dry run: what would go, and why
-      daat artifacts gc artifacts/ --yes      # remove it
-    """
-
-
-@artifacts.command("list")
-@click.argument("directory", default="artifacts", type=click.Path(file_okay=False))
-def artifacts_list(directory):
-    """One line per artifact under DIRECTORY: id, status, date, what it holds, lineage.
-
-    \b
-    Shards: samples per split, depth model, card. Runs: preset, seed, epochs done / total,
-    the last training-time clean and PGD accuracy. Evals: attacks done, accuracies.
-    Example:
-      daat artifacts list artifacts/
-    """
-    from daat.artifact_admin import describe
-    from daat.artifacts import list_artifacts
-
-    for art in list_artifacts(directory):
-        click.echo(describe(art))
-
-
-def _carry_out(plans, yes: bool, all_or_nothing: bool) -> None:
-    """Print each removal plan; remove only with --yes (and, for rm, only if nothing was refused).
-    Exit 1 when rm refused a target."""
-    from daat.artifact_admin import human_bytes, remove
-
-    blocked = all_or_nothing and any(p.refused for p in plans)
-    act = yes and not blocked
-    for plan in plans:
-        for path, why in plan.refused:
-            click.echo(f"keeping {path}: {why}", err=True)
-        if not act:
-            for item in plan.remove:
-                click.echo(f"would remove {item.path} ({human_bytes(item.bytes)}): {item.reason}")
-            continue
-        before = len(plan.refused)
-        for path in remove(plan):
-            click.echo(f"removed {path}")
-        for path, why in plan.refused[before:]:
-            click.echo(f"keeping {path}: {why}", err=True)
-    if blocked:
-        click.echo("error: nothing removed (see the lines above)", err=True)
-        sys.exit(1)
-    if not act:
-        count, total = sum(len(p.remove) for p in plans), sum(p.total_bytes for p in plans)
-        click.echo(
-            f"dry run: nothing removed; add --yes to remove {count} item(s), {human_bytes(total)}"
-        )
-
-
-@artifacts.command("rm")
-@click.argument("targets", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--yes", is_flag=True, help="Really remove (default: dry run, print only).")
-@_fail_cleanly
-def artifacts_rm(targets, yes):
-    """Remove the named artifact directories (dry run unless --yes).
-
-    \b
-    Refused, and nothing removed: a path that is not an artifact directory, an artifact that
-    another one (which stays) names in its lineage, one in use.
-    Example:
-      daat artifacts rm artifacts/eval-0123456789abcdef --yes
-    """
-    from daat.artifact_admin import plan_rm
-
-    _carry_out(plan_rm(list(targets)), yes, all_or_nothing=True)
-
-
-@artifacts.command("gc")
-@click.argument("directory", default="artifacts", type=click.Path(file_okay=False))
-@click.option(
-    "--keep",
-    multiple=True,
-    metavar="ARTIFACT",
-    help="Keep only these (and what their lineage names); repeatable.",
-)
-@click.option("--yes", is_flag=True, help="Really remove (default: dry run, print only).")
-@_fail_cleanly
-def artifacts_gc(directory, keep, yes):
-    """Remove unfinished or unwanted artifacts under DIRECTORY (dry run unless --yes).
-
-    \b
-    Without --keep: incomplete artifacts that no complete one names in its lineage.
-    With --keep: every artifact neither kept nor named (directly or not) by a kept one.
-    Never removes an artifact in use, or one a kept artifact's lineage names.
-    Example:
-      daat artifacts gc artifacts/
-      daat artifacts gc artifacts/ --keep eval-0123456789abcdef --yes
-    """
-    from daat.artifact_admin import plan_gc
-
-    _carry_out([plan_gc(directory, list(keep))], yes, all_or_nothing=False)
-
-
-@artifacts.command("show")
-@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
-def artifacts_show(artifact):
-    """Print an artifact's manifest.
-
-    \b
-    Example:
-      daat artifacts show artifacts/shards-0123456789abcdef
-    """
-    import json
-
-    from daat.artifacts import ArtifactError, open_artifact
-
-    try:
-        click.echo(json.dumps(open_artifact(artifact).manifest, indent=2))
-    except ArtifactError as e:
-        raise click.ClickException(str(e)) from e
-
-
-@artifacts.command("verify")
-@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
-def artifacts_verify(artifact):
-    """Check the manifest (its digest, file entries inside the artifact; for shards, that its
-    facts agree) and re-hash every file; exit 1 naming each problem.
-
-    \b
-    Example:
-      daat artifacts verify artifacts/shards-0123456789abcdef
-    """
-    from daat.artifacts import ArtifactError, open_artifact, verify
-    from daat.errors import DaatError
-
-    try:
-        problems = verify(artifact)
-    except ArtifactError as e:
-        raise click.ClickException(str(e)) from e
-    if not problems and open_artifact(artifact).kind == "shards":
-        from daat.pipeline.shards import open_shards
-
-        try:
-            open_shards(artifact)
-        except DaatError as e:
-            problems.append(str(e))
-    for line in problems:
-        click.echo(f"FAIL {line}", err=True)
-    if problems:
-        sys.exit(1)
-    click.echo(f"OK {artifact}")
+    print_result(run(out, jobs))
 
 
 @main.group("config")
@@ -509,7 +279,7 @@ def config_presets():
 @config_group.command("show")
 @CONFIG_OPTION
 @SET_OPTION
-@_fail_cleanly
+@fail_cleanly
 def config_show(configs, overrides):
     """Print the resolved config as YAML (ε and α as '0.0157 (4/255)', which loads back).
 
@@ -519,12 +289,11 @@ def config_show(configs, overrides):
     """
     from daat.config import show
 
-    click.echo(show(_load_config(configs, overrides)), nl=False)
+    click.echo(show(load_config(configs, overrides)), nl=False)
 
 
-from daat import cli_experiment  # noqa: E402 (built with the helpers above)
-
-main.add_command(cli_experiment.group(OUT_OPTION, _fail_cleanly, _print_result, _writable))
+main.add_command(cli_artifacts.artifacts)
+main.add_command(cli_experiment.experiment)
 
 if __name__ == "__main__":
     main()

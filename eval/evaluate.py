@@ -40,7 +40,7 @@ from daat.eval import attacks_eval, attention, cue_conflict, results, summary
 from daat.eval.results import GROUPS, Store, Task
 from daat.eval.style import format_eps
 
-ATTENTION_TOP_FRAC = 0.2  # "top-20 % patches of G" (issue 5)
+ATTENTION_TOP_FRAC = 0.2  # attention mass on the top-20 % patches of G (the report's column)
 
 
 @dataclass

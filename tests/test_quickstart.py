@@ -47,7 +47,7 @@ def test_quickstart_end_to_end_then_reuse(tmp_path):
         long_acc = [acc["pgd-100"][e] for e in sorted(acc["pgd-100"], key=fraction_value)]
         assert all(b <= a for a, b in zip(long_acc, long_acc[1:]))
         assert all((ev.path / rel).is_file() for rel in summary["figures"])
-    print(f"quickstart wall time: {wall:.0f} s")  # the budget is 600 s on 2 idle cores
+    print(f"quickstart wall time: {wall:.0f} s")  # the quickstart's budget is 600 s on 2 idle cores
     start = time.perf_counter()
     again = subprocess.run(
         [sys.executable, "-m", "daat.cli", "quickstart", "--out", str(out)],
