@@ -296,7 +296,7 @@ def oracle_saliency_errors(
     float E is recomputed from the renderer's exact depth on the stored pixel grid."""
     from daat.cards import load_card
     from daat.pipeline.images import decode_array
-    from daat.pipeline.preprocess import _oracle_depth  # the one definition of that transform
+    from daat.pipeline.oracle import oracle_depth  # the one definition of that transform
     from daat.pipeline.shards import iter_samples
     from daat.saliency import sobel_magnitude
     from daat.synthetic import render_item
@@ -310,7 +310,7 @@ def oracle_saliency_errors(
         _, geo = decode_array(
             rgb, resize_short=policy["resize_short"], center_crop=policy["center_crop"]
         )
-        exact.append(sobel_magnitude(_oracle_depth(z, geo)[None])[0])
+        exact.append(sobel_magnitude(oracle_depth(z, geo)[None])[0])
         stored.append(sample.saliency)
         if limit is not None and len(stored) >= limit:
             break
