@@ -6,7 +6,7 @@ Builds ``benchmarks/loader.py``'s shard artifact (256-px synthetic scenes, 224-p
 augmentation, 0 workers: the ``loader_img_per_s_per_core`` figure) and times, in interleaved
 rounds (one epoch of ``--batches`` batches each):
 
-- ``baseline``: ``train_pipeline`` of ``pipeline/{shards,loaders}.py`` as they are at ``REF``
+- ``baseline``: ``train_pipeline`` of the ``pipeline/`` modules as they are at ``REF``
   (default: where this branch left ``main``), loaded from git into a private package;
 - ``current``: this tree's ``train_pipeline`` (the shipped choice: the reader does not hash; the
   stages verify the tars before the first step and before results are written);
@@ -52,36 +52,55 @@ def merge_base() -> str:
     ).stdout.strip()
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=common.REPO, check=True, capture_output=True, text=True
+    ).stdout
+
+
 def load_baseline(ref: str, workdir: Path):
-    """``train_pipeline`` of ``pipeline/shards.py`` + ``pipeline/loaders.py`` at ``ref``, as a
-    private package (its loaders import its own shards module; the rest of daat is shared)."""
+    """The training reader of the ``pipeline/`` modules at ``ref`` as ``read(art, p)``, from a
+    private package (its modules import each other; the rest of daat is shared)."""
     package = workdir / BASELINE_PACKAGE
     package.mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text("")
-    for name in ("shards", "loaders"):
-        source = subprocess.run(
-            ["git", "show", f"{ref}:pipeline/{name}.py"],
-            cwd=common.REPO,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        source = source.replace("daat.pipeline.shards", f"{BASELINE_PACKAGE}.shards")
-        (package / f"{name}.py").write_text(source)
+    for path in _git("ls-tree", "--name-only", ref, "pipeline/").split():
+        if path.endswith(".py") and not path.endswith("__init__.py"):
+            source = _git("show", f"{ref}:{path}")
+            source = source.replace("daat.pipeline.", f"{BASELINE_PACKAGE}.")
+            source = source.replace("from daat.pipeline import", f"from {BASELINE_PACKAGE} import")
+            (package / Path(path).name).write_text(source)
     sys.path.insert(0, str(workdir))
-    return importlib.import_module(f"{BASELINE_PACKAGE}.loaders").train_pipeline
+    loaders = importlib.import_module(f"{BASELINE_PACKAGE}.loaders")
+    if hasattr(loaders, "TrainReadSpec"):
+        return lambda art, p: loaders.train_pipeline(art, _spec(loaders.TrainReadSpec, p), epoch=0)
+    return lambda art, p: loaders.train_pipeline(art, **_spec(dict, p), epoch=0)
+
+
+def _spec(make, p: dict):
+    """The benchmark's reader: one epoch of ``p['batches']`` batches, 0 workers."""
+    return make(
+        image_size=p["image_size"],
+        grid=(p["grid"], p["grid"]),
+        batch_size=p["batch_size"],
+        samples_per_epoch=p["batch_size"] * p["batches"],
+        rank=0,
+        world_size=1,
+        seed=0,
+        num_workers=0,
+    )
 
 
 @contextmanager
 def streaming_hash(art):
     """This tree's reader with every byte of every tar it reads hashed and checked."""
     from daat.errors import ShardFormatError
-    from daat.pipeline import shards as fmt
+    from daat.pipeline import ustar
 
     expected = {
         str(art.path / rel): entry["sha256"] for rel, entry in art.manifest["files"].items()
     }
-    real = fmt._tar_entries
+    real = ustar.entries
 
     def hashing_entries(path):
         digest, where = hashlib.sha256(), str(path)
@@ -93,40 +112,29 @@ def streaming_hash(art):
                 return block
 
             while True:
-                header = read(fmt._BLOCK)
-                if len(header) < fmt._BLOCK:
+                header = read(ustar.BLOCK)
+                if len(header) < ustar.BLOCK:
                     raise ShardFormatError(f"{where}: truncated tar")
-                if header.count(0) == fmt._BLOCK:
+                if header.count(0) == ustar.BLOCK:
                     break
-                name, size = fmt._parse_header(header, where)
+                name, size = ustar.parse_header(header, where)
                 data = read(size)
-                read(-size % fmt._BLOCK)  # padding is hashed too, so it is read, not skipped
+                read(-size % ustar.BLOCK)  # padding is hashed too, so it is read, not skipped
                 yield name, data
             digest.update(f.read())  # end-of-archive blocks and record padding
         if digest.hexdigest() != expected[where]:
             raise ShardFormatError(f"{where}: sha256 differs from the manifest")
 
-    fmt._tar_entries = hashing_entries
+    ustar.entries = hashing_entries
     try:
         yield
     finally:
-        fmt._tar_entries = real
+        ustar.entries = real
 
 
-def one_epoch(pipeline_fn, art, p: dict) -> tuple[float, float, int]:
+def one_epoch(read, art, p: dict) -> tuple[float, float, int]:
     """(wall s, CPU s, images) of one epoch of ``p['batches']`` batches, 0 workers."""
-    batches = pipeline_fn(
-        art,
-        image_size=p["image_size"],
-        grid=(p["grid"], p["grid"]),
-        batch_size=p["batch_size"],
-        samples_per_epoch=p["batch_size"] * p["batches"],
-        rank=0,
-        world_size=1,
-        seed=0,
-        epoch=0,
-        num_workers=0,
-    )
+    batches = read(art, p)
     wall, cpu, seen = time.perf_counter(), time.process_time(), 0
     for images, _, _ in batches:
         seen += images.shape[0]
@@ -140,13 +148,16 @@ def measure(workdir: Path, ref: str, rounds: int, batches: int, **overrides) -> 
     p = {**loader.DEFAULTS, **overrides, "batches": batches}
     art, _, _ = loader.build_shards(workdir, p, torch.device("cpu"))
     baseline = load_baseline(ref, workdir / "baseline")
-    from daat.pipeline.loaders import train_pipeline
+    from daat.pipeline.loaders import TrainReadSpec, train_pipeline
 
-    def streaming(*args, **kwargs):
+    def current(art, p: dict):
+        return train_pipeline(art, _spec(TrainReadSpec, p), epoch=0)
+
+    def streaming(art, p: dict):
         with streaming_hash(art):
-            yield from train_pipeline(*args, **kwargs)
+            yield from current(art, p)
 
-    variants = {"baseline": baseline, "current": train_pipeline, "streaming": streaming}
+    variants = {"baseline": baseline, "current": current, "streaming": streaming}
     guard = art.guard(["train"])
     times: dict[str, list[tuple[float, float, int]]] = {k: [] for k in variants}
     upfront: list[tuple[float, float]] = []

@@ -70,10 +70,9 @@ def build_shards(workdir: Path, p: dict, device: torch.device):
 
 
 def _pipeline(art, p: dict, workers: int, batches: int, pin: bool, epoch: int = 0):
-    from daat.pipeline.loaders import train_pipeline
+    from daat.pipeline.loaders import TrainReadSpec, train_pipeline
 
-    return train_pipeline(
-        art,
+    spec = TrainReadSpec(
         image_size=p["image_size"],
         grid=(p["grid"], p["grid"]),
         batch_size=p["batch_size"],
@@ -81,10 +80,9 @@ def _pipeline(art, p: dict, workers: int, batches: int, pin: bool, epoch: int = 
         rank=0,
         world_size=1,
         seed=0,
-        epoch=epoch,
         num_workers=workers,
-        pin_memory=pin,
     )
+    return train_pipeline(art, spec, epoch=epoch, pin_memory=pin)
 
 
 def _children_cpu() -> float:

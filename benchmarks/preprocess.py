@@ -157,7 +157,7 @@ def g_errors(
     stored_e: list[np.ndarray], float_e: list[torch.Tensor], grid: tuple[int, int]
 ) -> dict:
     """max |G| differences: stored 8-bit E vs float E, and float E through the encoder alone."""
-    from daat.pipeline.shards import dequantise_saliency, quantise_saliency
+    from daat.pipeline.saliency_codec import dequantise_saliency, quantise_saliency
     from daat.saliency import saliency_from_edges
 
     worst_stored, worst_format = 0.0, 0.0
@@ -198,7 +198,8 @@ def model_saliency_errors(
 def png_encode_ms(art, limit: int = 64) -> float:
     """Mean ms to PNG-encode one stored saliency map: preprocess's single writer thread does
     this for every sample, so 1000 / this caps its end-to-end img/s."""
-    from daat.pipeline.shards import iter_samples, png_bytes, quantise_saliency
+    from daat.pipeline.saliency_codec import png_bytes, quantise_saliency
+    from daat.pipeline.shards import iter_samples
 
     maps = []
     for sample in iter_samples(art, "train"):
@@ -296,7 +297,7 @@ def oracle_saliency_errors(
     float E is recomputed from the renderer's exact depth on the stored pixel grid."""
     from daat.cards import load_card
     from daat.pipeline.images import decode_array
-    from daat.pipeline.preprocess import _oracle_depth  # the one definition of that transform
+    from daat.pipeline.oracle import oracle_depth  # the one definition of that transform
     from daat.pipeline.shards import iter_samples
     from daat.saliency import sobel_magnitude
     from daat.synthetic import render_item
@@ -310,7 +311,7 @@ def oracle_saliency_errors(
         _, geo = decode_array(
             rgb, resize_short=policy["resize_short"], center_crop=policy["center_crop"]
         )
-        exact.append(sobel_magnitude(_oracle_depth(z, geo)[None])[0])
+        exact.append(sobel_magnitude(oracle_depth(z, geo)[None])[0])
         stored.append(sample.saliency)
         if limit is not None and len(stored) >= limit:
             break

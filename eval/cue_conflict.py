@@ -60,7 +60,7 @@ def texture_labels(shard_art) -> dict[str, int]:
 
 def evaluate(model, cfg: Config, shard_art, device: torch.device) -> tuple[dict, dict] | None:
     """(summary, per-sample record) on the shards' cue-conflict split; None when it has none."""
-    from daat.pipeline.loaders import eval_pipeline
+    from daat.pipeline.loaders import EvalReadSpec, eval_pipeline
 
     if CUE_CONFLICT not in shard_art.splits:
         return None
@@ -73,13 +73,8 @@ def evaluate(model, cfg: Config, shard_art, device: torch.device) -> tuple[dict,
     ev = cfg.eval
     textures = texture_labels(shard_art)
     keys, shapes, clean_pred, adv_pred = [], [], [], []
-    batches = eval_pipeline(
-        shard_art,
-        split=CUE_CONFLICT,
-        image_size=cfg.model.img_size,
-        grid=model.grid,
-        batch_size=ev.batch_size,
-    )
+    spec = EvalReadSpec.from_config(cfg, grid=model.grid, split=CUE_CONFLICT, num_workers=0)
+    batches = eval_pipeline(shard_art, spec)
     for k, (batch_keys, x, y, _saliency) in enumerate(batches):
         x, y = x.to(device), y.to(device)
         clean = attacks_eval.clean(model, x, y)

@@ -435,6 +435,7 @@ def _evaluate(
     check_shards,
 ) -> None:
     from daat.eval import figures as figures_mod
+    from daat.pipeline.loaders import EvalReadSpec
 
     ev = cfg.eval
     n_val = shard_art.split_size("val")
@@ -485,16 +486,7 @@ def _evaluate(
     bars = progress_bars(store, list(pending), info)
     runner = ChunkRunner(model, store, cfg, device, shard_art.num_classes, bars)
     figure_samples: dict[int, tuple] = {}
-    batches = eval_pipeline(
-        shard_art,
-        split="val",
-        image_size=cfg.model.img_size,
-        grid=model.grid,
-        batch_size=ev.batch_size,
-        rank=0,
-        world_size=1,
-        num_workers=cfg.data.num_workers,
-    )
+    batches = eval_pipeline(shard_art, EvalReadSpec.from_config(cfg, grid=model.grid))
     for chunk in stream_chunks(batches, val_positions, store, wanted, figure_pos, figure_samples):
         if wanted(chunk.group, chunk.index):
             runner.run(chunk)

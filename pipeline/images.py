@@ -14,15 +14,11 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from daat.errors import DataError
-
-if TYPE_CHECKING:
-    import torch
 
 # The one resampling filter for stored images (PIL's resize is antialiased when it shrinks).
 RESAMPLE = Image.Resampling.BICUBIC
@@ -271,52 +267,3 @@ def decode_jpeg_bytes(data: bytes) -> np.ndarray:
         if img.mode != "RGB":
             img = img.convert("RGB")
         return np.asarray(img).copy()
-
-
-# --- joint geometry for the readers: one box, applied to image and saliency together ----------
-
-
-def rrc_box(
-    rng: np.random.Generator,
-    h: int,
-    w: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's box (top, left, height, width), torchvision's algorithm: 10 tries at
-    a random area share and log-uniform aspect, then the whole image at a clamped aspect."""
-    area = h * w
-    log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
-    for _ in range(10):
-        target = area * rng.uniform(scale[0], scale[1])
-        aspect = float(np.exp(rng.uniform(log_lo, log_hi)))
-        cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
-        if 0 < cw <= w and 0 < ch <= h:
-            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
-    if w / h < ratio[0]:
-        cw, ch = w, int(round(w / ratio[0]))
-    elif w / h > ratio[1]:
-        ch, cw = h, int(round(h * ratio[1]))
-    else:
-        ch, cw = h, w
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
-
-
-def center_box(h: int, w: int, crop_pct: float = 1.0) -> tuple[int, int, int, int]:
-    """The centred square of side ``crop_pct`` x the short side (eval's resize-short + crop)."""
-    side = max(1, min(h, w, int(round(min(h, w) * crop_pct))))
-    return (h - side) // 2, (w - side) // 2, side, side
-
-
-def crop_resize(stack: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """Crop [C,H,W] to ``box`` and resize to size x size, bilinear with antialiasing. Image and
-    saliency channels go through this together, so they stay aligned pixel for pixel."""
-    import torch.nn.functional as F
-
-    top, left, ch, cw = box
-    region = stack[:, top : top + ch, left : left + cw]
-    if (ch, cw) == (size, size):
-        return region.clone()
-    return F.interpolate(
-        region[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )[0]

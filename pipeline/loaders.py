@@ -1,14 +1,15 @@
 """Batch readers over shard artifacts: the training stream (resampled, joint random resized crop
 + flip of image and saliency, G pooled on the patch grid) and the evaluation stream (ordered,
-complete, centre view). Samples come from ``pipeline/shards.py``, the one module that knows the
-format; everything here is augmentation, batching and the order samples are read in. The readers
+complete, centre view), each described by a read spec built from the config
+(``TrainReadSpec.from_config``, ``EvalReadSpec.from_config``). Samples come from
+``pipeline/shards.py``, the one module that knows the format, and their views from
+``pipeline/augment.py``; everything here is batching and the order samples are read in. The readers
 do not hash what they read: the stages verify the tars before and after (``require_intact``; the
 loader benchmark measured hashing while streaming as well, see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Iterator
@@ -18,14 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from daat.errors import ShardFormatError
-from daat.pipeline.shards import (
-    Sample,
-    decode,
-    decode_members,
-    dequantise_saliency,
-    iter_raw,
-    open_shards,
-)
+from daat.pipeline.augment import center_view, draw_view, image_view, pooled_view
+from daat.pipeline.shards import decode, decode_members, iter_raw, open_shards
 
 if TYPE_CHECKING:
     import torch
@@ -58,14 +53,6 @@ def _grid(grid: int | tuple[int, int]) -> tuple[int, int]:
     return (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
 
 
-def _to_stack(sample: Sample) -> torch.Tensor:
-    """[4,H,W] float: RGB in [0,1] and the saliency as the 4th channel, for joint geometry."""
-    import torch
-
-    image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).float() / 255
-    return torch.cat([image, torch.from_numpy(sample.saliency)[None]], dim=0)
-
-
 def _collate(stacks: list[torch.Tensor], labels: list[int], grid: tuple[int, int]):
     import torch
 
@@ -88,22 +75,63 @@ def _worker() -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class TrainReadSpec:
+    """What one rank's training reader reads, fixed for a run (``from_config``): the view it
+    makes (``image_size``, ``rrc_scale``, ``hflip``), the grid G is pooled on, the batches, and
+    the numbers its sample order depends on (``seed``, ``rank``, ``world_size``,
+    ``num_workers``). ``samples_per_epoch`` None: the split's sample count."""
+
+    image_size: int
+    grid: int | tuple[int, int]
+    batch_size: int
+    samples_per_epoch: int | None
+    seed: int
+    num_workers: int
+    rank: int = 0
+    world_size: int = 1
+    rrc_scale: tuple[float, float] = (0.35, 1.0)
+    hflip: bool = True
+    shuffle_buffer: int = 1000
+    split: str = "train"
+
+    def __post_init__(self):
+        object.__setattr__(self, "grid", _grid(self.grid))
+        object.__setattr__(self, "rrc_scale", tuple(self.rrc_scale))
+
+    @classmethod
+    def from_config(
+        cls, cfg, *, grid: int | tuple[int, int], rank: int = 0, world_size: int = 1
+    ) -> TrainReadSpec:
+        """The training reader of ``cfg`` for a model pooling G on ``grid``, on rank ``rank``."""
+        return cls(
+            image_size=cfg.model.img_size,
+            grid=grid,
+            batch_size=cfg.train.batch_size,
+            samples_per_epoch=cfg.train.samples_per_epoch,
+            seed=cfg.seed,
+            num_workers=cfg.data.num_workers,
+            rank=rank,
+            world_size=world_size,
+            rrc_scale=tuple(cfg.train.rrc_scale),
+            hflip=cfg.train.hflip,
+        )
+
+
+@dataclass(frozen=True)
 class _TrainPlan:
+    """One epoch of ``spec`` over the split's non-empty ``shards`` (sampled by ``weights``)."""
+
+    spec: TrainReadSpec
     shards: tuple[str, ...]
     weights: tuple[float, ...]
-    seed: int
     epoch: int
-    rank: int
-    world_size: int
-    streams: int  # = max(1, num_workers): one independent sample stream per worker
-    batch_size: int
     batches: int
     skip_batches: int
-    image_size: int
-    grid: tuple[int, int]
-    rrc_scale: tuple[float, float]
-    hflip: bool
-    shuffle_buffer: int
+
+    @property
+    def streams(self) -> int:
+        """One independent sample stream per worker (at least one)."""
+        return max(1, self.spec.num_workers)
 
     def stream(self) -> tuple[int, int, int]:
         """(stream id, batches of it already consumed, batches of it to yield) for this worker.
@@ -116,9 +144,10 @@ class _TrainPlan:
         return s, done, total - done
 
     def rng(self, stream: int, *tail: int) -> np.random.Generator:
+        spec = self.spec
         return np.random.default_rng(
             _seed_ints(
-                self.seed, self.epoch, self.rank, self.world_size, self.streams, stream, *tail
+                spec.seed, self.epoch, spec.rank, spec.world_size, self.streams, stream, *tail
             )
         )
 
@@ -143,120 +172,11 @@ class _TrainSource:
         urls = iter(lambda: plan.shards[pick.choice(len(plan.shards), p=plan.weights)], None)
         raw = (sample for url in urls for sample in iter_raw(url))
         shuffle_seed = int(plan.rng(stream, 1).integers(1 << 62))
-        mixed = wds.shuffle(
-            plan.shuffle_buffer, plan.shuffle_buffer, rng=random.Random(shuffle_seed)
-        )(raw)
-        first = done * plan.batch_size
-        taken = itertools.islice(mixed, first, first + todo * plan.batch_size)
+        buffer, batch_size = plan.spec.shuffle_buffer, plan.spec.batch_size
+        mixed = wds.shuffle(buffer, buffer, rng=random.Random(shuffle_seed))(raw)
+        first = done * batch_size
+        taken = itertools.islice(mixed, first, first + todo * batch_size)
         yield from ((first + i, s) for i, s in enumerate(taken))
-
-
-def augment(
-    sample: Sample,
-    rng: np.random.Generator,
-    *,
-    image_size: int,
-    rrc_scale: tuple[float, float],
-    hflip: bool,
-) -> torch.Tensor:
-    """Joint random resized crop + horizontal flip: one box and one coin for image and saliency.
-    Returns [4,S,S]: RGB in [0,1] (channels 0-2) and the saliency E (channel 3).
-
-    The image is cropped while still uint8 and resized by torch's vectorised uint8 kernel (the same
-    antialiased bilinear as the saliency's float path, so both stay aligned pixel for pixel); only
-    the S x S result becomes float: ~20-30% more img/s than resizing a float [4,H,W] stack, pixels
-    within 1/255 of it (benchmarks/loader.py). The training reader draws the same view and makes
-    the same image, but pools the saliency without this S x S map (``_pooled_view``)."""
-    import torch
-
-    h, w = sample.saliency.shape
-    box, flip = _draw_view(rng, h, w, rrc_scale, hflip)
-    image = _image_view(torch.from_numpy(sample.image).permute(2, 0, 1), box, image_size, flip)
-    top, left, ch, cw = box
-    sal = torch.from_numpy(np.ascontiguousarray(sample.saliency[top : top + ch, left : left + cw]))
-    sal = _resize_square(sal[None, None], image_size)[0]
-    return torch.cat([image.float().div_(255), sal.flip(-1) if flip else sal])
-
-
-def _draw_view(
-    rng: np.random.Generator, h: int, w: int, rrc_scale: tuple[float, float], hflip: bool
-) -> tuple[tuple[int, int, int, int], bool]:
-    """The random view of an h x w sample: crop box (top, left, height, width), then the flip
-    coin (drawn only when ``hflip``)."""
-    from daat.pipeline.images import rrc_box
-
-    box = rrc_box(rng, h, w, rrc_scale)
-    return box, bool(hflip and rng.random() < 0.5)
-
-
-def _image_view(
-    image: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool
-) -> torch.Tensor:
-    """uint8 [3,H,W] (any strides) -> the view's uint8 [3,S,S]: crop, resize, flip. Flipping the
-    uint8 result gives the same values as flipping after the float conversion, at 1/4 the bytes."""
-    top, left, ch, cw = box
-    out = _resize_square(image[None, :, top : top + ch, left : left + cw], size)[0]
-    return out.flip(-1) if flip else out
-
-
-def _pooled_view(
-    q: np.ndarray,
-    scale: float,
-    box: tuple[int, int, int, int],
-    size: int,
-    grid: tuple[int, int],
-    flip: bool,
-) -> torch.Tensor:
-    """pool_to_grid(the view's resized, flipped E) [gh,gw] straight from the quantised map, never
-    making the S x S float map: resize and pooling are linear and act on rows and columns
-    separately, so pool(resize(crop)) = A_h @ crop @ A_w^T (``_pool_weights``), ~5x cheaper than
-    resizing the float crop. Equal to pooling ``augment``'s channel 3 up to float32 rounding
-    (tests/test_shards.py)."""
-    import torch
-
-    top, left, ch, cw = box
-    e = torch.from_numpy(dequantise_saliency(q[top : top + ch, left : left + cw], scale))
-    pooled = _pool_weights(ch, size, grid[0]) @ e @ _pool_weights(cw, size, grid[1]).T
-    return pooled.flip(-1) if flip else pooled
-
-
-@functools.lru_cache(maxsize=4096)
-def _pool_weights(n: int, size: int, cells: int) -> torch.Tensor:
-    """float32 [cells, n]: an axis of n pixels resized to ``size`` as ``_resize_square`` does, then
-    average-pooled onto ``cells`` bins as ``pool_to_grid`` does, as one matrix. Both factors are
-    read off torch's own kernels (their responses to unit impulses), so they are whatever weights
-    torch uses; crop sizes repeat, hence the cache."""
-    import torch
-    import torch.nn.functional as F
-
-    if n == size:
-        resize = torch.eye(n, dtype=torch.float64)
-    elif n == 1:  # one pixel resizes to a constant (and torch 2.14 mis-resizes width-1 inputs)
-        resize = torch.ones(size, 1, dtype=torch.float64)
-    else:  # column j of the n x n identity is the impulse at pixel j; the width stays n
-        impulses = torch.eye(n)[None, None]  # float32: the weights of the float32 saliency path
-        resize = F.interpolate(
-            impulses, size=(size, n), mode="bilinear", align_corners=False, antialias=True
-        )[0, 0].double()
-    pool = F.adaptive_avg_pool1d(torch.eye(size, dtype=torch.float64)[None], cells)[0].T
-    return (pool @ resize).float()
-
-
-def _resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
-    """[1,C,h,w] -> [1,C,size,size], bilinear, antialiased, align_corners=False (uint8 or float)."""
-    import torch.nn.functional as F
-
-    if tuple(x.shape[-2:]) == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def center_view(sample: Sample, *, image_size: int, crop_pct: float = 1.0) -> torch.Tensor:
-    """Evaluation's deterministic view: centre square (crop_pct of the short side) -> [4,S,S]."""
-    from daat.pipeline.images import center_box, crop_resize
-
-    h, w = sample.saliency.shape
-    return crop_resize(_to_stack(sample), center_box(h, w, crop_pct), image_size)
 
 
 class _TrainAugment:
@@ -271,10 +191,9 @@ class _TrainAugment:
         self.plan = plan
 
     def __call__(self, numbered: Iterator[tuple[int, dict]]):
-        plan = self.plan
-        stream, _, _ = plan.stream()
-        numbered = iter(numbered)
-        while len(batch := list(itertools.islice(numbered, plan.batch_size))) == plan.batch_size:
+        stream, _, _ = self.plan.stream()
+        numbered, size = iter(numbered), self.plan.spec.batch_size
+        while len(batch := list(itertools.islice(numbered, size))) == size:
             yield self.batch(stream, batch)
 
     def batch(self, stream: int, batch: list[tuple[int, dict]]):
@@ -282,16 +201,16 @@ class _TrainAugment:
 
         from daat.saliency import unit_mass
 
-        plan, size = self.plan, self.plan.image_size
+        plan, spec, size = self.plan, self.plan.spec, self.plan.spec.image_size
         images = torch.empty(len(batch), 3, size, size)
-        pooled = torch.empty(len(batch), *plan.grid)
+        pooled = torch.empty(len(batch), *spec.grid)
         labels = []
         for slot, (index, raw) in enumerate(batch):
             label, _, image, q, scale = decode_members(raw)
-            box, flip = _draw_view(plan.rng(stream, 2, index), *q.shape, plan.rrc_scale, plan.hflip)
+            box, flip = draw_view(plan.rng(stream, 2, index), *q.shape, spec.rrc_scale, spec.hflip)
             image = torch.from_numpy(image).permute(2, 0, 1)
-            images[slot].copy_(_image_view(image, box, size, flip)).div_(255)
-            pooled[slot] = _pooled_view(q, scale, box, size, plan.grid, flip)
+            images[slot].copy_(image_view(image, box, size, flip)).div_(255)
+            pooled[slot] = pooled_view(q, scale, box, size, spec.grid, flip)
             labels.append(label)
         return images, torch.tensor(labels, dtype=torch.int64), unit_mass(pooled).flatten(1)
 
@@ -318,25 +237,10 @@ class Batches:
 
 
 def train_pipeline(
-    shard_art,
-    *,
-    image_size: int,
-    grid: int | tuple[int, int],
-    batch_size: int,
-    samples_per_epoch: int | None,
-    rank: int,
-    world_size: int,
-    seed: int,
-    epoch: int,
-    num_workers: int,
-    rrc_scale: tuple[float, float] = (0.35, 1.0),
-    hflip: bool = True,
-    skip_batches: int = 0,
-    shuffle_buffer: int = 1000,
-    split: str = "train",
-    pin_memory: bool = False,
+    shard_art, spec: TrainReadSpec, *, epoch: int, skip_batches: int = 0, pin_memory: bool = False
 ) -> Batches:
-    """Training batches ``(images [B,3,S,S] in [0,1], labels [B] int64, G [B,h*w])`` for one rank.
+    """Training batches ``(images [B,3,S,S] in [0,1], labels [B] int64, G [B,h*w])`` of epoch
+    ``epoch`` for rank ``spec.rank``.
 
     Shards are resampled with replacement (weighted by their sample counts) from a stream seeded
     by (seed, epoch, rank, world_size, num_workers, worker), so each rank and worker reads its
@@ -349,55 +253,90 @@ def train_pipeline(
     import webdataset as wds
 
     art = open_shards(shard_art)
-    listed = [(str(p), n) for p, n in art.shards(split) if n > 0]
+    listed = [(str(p), n) for p, n in art.shards(spec.split) if n > 0]
     if not listed:
-        raise ShardFormatError(f"{art.path}: split '{split}' has no samples to train on")
+        raise ShardFormatError(f"{art.path}: split '{spec.split}' has no samples to train on")
     total = sum(n for _, n in listed)
-    batches = batches_per_epoch(samples_per_epoch or total, batch_size, world_size)
+    batches = batches_per_epoch(spec.samples_per_epoch or total, spec.batch_size, spec.world_size)
     if not 0 <= skip_batches <= batches:
         raise ValueError(f"skip_batches {skip_batches} outside [0, {batches}]")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world of {world_size}")
-    grid = _grid(grid)
-    if not all(0 < cells <= image_size for cells in grid):
-        raise ValueError(f"grid {grid} must have 1 to image_size ({image_size}) cells per side")
+    if not 0 <= spec.rank < spec.world_size:
+        raise ValueError(f"rank {spec.rank} outside world of {spec.world_size}")
+    if not all(0 < cells <= spec.image_size for cells in spec.grid):
+        raise ValueError(
+            f"grid {spec.grid} must have 1 to image_size ({spec.image_size}) cells per side"
+        )
     plan = _TrainPlan(
-        tuple(p for p, _ in listed),
-        tuple(n / total for _, n in listed),
-        seed,
-        epoch,
-        rank,
-        world_size,
-        max(1, num_workers),
-        batch_size,
-        batches,
-        skip_batches,
-        image_size,
-        grid,
-        tuple(rrc_scale),
-        hflip,
-        shuffle_buffer,
+        spec=spec,
+        shards=tuple(p for p, _ in listed),
+        weights=tuple(n / total for _, n in listed),
+        epoch=epoch,
+        batches=batches,
+        skip_batches=skip_batches,
     )
     pipeline = wds.DataPipeline(_TrainSource(plan), _TrainAugment(plan))
-    return Batches(pipeline, batches - skip_batches, num_workers, pin_memory)
+    return Batches(pipeline, batches - skip_batches, spec.num_workers, pin_memory)
+
+
+@dataclass(frozen=True)
+class EvalReadSpec:
+    """What one rank's evaluation reader reads: ``split`` in key order, the first
+    ``max_samples`` (None: all), each centre-cropped to ``crop_pct`` of its short side and
+    resized to ``image_size``, G pooled on ``grid``; rank r of ``world_size`` gets positions
+    r, r+W, ..."""
+
+    image_size: int
+    grid: int | tuple[int, int]
+    batch_size: int
+    split: str = "val"
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+    max_samples: int | None = None
+    crop_pct: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "grid", _grid(self.grid))
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg,
+        *,
+        grid: int | tuple[int, int],
+        split: str = "val",
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        max_samples: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> EvalReadSpec:
+        """``cfg``'s evaluation reader of ``split`` for a model pooling G on ``grid``: batches of
+        ``eval.batch_size`` and ``data.num_workers`` workers unless given."""
+        return cls(
+            image_size=cfg.model.img_size,
+            grid=grid,
+            batch_size=cfg.eval.batch_size if batch_size is None else batch_size,
+            split=split,
+            rank=rank,
+            world_size=world_size,
+            num_workers=cfg.data.num_workers if num_workers is None else num_workers,
+            max_samples=max_samples,
+        )
 
 
 @dataclass(frozen=True)
 class _EvalPlan:
+    spec: EvalReadSpec
     shards: tuple[tuple[str, int], ...]
     count: int  # samples evaluated over all ranks: the first ``count`` in key order
-    rank: int
-    world_size: int
-    batch_size: int
-    image_size: int
-    crop_pct: float
-    grid: tuple[int, int]
 
     def batch_of(self, position: int) -> int | None:
         """This rank's batch index for a split position, or None if another rank owns it."""
-        if position >= self.count or position % self.world_size != self.rank:
+        spec = self.spec
+        if position >= self.count or position % spec.world_size != spec.rank:
             return None
-        return (position // self.world_size) // self.batch_size
+        return (position // spec.world_size) // spec.batch_size
 
 
 class _EvalStream:
@@ -407,7 +346,7 @@ class _EvalStream:
         self.plan = plan
 
     def __call__(self):
-        plan = self.plan
+        plan, spec = self.plan, self.plan.spec
         worker, workers = _worker()
 
         def mine(batch: int | None) -> bool:
@@ -423,48 +362,34 @@ class _EvalStream:
                 if not mine(m):
                     continue
                 if current is not None and m != current:
-                    yield (keys, *_collate(stacks, labels, plan.grid))
+                    yield (keys, *_collate(stacks, labels, spec.grid))
                     keys, stacks, labels = [], [], []
                 current = m
                 sample = decode(raw)
                 stacks.append(
-                    center_view(sample, image_size=plan.image_size, crop_pct=plan.crop_pct)
+                    center_view(sample, image_size=spec.image_size, crop_pct=spec.crop_pct)
                 )
                 keys.append(sample.key)
                 labels.append(sample.label)
             start += n
         if stacks:
-            yield (keys, *_collate(stacks, labels, plan.grid))
+            yield (keys, *_collate(stacks, labels, spec.grid))
 
 
-def eval_pipeline(
-    shard_art,
-    *,
-    split: str = "val",
-    image_size: int,
-    grid: int | tuple[int, int],
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-    max_samples: int | None = None,
-    crop_pct: float = 1.0,
-    pin_memory: bool = False,
-) -> Batches:
-    """Evaluation batches ``(keys, images, labels, G)`` in key order, every sample exactly once
-    over all ranks (rank r gets positions r, r+W, ...; ranks may differ by one sample).
-
-    Each image is centre-cropped to ``crop_pct`` of its short side and resized to
-    ``image_size`` (crop_pct=1: resize-short + centre crop); ``max_samples`` keeps the first N.
-    """
+def eval_pipeline(shard_art, spec: EvalReadSpec, *, pin_memory: bool = False) -> Batches:
+    """Evaluation batches ``(keys, images, labels, G)`` of ``spec`` in key order, every sample
+    exactly once over all ranks (ranks may differ by one sample)."""
     art = open_shards(shard_art)
-    listed = tuple((str(p), n) for p, n in art.shards(split))
+    listed = tuple((str(p), n) for p, n in art.shards(spec.split))
     total = sum(n for _, n in listed)
-    count = total if max_samples is None else min(total, max_samples)
-    plan = _EvalPlan(listed, count, rank, world_size, batch_size, image_size, crop_pct, _grid(grid))
-    mine = max(0, math.ceil((count - rank) / world_size))
+    count = total if spec.max_samples is None else min(total, spec.max_samples)
+    plan = _EvalPlan(spec=spec, shards=listed, count=count)
+    mine = max(0, math.ceil((count - spec.rank) / spec.world_size))
     import webdataset as wds
 
     return Batches(
-        wds.DataPipeline(_EvalStream(plan)), math.ceil(mine / batch_size), num_workers, pin_memory
+        wds.DataPipeline(_EvalStream(plan)),
+        math.ceil(mine / spec.batch_size),
+        spec.num_workers,
+        pin_memory,
     )

@@ -1,10 +1,13 @@
 """Stage 1, ``daat preprocess``: clean images -> shards with the depth saliency E(g(x)).
 
 One pass over the card, in three kinds of process: DataLoader workers read, decode, orient, resize
-and JPEG-encode each input (or render it, for the synthetic card); the main process batches the
-stored images through the frozen depth model; a writer process (``pipeline/sink.py``) takes the
-Sobel magnitude at the stored resolution (on a GPU the main process does that next to the model),
-encodes the saliency PNGs and appends to the shards. Shards are the unit of resume: one that has
+and JPEG-encode each input (or render it, for the synthetic card; ``pipeline/decode.py``); the
+main process batches the stored images through the frozen depth model
+(``pipeline/depth_batches.py``); a writer process (``pipeline/sink.py``) takes the Sobel magnitude
+at the stored resolution (on a GPU the main process does that next to the model), encodes the
+saliency PNGs and appends to the shards. What travels between them is a ``Record``
+(``pipeline/records.py``). This module is the orchestration: the artifact, the shard plan, who
+does which shard, resume, and the manifest at the end. Shards are the unit of resume: one that has
 its tar and a matching sidecar is kept, any other is redone. Under torchrun, shard i of a split
 belongs to rank i % world; rank 0 alone writes the manifest after every rank is done. The
 artifact's writer lock (``daat/locks.py``, held by rank 0) keeps a second preprocess of the same
@@ -17,11 +20,8 @@ import collections
 import copy
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from daat import artifacts, depth_ref, keys
 from daat import config as config_mod
@@ -29,17 +29,11 @@ from daat.artifact_admin import resume_line, reuse_line
 from daat.depth_ref import ORACLE, is_oracle
 from daat.errors import DataError
 from daat.pipeline import shards as fmt
-from daat.pipeline.images import (
-    JPEG_SUBSAMPLING,
-    RESAMPLE_NAME,
-    BadImage,
-    Geometry,
-    decode_array,
-    decode_file,
-    decode_jpeg_bytes,
-    encode_jpeg,
-)
-from daat.pipeline.sink import ShardSink, saliency_codes
+from daat.pipeline.decode import Settings, decoded
+from daat.pipeline.depth_batches import DepthBatches, LazyDepthModel
+from daat.pipeline.images import JPEG_SUBSAMPLING, RESAMPLE_NAME
+from daat.pipeline.records import Job
+from daat.pipeline.sink import ShardSink
 
 if TYPE_CHECKING:
     import torch
@@ -48,30 +42,6 @@ if TYPE_CHECKING:
 
 # torch (and daat.dist, daat.depth) are imported only once there is work to do: a rerun that
 # finds its artifact complete answers from the manifest without paying torch's import.
-
-_CHUNK = 32  # inputs per DataLoader item: one message and one shared-memory buffer per chunk
-
-
-@dataclass(frozen=True)
-class _Settings:
-    resize_short: int
-    center_crop: bool
-    jpeg_quality: int
-    max_pixels: int
-    min_side: int
-    render_size: int | None  # synthetic cards: the size the renderer draws at
-    oracle: bool
-
-
-@dataclass(frozen=True)
-class _Job:
-    split: str
-    shard: int
-    key: str
-    label: int
-    relpath: str
-    path: str | None
-    synthetic: object | None
 
 
 def run(cfg: config_mod.Config, out: str) -> artifacts.Artifact:
@@ -141,8 +111,8 @@ def _run(
                 _say(reuse_line(art))
             return art
         items = {split: card.items(split) for split in card.splits_to_write(cfg.data.splits)}
-        model = None if oracle else _LazyDepthModel(cfg.depth, device)
-        settings = _Settings(
+        model = None if oracle else LazyDepthModel(cfg.depth, device)
+        settings = Settings(
             cfg.data.resize_short,
             cfg.data.center_crop,
             cfg.data.jpeg_quality,
@@ -174,35 +144,6 @@ def _writer_processes(device: torch.device) -> int:
         return 1
     cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return min(4, max(1, cores // 8))
-
-
-class _LazyDepthModel:
-    """The depth model, loaded on first use: the decode workers and the shard writer are forked
-    before it exists (no weights or CUDA context in their address space) and fill their queues
-    while it loads."""
-
-    def __init__(self, depth_cfg, device: torch.device):
-        self.cfg, self.device, self._model = depth_cfg, device, None
-
-    def load(self):
-        if self._model is None:
-            from daat.depth import load_depth_model
-
-            self._model = load_depth_model(
-                self.cfg.model,
-                self.device,
-                amp=self.cfg.amp,
-                channels_last=self.cfg.channels_last,
-                compile=self.cfg.compile,
-            )
-        return self._model
-
-    @property
-    def model_id(self) -> str:
-        return self.load().model_id
-
-    def __call__(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.load()(images)
 
 
 def _render_size(card) -> int | None:
@@ -239,9 +180,9 @@ def _open(cfg, out: str, determining: dict, info: DistInfo) -> artifacts.Artifac
     return art if art is not None else artifacts.open_artifact(path, kind="shards")
 
 
-def _shard_plan(split: str, items: list, shard_size: int) -> list[list[_Job]]:
+def _shard_plan(split: str, items: list, shard_size: int) -> list[list[Job]]:
     jobs = [
-        _Job(
+        Job(
             split,
             i // shard_size,
             fmt.sample_key(split, it.index),
@@ -260,7 +201,7 @@ def _process_split(
     art,
     split: str,
     items: list,
-    settings: _Settings,
+    settings: Settings,
     model,
     info: DistInfo,
     device: torch.device,
@@ -297,239 +238,10 @@ def _process_split(
         if pending:
             sink.plan({(split, s): [(j.key, j.relpath) for j in plan[s]] for s in pending})
             jobs = [job for s in pending for job in plan[s]]
-            records = _decoded(jobs, settings, cfg.data.num_workers, cfg.depth.batch_size)
-            _DepthBatches(model, cfg.depth.batch_size, device, sink, bar).consume(records)
+            records = decoded(jobs, settings, cfg.data.num_workers, cfg.depth.batch_size)
+            DepthBatches(model, cfg.depth.batch_size, device, sink, bar).consume(records)
     finally:
         bar.close()
-
-
-def _decoded(jobs: list[_Job], settings: _Settings, num_workers: int, batch_size: int):
-    import torch
-
-    chunks = [jobs[i : i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
-    workers = min(num_workers, len(chunks))
-    # Workers must be able to run two depth batches ahead: with torch's default (2 chunks per
-    # worker) they stall while the model runs and the model then waits for them (measured: 45%
-    # of the 2-core CPU idle at depth batch 64).
-    ahead = {"prefetch_factor": max(2, -(-2 * batch_size // (_CHUNK * workers)))} if workers else {}
-    loader = torch.utils.data.DataLoader(
-        _DecodeChunks(chunks, settings),
-        batch_size=None,
-        num_workers=workers,
-        collate_fn=_as_is,
-        worker_init_fn=_yield_to_model,
-        **ahead,
-    )
-    for chunk in loader:
-        yield from _unpack(chunk)
-
-
-def _yield_to_model(_worker_id: int | None = None) -> None:
-    """Decode workers run at a lower priority: the depth model's process is the pipeline's
-    bottleneck, and on a machine with few cores a helper preempting it costs more than it gains.
-    Their chunks travel as named shared memory ("file_system"): with the default fd passing, the
-    model's process waited 1-5 ms per chunk for the busy worker to hand over the descriptor
-    (measured), although the chunk had been decoded long before."""
-    os.nice(5)
-    import torch.multiprocessing
-
-    torch.multiprocessing.set_sharing_strategy("file_system")
-
-
-def _as_is(x):
-    return x
-
-
-class _DecodeChunks:
-    """Item i = chunk i decoded: a list of records, each either stored-image bytes or a reason."""
-
-    def __init__(self, chunks: list[list[_Job]], settings: _Settings):
-        self.chunks, self.settings = chunks, settings
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def __getitem__(self, i: int) -> tuple[list[dict], torch.Tensor]:
-        return _pack([_decode_job(job, self.settings) for job in self.chunks[i]])
-
-
-_PACKED = ("jpg", "image", "depth")  # the bulky fields of a record
-
-
-def _pack(records: list[dict]) -> tuple[list[dict], torch.Tensor]:
-    """Move the bulky fields of a chunk's records into one uint8 tensor, which the DataLoader
-    hands over in shared memory. Sent through its pipe instead, a chunk (~170 KB of 85x64
-    images) crossed in 64 KB pieces, each waiting for the worker to be scheduled again: the
-    model's process waited 3-8 ms per chunk (measured) for data decoded long before."""
-    import torch
-
-    parts, offset = [], 0
-    for record in records:
-        for field in _PACKED:
-            value = record.get(field)
-            if value is None:
-                continue
-            array = np.frombuffer(value, np.uint8) if isinstance(value, bytes) else value
-            offset = -(-offset // 16) * 16  # aligned, so a float32 view of the buffer is legal
-            parts.append((offset, array))
-            record[field] = (type(value).__name__, offset, array.dtype.str, array.shape)
-            offset += array.nbytes
-    buffer = np.zeros(offset, np.uint8)
-    for start, array in parts:
-        buffer[start : start + array.nbytes] = (
-            np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-        )
-    return records, torch.from_numpy(buffer)
-
-
-def _unpack(chunk: tuple[list[dict], torch.Tensor]) -> list[dict]:
-    records, buffer = chunk
-    flat = buffer.numpy()
-    for record in records:
-        for field in _PACKED:
-            if record.get(field) is None:
-                continue
-            kind, start, dtype, shape = record[field]
-            dtype = np.dtype(dtype)
-            view = flat[start : start + dtype.itemsize * int(np.prod(shape))].view(dtype)
-            record[field] = view.tobytes() if kind == "bytes" else view.reshape(shape)
-    return records
-
-
-def _decode_job(job: _Job, s: _Settings) -> dict:
-    record = {"job": job, "notes": [], "depth": None}
-    try:
-        if job.synthetic is not None:
-            from daat.synthetic import render_item
-
-            rgb, z = render_item(job.synthetic, s.render_size)
-            stored, geo = decode_array(rgb, resize_short=s.resize_short, center_crop=s.center_crop)
-            record["orig_hw"] = list(rgb.shape[:2])
-            if s.oracle:
-                record["depth"] = _oracle_depth(z, geo).numpy()
-        else:
-            decoded = decode_file(
-                job.path,
-                resize_short=s.resize_short,
-                center_crop=s.center_crop,
-                max_pixels=s.max_pixels,
-                min_side=s.min_side,
-            )
-            stored, record["orig_hw"], record["notes"] = (
-                decoded.image,
-                list(decoded.orig_hw),
-                decoded.notes,
-            )
-    except BadImage as e:
-        record["reason"] = e.record
-        return record
-    record["jpg"] = encode_jpeg(stored, s.jpeg_quality)
-    if not s.oracle:
-        # The depth model sees the JPEG as training will decode it, so G is G of the stored x.
-        record["image"] = decode_jpeg_bytes(record["jpg"])
-    return record
-
-
-def _oracle_depth(z: np.ndarray, geo: Geometry) -> torch.Tensor:
-    """The renderer's depth as relative inverse depth (what DPT-style models predict), moved onto
-    the stored image's pixel grid by the same resize + crop."""
-    import torch
-    import torch.nn.functional as F
-
-    if not np.isfinite(z).all() or (z <= 0).any():
-        raise DataError("synthetic renderer returned non-positive or non-finite depth")
-    inv = torch.from_numpy(1.0 / z.astype(np.float32))[None, None]
-    if tuple(inv.shape[-2:]) != geo.resized:
-        inv = F.interpolate(
-            inv, size=geo.resized, mode="bilinear", align_corners=False, antialias=True
-        )
-    return inv[0, 0, geo.top : geo.top + geo.height, geo.left : geo.left + geo.width].contiguous()
-
-
-class _DepthBatches:
-    """Batches decoded records through the depth model and hands each batch to the shard writer
-    process, which encodes and writes it while the next batch's depth pass runs here."""
-
-    def __init__(
-        self,
-        model: _LazyDepthModel | None,
-        batch_size: int,
-        device: torch.device,
-        sink: ShardSink,
-        bar,
-    ):
-        self.model, self.batch_size = model, batch_size
-        self.device, self.sink, self.bar = device, sink, bar
-
-    def consume(self, records) -> None:
-        batch: list[dict] = []
-        for record in records:
-            if self.model is not None and not batch:
-                self.model.load()  # the workers are running now; they decode while it loads
-            batch.append(record)
-            if len(batch) >= self.batch_size:
-                self._submit(batch)
-                batch = []
-        if batch:
-            self._submit(batch)
-        self._drain(0)
-
-    def _submit(self, batch: list[dict]) -> None:
-        finished = self._with_saliency(batch)
-        # Two batches in flight: slack for a writer that was scheduled late, memory still
-        # bounded; the writer's errors surface here.
-        self._drain(1)
-        self.sink.write(finished)
-
-    def _drain(self, keep: int) -> None:
-        while self.sink.unanswered > keep:
-            self.bar.update(self.sink.wait())
-
-    def _with_saliency(self, batch: list[dict]) -> list[dict]:
-        """Records as the writer takes them: skipped ones keep their reason, the others get their
-        depth map, or on a GPU the 8-bit E already computed next to the model (E on the CPU is
-        the writer's job: it has a core of its own, this process is busy with the model)."""
-        import torch
-
-        from daat.dist import cuda_paths
-
-        good = [i for i, r in enumerate(batch) if "reason" not in r]
-        if self.model is None:
-            depths = [torch.from_numpy(batch[i]["depth"]) for i in good]
-        else:
-            images = [
-                torch.from_numpy(batch[i]["image"]).to(self.device).permute(2, 0, 1).float() / 255
-                for i in good
-            ]
-            depths = self.model(images) if images else []
-        depth_id = ORACLE if self.model is None else self.model.model_id
-        out = [_sink_record(r, depth_id) for r in batch]
-        if not cuda_paths(self.device):
-            for i, depth in zip(good, depths):
-                out[i]["depth"] = depth.float().numpy()
-        else:
-            for i, (q, scale) in zip(good, saliency_codes(depths, self.device)):
-                out[i]["saliency"], out[i]["scale"] = q, scale
-        return out
-
-
-def _sink_record(record: dict, depth_id: str) -> dict:
-    job = record["job"]
-    out = {"split": job.split, "shard": job.shard, "key": job.key}
-    if "reason" in record:
-        return {**out, "reason": record["reason"]}
-    meta = {
-        "relpath": job.relpath,
-        "label": job.label,
-        "orig_hw": record["orig_hw"],
-        "depth_model": depth_id,
-    }
-    texture_class = getattr(job.synthetic, "texture_class", None)
-    if texture_class is not None:
-        meta[fmt.TEXTURE_LABEL] = int(texture_class)
-    if record["notes"]:
-        meta["notes"] = record["notes"]
-    return {**out, "jpg": record["jpg"], "label": job.label, "meta": meta}
 
 
 def _finalise(cfg, art: artifacts.Artifact, card, items: dict, depth_id: str) -> None:

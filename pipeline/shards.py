@@ -10,10 +10,11 @@ stable across runs and ranks):
 - ``json``: source relpath, original and stored size, depth model id, saliency scale, and for
   the synthetic cue-conflict split ``texture_label`` (the class whose spurious texture the object
   wears; ``cls`` is its shape's class);
-- ``sal.png``: E(g(x)) at the stored image's exact size, 8-bit greyscale,
-  ``q = floor(255*sqrt(E/max E) + t)`` with an 8x8 ordered dither ``t`` (decoded
-  ``E = scale*(q/255)^2``). Square-root companding keeps resolution for the weak slopes that
-  carry most of the mass; the dither keeps patch averages unbiased (see ``quantise_saliency``).
+- ``sal.png``: E(g(x)) at the stored image's exact size, 8-bit greyscale in the code of
+  ``pipeline/saliency_codec.py`` (``SAL_ENCODING``; decoded ``E = scale*(q/255)^2``).
+
+``ShardWriter.write`` lays out a preprocess ``Record`` as these members, its json included
+(``sample_json``); nothing else builds a sample.
 
 Nothing here unpickles: members are decoded by PIL, ``int`` and ``json.loads``; any other member
 raises ``ShardFormatError``. ``iter_raw`` / ``decode`` read samples; ``open_shards`` checks an
@@ -44,15 +45,16 @@ from daat.artifacts import (
     sha256_file,
 )
 from daat.errors import ShardFormatError
+from daat.pipeline import ustar
+from daat.pipeline.saliency_codec import SAL_ENCODING, decode_png_l, dequantise_saliency, png_bytes
 
 if TYPE_CHECKING:
-    import torch
+    from daat.pipeline.records import Record
 
-# torch is imported inside the functions that use it: ``daat preprocess`` answers "already
-# done" from the manifest alone, and that path should not pay torch's multi-second import.
+# torch is never imported here: ``daat preprocess`` answers "already done" from the manifest
+# alone, and that path should not pay torch's multi-second import.
 
 FORMAT_VERSION = 1
-SAL_ENCODING = "sqrt-u8-bayer8/v1"  # q = floor(255*sqrt(E/scale) + dither), scale = max E
 MEMBERS = ("jpg", "cls", "json", "sal.png")
 TEXTURE_LABEL = "texture_label"  # json key: the texture's class on the cue-conflict split
 _MEMBER_RE = re.compile(r"^([^./]+)\.(.+)$")
@@ -81,76 +83,27 @@ def sidecar_relpath(split: str, shard: int) -> str:
     return f"{split}/{split}-{shard:05d}.json"
 
 
-# --- saliency encoding ----------------------------------------------------------------------
-
-
-def _bayer(n: int = 8) -> torch.Tensor:
-    """n x n ordered-dither thresholds in (0, 1): (Bayer index + 0.5) / n^2."""
-    import torch
-
-    m = torch.zeros(1, 1, dtype=torch.int64)
-    while m.shape[0] < n:
-        m = torch.cat([torch.cat([4 * m, 4 * m + 2], 1), torch.cat([4 * m + 3, 4 * m + 1], 1)], 0)
-    return (m.double() + 0.5) / (n * n)
-
-
-def quantise_saliency(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B,H,W] float E -> (uint8 [B,H,W], scale [B] float64 = per-image max). Runs on E's device.
-
-    ``q = floor(255*sqrt(E/scale) + t)`` with ``t`` an 8x8 ordered-dither threshold anchored at
-    pixel (0, 0). Plain rounding errs the same way over a whole smooth region (a wall's constant
-    slope), which biases the pooled G by up to 2e-3; the dither makes the error average out over
-    any few-pixel patch (measured ~4x smaller at the ViT grid) for ~13% more PNG bytes.
-    """
-    import torch
-
-    if e.dim() != 3 or not e.is_floating_point():
-        raise ValueError(f"saliency must be float [B,H,W], got {e.dtype} {tuple(e.shape)}")
-    e = e.double().clamp_min(0)
-    scale = e.flatten(1).amax(dim=1)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    h, w = e.shape[-2:]
-    t = _bayer().to(e.device).repeat((h + 7) // 8, (w + 7) // 8)[:h, :w]
-    q = torch.floor(255.0 * torch.sqrt(e / safe[:, None, None]) + t).clamp_(0, 255)
-    return q.to(torch.uint8), scale
-
-
-def dequantise_saliency(q: np.ndarray, scale: float) -> np.ndarray:
-    return (q.astype(np.float32) / 255.0) ** 2 * np.float32(scale)
-
-
-def png_bytes(q: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(q), "L").save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
-
-
-def encode_saliency(e: np.ndarray) -> tuple[bytes, float]:
-    """One float HxW E map -> (PNG bytes, scale)."""
-    import torch
-
-    q, scale = quantise_saliency(torch.as_tensor(np.asarray(e, np.float32))[None])
-    return png_bytes(q[0].numpy()), float(scale[0])
-
-
-def decode_saliency(data: bytes, scale: float, where: str = "<sal.png>") -> np.ndarray:
-    return dequantise_saliency(_decode_png_l(data, where), scale)
-
-
-def _decode_png_l(data: bytes, where: str) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        if img.mode != "L":
-            raise ShardFormatError(f"{where}: saliency PNG has mode {img.mode}, expected L")
-        return np.array(img)
-
-
 # --- writer ---------------------------------------------------------------------------------
 
 
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed metadata: same bytes each run
-    tar.addfile(info, io.BytesIO(data))
+def sample_json(record: Record) -> dict:
+    """The ``json`` member of a finished record: source relpath, label, original (``orig_hw``)
+    and stored (``hw``) size, depth model id, saliency scale and encoding, the texture's class on
+    the cue-conflict split and the decoder's notes when there are any."""
+    meta = {
+        "relpath": record.relpath,
+        "label": record.label,
+        "orig_hw": list(record.orig_hw),
+        "depth_model": record.depth_model,
+    }
+    if record.texture_label is not None:
+        meta[TEXTURE_LABEL] = record.texture_label
+    if record.notes:
+        meta["notes"] = list(record.notes)
+    meta["hw"] = list(record.saliency.shape)
+    meta["sal_scale"] = record.scale
+    meta["sal_encoding"] = SAL_ENCODING
+    return meta
 
 
 class ShardWriter:
@@ -185,11 +138,22 @@ class ShardWriter:
 
     def add(self, key: str, *, jpg: bytes, label: int, meta: dict, sal_png: bytes) -> None:
         self._claim(key)
-        _tar_add(self._tar, f"{key}.jpg", jpg)
-        _tar_add(self._tar, f"{key}.cls", str(int(label)).encode("ascii"))
-        _tar_add(self._tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-        _tar_add(self._tar, f"{key}.sal.png", sal_png)
+        ustar.add(self._tar, f"{key}.jpg", jpg)
+        ustar.add(self._tar, f"{key}.cls", str(int(label)).encode("ascii"))
+        ustar.add(self._tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+        ustar.add(self._tar, f"{key}.sal.png", sal_png)
         self.keys.append(key)
+
+    def write(self, record: Record) -> None:
+        """Add a finished (not skipped) record's sample: its JPEG, label, ``sample_json`` and
+        saliency code."""
+        self.add(
+            record.key,
+            jpg=record.jpg,
+            label=record.label,
+            meta=sample_json(record),
+            sal_png=png_bytes(record.saliency),
+        )
 
     def skip(self, key: str, reason: str) -> None:
         self._claim(key)
@@ -300,49 +264,6 @@ def describe(
 
 # --- reading raw samples --------------------------------------------------------------------
 
-_BLOCK = 512
-_REGULAR = (b"0", b"\0")
-
-
-def _tar_entries(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of each entry of a plain ustar archive (what ``ShardWriter`` writes): a small
-    reader instead of ``tarfile``, whose header parsing is ~4x the cost of the rest of a raw sample
-    read. Anything it does not know (pax/GNU extension headers, links, directories, bad
-    checksums, truncation) is refused."""
-    where = str(path)
-    with open(path, "rb") as f:
-        while True:
-            header = f.read(_BLOCK)
-            if len(header) < _BLOCK:
-                raise ShardFormatError(f"{where}: truncated tar (no end-of-archive block)")
-            if header.count(0) == _BLOCK:
-                return
-            name, size = _parse_header(header, where)
-            data = f.read(size)
-            if len(data) < size:
-                raise ShardFormatError(f"{where}: truncated tar inside member '{name}'")
-            f.seek(-size % _BLOCK, os.SEEK_CUR)
-            yield name, data
-
-
-def _parse_header(header: bytes, where: str) -> tuple[str, int]:
-    try:
-        name = header[:100].split(b"\0", 1)[0].decode("utf-8")
-        if header[257:263] == b"ustar\0" and header[345] != 0:
-            name = header[345:500].split(b"\0", 1)[0].decode("utf-8") + "/" + name
-        stored_sum = int(header[148:156].replace(b"\0", b" ").strip() or b"-1", 8)
-        size = int(header[124:136].replace(b"\0", b" ").strip() or b"0", 8)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ShardFormatError(f"{where}: corrupt tar header ({e})") from e
-    if stored_sum != sum(header[:148]) + 8 * 32 + sum(header[156:]):
-        raise ShardFormatError(f"{where}: tar header checksum mismatch near member '{name}'")
-    if header[156:157] not in _REGULAR:
-        raise ShardFormatError(
-            f"{where}: member '{name}' is not a regular file (tar type "
-            f"{header[156:157]!r}); refusing the shard"
-        )
-    return name, size
-
 
 def iter_raw(path: str | os.PathLike) -> Iterator[dict]:
     """Samples of one tar as ``{"__key__", "__url__", member: bytes}``; refuses anything that is
@@ -350,7 +271,7 @@ def iter_raw(path: str | os.PathLike) -> Iterator[dict]:
     where = str(path)
     current: dict | None = None
     seen: set[str] = set()
-    for name, data in _tar_entries(path):
+    for name, data in ustar.entries(path):
         match = _MEMBER_RE.match(name)
         if not match or match.group(2) not in MEMBERS:
             raise ShardFormatError(
@@ -406,7 +327,7 @@ def decode_members(raw: dict) -> tuple[int, dict, np.ndarray, np.ndarray, float]
             if img.format != "JPEG":
                 raise ShardFormatError(f"{where}: jpg member is {img.format}, not JPEG")
             image = np.array(img if img.mode == "RGB" else img.convert("RGB"))
-        q = _decode_png_l(raw["sal.png"], where)
+        q = decode_png_l(raw["sal.png"], where)
     except ShardFormatError:
         raise
     except (ValueError, KeyError, OSError) as e:

@@ -1,14 +1,15 @@
 """The shard writer process of ``daat preprocess``.
 
-The depth model's process hands each batch of finished samples (stored JPEG, label, and either the
-depth map or, on a GPU, the 8-bit saliency already computed there) to this process, which computes
-E and its 8-bit code where needed, PNG-encodes it, builds the tar members and closes each shard
-(tar, sha256, sidecar) once its last planned sample has arrived. In the model's process that work
+The depth model's process hands each batch of finished ``Record``s (stored JPEG, facts, and either
+the depth map or, on a GPU, the 8-bit saliency already computed there) to this process, which
+computes E and its 8-bit code where needed (``pipeline/saliency_codec.py``), has
+``pipeline/shards.py`` write each sample and closes each shard (tar, sha256, sidecar) once its last
+planned sample has arrived. In the model's process that work
 (~0.5 ms of Python per sample, holding the GIL) starved the model: end to end ran at 0.50 of the
 model's speed on the 2-core CPU; here it runs on another core.
 
 Protocol over one pipe, parent -> child: ``("plan", {(split, shard): [(key, relpath), ...]})``,
-``("write", [record, ...])``, ``("finish",)``; the child answers each write and the finish with
+``("write", [Record, ...])``, ``("finish",)``; the child answers each write and the finish with
 ``("ok", n)`` or ``("error", exception, traceback text)``; ``("abort",)``, any error or the
 parent's disappearance (EOF) make it abort its open shards, so a crash never leaves a half-written
 shard under a final name.
@@ -19,21 +20,18 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import pickle
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
 
 from daat.errors import DaatError, ShardFormatError
 from daat.pipeline import shards as fmt
-
-if TYPE_CHECKING:
-    import torch
+from daat.pipeline.records import Record
+from daat.pipeline.saliency_codec import saliency_codes
 
 
 class SinkError(DaatError):
@@ -80,8 +78,9 @@ class ShardSink:
         parts = self._split(shards.items(), key=lambda item: item[0])
         self._send([(child, ("plan", dict(items))) for child, items in parts.items()])
 
-    def write(self, records: list[dict]) -> None:
-        parts = self._split(records, key=lambda r: (r["split"], r["shard"]))
+    def write(self, records: list[Record]) -> None:
+        """Send finished records (each with its depth map or its saliency code, or skipped)."""
+        parts = self._split(records, key=lambda r: (r.split, r.shard))
         self._send([(child, ("write", part)) for child, part in parts.items()])
         self._pending.append(list(parts))
 
@@ -219,28 +218,6 @@ def _serve(conn, inherited: list, root: str) -> None:
         conn.close()
 
 
-def saliency_codes(
-    depths: list[torch.Tensor], device: torch.device
-) -> list[tuple[np.ndarray, float]]:
-    """Per depth map [H,W]: (uint8 sqrt-companded E at that size, scale), computed on ``device``
-    in one batched pass per distinct size."""
-    import torch
-
-    from daat.saliency import sobel_magnitude
-
-    out: list[tuple[np.ndarray, float] | None] = [None] * len(depths)
-    by_size = collections.defaultdict(list)
-    for i, depth in enumerate(depths):
-        by_size[tuple(depth.shape)].append(i)
-    for members in by_size.values():
-        stacked = torch.stack([depths[i].to(device).float() for i in members])
-        q, scale = fmt.quantise_saliency(sobel_magnitude(stacked))
-        q, scale = q.cpu().numpy(), scale.cpu().tolist()
-        for j, i in enumerate(members):
-            out[i] = (q[j], scale[j])
-    return out
-
-
 def _picklable(e: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(e))
@@ -262,39 +239,27 @@ class _Shards:
         self.planned.update(shards)
         self.left.update({shard: len(keys) for shard, keys in shards.items()})
 
-    def write(self, records: list[dict]) -> int:
-        with_depth = [r for r in records if "depth" in r]
+    def write(self, records: list[Record]) -> int:
+        with_depth = [i for i, r in enumerate(records) if r.depth is not None]
         if with_depth:
             import torch
 
             codes = saliency_codes(
-                [torch.from_numpy(r.pop("depth")) for r in with_depth], torch.device("cpu")
+                [torch.from_numpy(records[i].depth) for i in with_depth], torch.device("cpu")
             )
-            for record, (q, scale) in zip(with_depth, codes):
-                record["saliency"], record["scale"] = q, scale
+            for i, (q, scale) in zip(with_depth, codes):
+                records[i] = dataclasses.replace(records[i], depth=None, saliency=q, scale=scale)
         for record in records:
-            shard = (record["split"], record["shard"])
+            shard = (record.split, record.shard)
             if shard not in self.left:
                 raise ShardFormatError(f"shard writer: {shard_name(shard)} was not planned")
             writer = self.open.get(shard)
             if writer is None:
                 writer = self.open[shard] = fmt.ShardWriter(self.root, *shard, self.planned[shard])
-            if "reason" in record:
-                writer.skip(record["key"], record["reason"])
+            if record.skipped:
+                writer.skip(record.key, record.reason)
             else:
-                meta = {
-                    **record["meta"],
-                    "hw": list(record["saliency"].shape),
-                    "sal_scale": record["scale"],
-                    "sal_encoding": fmt.SAL_ENCODING,
-                }
-                writer.add(
-                    record["key"],
-                    jpg=record["jpg"],
-                    label=record["label"],
-                    meta=meta,
-                    sal_png=fmt.png_bytes(record["saliency"]),
-                )
+                writer.write(record)
             self.left[shard] -= 1
             if self.left[shard] == 0:
                 self.open.pop(shard).close()

@@ -372,7 +372,7 @@ def test_integrity_benchmark_times_the_committed_reader_against_this_tree(tmp_pa
         assert result[f"integrity_{name}_img_per_s"] > 0, name
     assert result["integrity_upfront_seconds"] > 0 and result["integrity_stored_samples"] == 10
     from daat.errors import ShardFormatError
-    from daat.pipeline.loaders import train_pipeline
+    from daat.pipeline.loaders import TrainReadSpec, train_pipeline
     from daat.pipeline.shards import open_shards
 
     (art_dir,) = tmp_path.glob("out/shards-*")
@@ -384,14 +384,16 @@ def test_integrity_benchmark_times_the_committed_reader_against_this_tree(tmp_pa
     with integrity.streaming_hash(art), pytest.raises(ShardFormatError, match="sha256"):
         for _ in train_pipeline(
             art,
-            image_size=32,
-            grid=4,
-            batch_size=4,
-            samples_per_epoch=40,
-            rank=0,
-            world_size=1,
-            seed=0,
+            TrainReadSpec(
+                image_size=32,
+                grid=4,
+                batch_size=4,
+                samples_per_epoch=40,
+                rank=0,
+                world_size=1,
+                seed=0,
+                num_workers=0,
+            ),
             epoch=0,
-            num_workers=0,
         ):
             pass

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from daat import dist
 from daat.attacks import pgd
 from daat.depth import load_depth_model
-from daat.pipeline import preprocess
+from daat.pipeline import depth_batches, preprocess
 from daat.pipeline import shards as fmt
-from daat.pipeline.loaders import batches_per_epoch, train_pipeline
+from daat.pipeline.loaders import TrainReadSpec, batches_per_epoch, train_pipeline
 from tests.conftest import tiny_config, write_synthetic_card
 
 EPS, ALPHA = 4 / 255, 1 / 255
@@ -154,9 +154,9 @@ def test_preprocess_on_the_cuda_paths_with_two_writers(
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert preprocess._writer_processes(torch.device("cpu")) == 2
     in_parent: list[int] = []
-    real_codes = preprocess.saliency_codes
+    real_codes = depth_batches.saliency_codes
     monkeypatch.setattr(
-        preprocess,
+        depth_batches,
         "saliency_codes",
         lambda depths, device: in_parent.append(len(depths)) or real_codes(depths, device),
     )
@@ -181,7 +181,7 @@ def test_preprocess_on_the_cuda_paths_with_two_writers(
 
 
 def test_pinned_loader_gives_the_same_batches(cuda_paths, tiny_shards):
-    kwargs = dict(
+    spec = TrainReadSpec(
         image_size=32,
         grid=4,
         batch_size=8,
@@ -189,10 +189,9 @@ def test_pinned_loader_gives_the_same_batches(cuda_paths, tiny_shards):
         rank=0,
         world_size=1,
         seed=1,
-        epoch=0,
         num_workers=1,
     )
-    pinned = train_pipeline(tiny_shards, pin_memory=True, **kwargs)
+    pinned = train_pipeline(tiny_shards, spec, epoch=0, pin_memory=True)
     assert pinned.pin_memory
     if torch.cuda.is_available():
         got = list(pinned)
@@ -200,7 +199,7 @@ def test_pinned_loader_gives_the_same_batches(cuda_paths, tiny_shards):
     else:
         with pytest.warns(UserWarning, match="pin_memory"):  # no accelerator: pinning skipped
             got = list(pinned)
-    want = list(train_pipeline(tiny_shards, pin_memory=False, **kwargs))
+    want = list(train_pipeline(tiny_shards, spec, epoch=0, pin_memory=False))
     assert len(got) == len(want) == 2
     for a, b in zip(got, want):
         for u, v in zip(a, b):

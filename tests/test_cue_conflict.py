@@ -19,7 +19,7 @@ from daat.errors import DataError
 from daat.eval import cue_conflict, evaluate
 from daat.models import build_student
 from daat.pipeline import preprocess
-from daat.pipeline.loaders import eval_pipeline
+from daat.pipeline.loaders import EvalReadSpec, eval_pipeline
 from daat.pipeline.shards import TEXTURE_LABEL, iter_samples, open_shards
 
 SPEC = {
@@ -125,7 +125,8 @@ def test_evaluation_reports_shape_and_texture_decisions(spurious_shards, tmp_pat
     assert summary["n"] == 90 and summary["pairs"] == 90
     parts = list(
         eval_pipeline(
-            spurious_shards, split=S.CUE_CONFLICT, image_size=32, grid=(4, 4), batch_size=64
+            spurious_shards,
+            EvalReadSpec(split=S.CUE_CONFLICT, image_size=32, grid=(4, 4), batch_size=64),
         )
     )
     x, y = torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])

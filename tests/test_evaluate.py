@@ -23,7 +23,7 @@ from daat.artifacts import create_or_open, open_artifact, verify
 from daat.attacks import pgd
 from daat.eval import attacks_eval, evaluate, results
 from daat.models import DaatViT, build_student
-from daat.pipeline.loaders import eval_pipeline
+from daat.pipeline.loaders import EvalReadSpec, eval_pipeline
 from daat.train import checkpoint as ckpt
 
 TINY_MODEL = [
@@ -46,7 +46,8 @@ FAST_EVAL = [
 
 # -- helpers ---------------------------------------------------------------------------------
 def val_batch(shards, image_size=32, grid=(4, 4)):
-    parts = list(eval_pipeline(shards, image_size=image_size, grid=grid, batch_size=64))
+    spec = EvalReadSpec(image_size=image_size, grid=grid, batch_size=64)
+    parts = list(eval_pipeline(shards, spec))
     return (
         torch.cat([p[1] for p in parts]),
         torch.cat([p[2] for p in parts]),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daat.pipeline import images
+from daat.pipeline import augment, images
 
 LIMITS = dict(resize_short=16, center_crop=False, max_pixels=10_000, min_side=8)
 
@@ -202,8 +202,8 @@ def test_large_jpeg_draft_keeps_the_short_side(tmp_path):
 def test_rrc_box_stays_inside_and_respects_scale():
     rng = np.random.default_rng(0)
     for _ in range(200):
-        top, left, h, w = images.rrc_box(rng, 48, 80, (0.3, 1.0))
+        top, left, h, w = augment.rrc_box(rng, 48, 80, (0.3, 1.0))
         assert 0 <= top and top + h <= 48 and 0 <= left and left + w <= 80
         assert 0.3 * 48 * 80 * 0.8 <= h * w <= 48 * 80
-    assert images.center_box(48, 80) == (0, 16, 48, 48)
-    assert images.center_box(100, 100, 0.875) == (6, 6, 88, 88)
+    assert augment.center_box(48, 80) == (0, 16, 48, 48)
+    assert augment.center_box(100, 100, 0.875) == (6, 6, 88, 88)

@@ -23,7 +23,7 @@ from PIL import Image
 from daat import artifacts
 from daat.cards import CardWarning
 from daat.errors import DataError
-from daat.pipeline import loaders, preprocess
+from daat.pipeline import depth_batches, loaders, preprocess
 from daat.pipeline import shards as fmt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,7 +215,7 @@ def test_an_error_mid_run_leaves_finished_shards_only_and_the_rerun_completes(
     tiny_card, tmp_path, monkeypatch, capsys
 ):
     cfg = tiny_config(tiny_card, "data.num_workers=1", "depth.batch_size=10")
-    real, calls = preprocess._DepthBatches._with_saliency, []
+    real, calls = depth_batches.DepthBatches._with_saliency, []
 
     def failing(self, batch):
         calls.append(len(batch))
@@ -223,7 +223,7 @@ def test_an_error_mid_run_leaves_finished_shards_only_and_the_rerun_completes(
             raise RuntimeError("depth model crashed")
         return real(self, batch)
 
-    monkeypatch.setattr(preprocess._DepthBatches, "_with_saliency", failing)
+    monkeypatch.setattr(depth_batches.DepthBatches, "_with_saliency", failing)
     with pytest.raises(RuntimeError, match="depth model crashed"):
         preprocess.run(cfg, str(tmp_path / "out"))
     (art_dir,) = (tmp_path / "out").iterdir()
@@ -236,7 +236,7 @@ def test_an_error_mid_run_leaves_finished_shards_only_and_the_rerun_completes(
         "train-00001.json",
     ]
     assert not list(art_dir.rglob("*.tmp"))
-    monkeypatch.setattr(preprocess._DepthBatches, "_with_saliency", real)
+    monkeypatch.setattr(depth_batches.DepthBatches, "_with_saliency", real)
     capsys.readouterr()
     art = fmt.open_shards(preprocess.run(cfg, str(tmp_path / "out")).path)
     assert art.path == art_dir and art.split_size("train") == 30
@@ -296,12 +296,13 @@ def test_oracle_depth_follows_the_image_resize_and_crop():
     image and the oracle depth (resized separately, by PIL and by torch) must agree pixel for
     pixel; a half-pixel misalignment would show as ~1.6 grey levels here."""
     from daat.pipeline.images import decode_array
+    from daat.pipeline.oracle import oracle_depth
 
     ramp = np.mgrid[0:64, 0:96][1].astype(np.float32) * 2 + 10
     stored, geo = decode_array(
         np.repeat(ramp[..., None], 3, -1).astype(np.uint8), resize_short=40, center_crop=True
     )
-    depth = preprocess._oracle_depth(1 / ramp, geo).numpy()
+    depth = oracle_depth(1 / ramp, geo).numpy()
     image = np.asarray(stored)[..., 0].astype(np.float32)
     assert depth.shape == image.shape == (40, 40) and (geo.left, geo.rw) == (10, 60)
     assert np.abs(depth - image).max() < 0.75
@@ -350,15 +351,17 @@ def test_depth_network_gives_its_own_artifact(request, model_fixture, mini_card,
         iter(
             loaders.train_pipeline(
                 art,
-                image_size=32,
-                grid=4,
-                batch_size=4,
-                samples_per_epoch=8,
-                rank=0,
-                world_size=1,
-                seed=0,
+                loaders.TrainReadSpec(
+                    image_size=32,
+                    grid=4,
+                    batch_size=4,
+                    samples_per_epoch=8,
+                    rank=0,
+                    world_size=1,
+                    seed=0,
+                    num_workers=0,
+                ),
                 epoch=0,
-                num_workers=0,
             )
         )
     )

@@ -17,7 +17,8 @@ from PIL import Image
 
 from daat import artifacts
 from daat.errors import ShardFormatError
-from daat.pipeline import loaders
+from daat.pipeline import augment, loaders
+from daat.pipeline import saliency_codec as codec
 from daat.pipeline import shards as fmt
 from daat.pipeline.images import encode_jpeg
 from daat.saliency import saliency_from_edges, sobel_magnitude
@@ -60,7 +61,7 @@ def build_artifact(
             for key, (_, label, (h, w)) in zip(keys, chunk):
                 jpg = encode_jpeg(Image.fromarray(smooth_image(rng, h, w)), 95)
                 stored = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"))
-                png, scale = fmt.encode_saliency(grey_sobel(stored))
+                png, scale = codec.encode_saliency(grey_sobel(stored))
                 writer.add(
                     key,
                     jpg=jpg,
@@ -87,12 +88,12 @@ def small_art(tmp_path_factory):
 
 def test_quantise_hand_values():
     e = torch.tensor([[[0.0, 1.0], [0.04, 4.0]]])  # scale 4 -> E/scale = 0, .25, .01, 1
-    q, scale = fmt.quantise_saliency(e)
+    q, scale = codec.quantise_saliency(e)
     # v = 255*sqrt(E/scale) = [[0, 127.5], [25.5, 255]]; Bayer-8 thresholds (k + .5)/64 for
     # k = [[0, 32], [48, 16]] -> v + t = [[.0078, 128.0078], [26.2578, 255.2578]]; floor, clamp
     assert q.tolist() == [[[0, 128], [26, 255]]]
     assert scale.tolist() == [4.0]
-    back = fmt.dequantise_saliency(q[0].numpy(), 4.0)
+    back = codec.dequantise_saliency(q[0].numpy(), 4.0)
     np.testing.assert_allclose(
         back, [[0, 4 * (128 / 255) ** 2], [4 * (26 / 255) ** 2, 4.0]], rtol=1e-6
     )
@@ -103,16 +104,16 @@ def test_dither_keeps_the_mean_of_a_constant_region():
     # tile must average to the true value within 1/64 of a level (in the sqrt domain)
     e = torch.full((1, 16, 16), 0.003)
     e[0, 0, 0] = 1.0
-    q, scale = fmt.quantise_saliency(e)
+    q, scale = codec.quantise_saliency(e)
     u = q[0, 8:, 8:].double() / 255  # one full tile away from the spike
     assert abs(float(u.mean()) - 0.003**0.5) <= 1 / 255 / 64 + 1e-12
     assert len(set(q[0, 8:, 8:].flatten().tolist())) == 2  # dithered between two levels
 
 
 def test_flat_saliency_roundtrips_to_zero_and_uniform_g():
-    png, scale = fmt.encode_saliency(np.zeros((16, 16), np.float32))
+    png, scale = codec.encode_saliency(np.zeros((16, 16), np.float32))
     assert scale == 0.0
-    decoded = fmt.decode_saliency(png, scale)
+    decoded = codec.decode_saliency(png, scale)
     assert (decoded == 0).all()
     g = saliency_from_edges(torch.from_numpy(decoded)[None], (4, 4))
     torch.testing.assert_close(g, torch.full((1, 16), 1 / 16))
@@ -121,8 +122,8 @@ def test_flat_saliency_roundtrips_to_zero_and_uniform_g():
 def test_encoding_error_bound_per_pixel():
     rng = np.random.default_rng(1)
     e = (rng.random((64, 80)) ** 4 * 7.0).astype(np.float32)  # many weak values, a few strong
-    png, scale = fmt.encode_saliency(e)
-    back = fmt.decode_saliency(png, scale)
+    png, scale = codec.encode_saliency(e)
+    back = codec.decode_saliency(png, scale)
     # |sqrt(x) - q/255| < 1/255 (floor of v + t, t in (0,1)) => |x - x'| <= (2*sqrt(x) + 1/255)/255
     x = e / scale
     bound = (2 * np.sqrt(x) + 1 / 255) / 255 * scale + 1e-6
@@ -152,7 +153,7 @@ def test_sample_keys_have_no_dots():
 def test_finished_sidecar_requires_both_files_and_agreement(tmp_path):
     keys = [fmt.sample_key("train", i) for i in range(2)]
     writer = fmt.ShardWriter(tmp_path, "train", 0, [(k, k) for k in keys])
-    png, scale = fmt.encode_saliency(np.ones((8, 8), np.float32))
+    png, scale = codec.encode_saliency(np.ones((8, 8), np.float32))
     jpg = encode_jpeg(Image.new("RGB", (8, 8)), 90)
     writer.add(keys[0], jpg=jpg, label=0, meta={"hw": [8, 8], "sal_scale": scale}, sal_png=png)
     writer.skip(keys[1], "too-small: 1x1")
@@ -237,15 +238,17 @@ def test_loaders_refuse_a_shard_with_a_pickle_member(tmp_path):
         tar.addfile(info, io.BytesIO(blob))
     batches = loaders.train_pipeline(
         art,
-        image_size=16,
-        grid=2,
-        batch_size=2,
-        samples_per_epoch=4,
-        rank=0,
-        world_size=1,
-        seed=0,
+        loaders.TrainReadSpec(
+            image_size=16,
+            grid=2,
+            batch_size=2,
+            samples_per_epoch=4,
+            rank=0,
+            world_size=1,
+            seed=0,
+            num_workers=0,
+        ),
         epoch=0,
-        num_workers=0,
     )
     with pytest.raises(ShardFormatError, match="train-000000003.pyd"):
         list(batches)
@@ -325,11 +328,11 @@ def test_joint_augmentation_keeps_image_and_saliency_aligned(small_art):
     flips = 0
     for n, sample in enumerate(samples):
         rng = np.random.default_rng(n)
-        stack = loaders.augment(sample, rng, image_size=32, rrc_scale=(0.3, 1.0), hflip=True)
+        stack = augment.augment(sample, rng, image_size=32, rrc_scale=(0.3, 1.0), hflip=True)
         flips += int(
             not torch.equal(
                 stack,
-                loaders.augment(
+                augment.augment(
                     sample,
                     np.random.default_rng(n),
                     image_size=32,
@@ -355,9 +358,9 @@ def test_pool_weights_are_resize_then_pool(n, m, size, cells):
     output, and grids that do and do not divide it."""
     e = torch.rand(n, m, generator=torch.Generator().manual_seed(n * m))
     expected = torch.nn.functional.adaptive_avg_pool2d(
-        loaders._resize_square(e[None, None], size), cells
+        augment._resize_square(e[None, None], size), cells
     )[0, 0]
-    got = loaders._pool_weights(n, size, cells) @ e @ loaders._pool_weights(m, size, cells).T
+    got = augment._pool_weights(n, size, cells) @ e @ augment._pool_weights(m, size, cells).T
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -368,28 +371,25 @@ def test_train_batch_is_augment_with_its_saliency_pooled(small_art, size, grid):
     and the pooled ``augment`` saliency (up to float32 rounding), flipped or not."""
     raws = list(fmt.iter_raw(small_art.shards("train")[0][0]))
     raws += list(fmt.iter_raw(small_art.shards("train")[1][0]))
-    plan = loaders._TrainPlan(
-        shards=(),
-        weights=(),
-        seed=5,
-        epoch=1,
-        rank=0,
-        world_size=1,
-        streams=1,
-        batch_size=len(raws),
-        batches=1,
-        skip_batches=0,
+    spec = loaders.TrainReadSpec(
         image_size=size,
         grid=grid,
+        batch_size=len(raws),
+        samples_per_epoch=None,
+        seed=5,
+        num_workers=0,
+        rank=0,
+        world_size=1,
         rrc_scale=(0.3, 1.0),
         hflip=True,
         shuffle_buffer=1,
     )
+    plan = loaders._TrainPlan(spec=spec, shards=(), weights=(), epoch=1, batches=1, skip_batches=0)
     images, labels, g = loaders._TrainAugment(plan).batch(0, list(enumerate(raws)))
     flips = 0
     for i, raw in enumerate(raws):
         sample = fmt.decode(raw)
-        stack = loaders.augment(
+        stack = augment.augment(
             sample, plan.rng(0, 2, i), image_size=size, rrc_scale=(0.3, 1.0), hflip=True
         )
         assert torch.equal(images[i], stack[:3]) and labels[i] == sample.label
@@ -397,7 +397,7 @@ def test_train_batch_is_augment_with_its_saliency_pooled(small_art, size, grid):
             g[i], saliency_from_edges(stack[3][None], grid)[0], rtol=1e-4, atol=1e-6
         )
         h, w = sample.saliency.shape
-        flips += loaders._draw_view(plan.rng(0, 2, i), h, w, (0.3, 1.0), True)[1]
+        flips += augment.draw_view(plan.rng(0, 2, i), h, w, (0.3, 1.0), True)[1]
     assert 0 < flips < len(raws)
 
 
@@ -414,8 +414,8 @@ def test_g_from_decoded_map_within_1e3_of_float_map():
         depth = torch.from_numpy(smooth_image(rng, h, w).astype(np.float32).mean(-1))
         depth += torch.from_numpy(rng.normal(0, 2.0, (h, w)).astype(np.float32))
         e = sobel_magnitude(depth[None])[0].numpy()
-        png, scale = fmt.encode_saliency(e)
-        decoded = fmt.decode_saliency(png, scale)
+        png, scale = codec.encode_saliency(e)
+        decoded = codec.decode_saliency(png, scale)
         for grid in [(8, 8), (16, 16)]:
             g_float = saliency_from_edges(torch.from_numpy(e)[None], grid)
             g_dec = saliency_from_edges(torch.from_numpy(decoded)[None], grid)
@@ -440,7 +440,10 @@ def _train(art, **kw):
         hflip=True,
     )
     args.update(kw)
-    return loaders.train_pipeline(art, **args)
+    epoch, skip = args.pop("epoch"), args.pop("skip_batches", 0)
+    return loaders.train_pipeline(
+        art, loaders.TrainReadSpec(**args), epoch=epoch, skip_batches=skip
+    )
 
 
 def test_train_batches_shapes_ranges_and_g(small_art):
@@ -510,13 +513,15 @@ def test_eval_covers_every_sample_once_in_order(small_art, world, workers):
     for rank in range(world):
         loader = loaders.eval_pipeline(
             small_art,
-            split="val",
-            image_size=24,
-            grid=3,
-            batch_size=2,
-            rank=rank,
-            world_size=world,
-            num_workers=workers,
+            loaders.EvalReadSpec(
+                split="val",
+                image_size=24,
+                grid=3,
+                batch_size=2,
+                rank=rank,
+                world_size=world,
+                num_workers=workers,
+            ),
         )
         got = list(loader)
         assert len(got) == len(loader)
@@ -529,9 +534,12 @@ def test_eval_covers_every_sample_once_in_order(small_art, world, workers):
     assert sorted(seen) == [fmt.sample_key("val", i) for i in range(11)]
 
 
+_EVAL_FIRST_5 = loaders.EvalReadSpec(image_size=24, grid=3, batch_size=4, max_samples=5)
+
+
 def test_eval_is_deterministic_and_limited(small_art):
-    a = list(loaders.eval_pipeline(small_art, image_size=24, grid=3, batch_size=4, max_samples=5))
-    b = list(loaders.eval_pipeline(small_art, image_size=24, grid=3, batch_size=4, max_samples=5))
+    a = list(loaders.eval_pipeline(small_art, _EVAL_FIRST_5))
+    b = list(loaders.eval_pipeline(small_art, _EVAL_FIRST_5))
     assert [k for x in a for k in x[0]] == [fmt.sample_key("val", i) for i in range(5)]
     assert all(torch.equal(x[1], y[1]) and torch.equal(x[3], y[3]) for x, y in zip(a, b))
 
@@ -540,7 +548,7 @@ def test_eval_centre_view_of_a_square_image_is_exact(small_art):
     sample = next(fmt.iter_samples(small_art, "val"))
     h, w = sample.saliency.shape
     side = min(h, w)
-    view = loaders.center_view(sample, image_size=side)
+    view = augment.center_view(sample, image_size=side)
     top, left = (h - side) // 2, (w - side) // 2
     expected = torch.from_numpy(sample.image[top : top + side, left : left + side]).permute(2, 0, 1)
     torch.testing.assert_close(view[:3], expected.float() / 255)

@@ -14,20 +14,24 @@ from PIL import Image
 
 from daat.errors import ShardFormatError
 from daat.pipeline import shards as fmt
-from daat.pipeline.sink import ShardSink, SinkError, saliency_codes
+from daat.pipeline.records import Record
+from daat.pipeline.saliency_codec import quantise_saliency, saliency_codes
+from daat.pipeline.sink import ShardSink, SinkError
 from daat.saliency import sobel_magnitude
 
 
-def _record(i: int, shard: int = 0, **fields) -> dict:
-    return {
-        "split": "train",
-        "shard": shard,
-        "key": fmt.sample_key("train", i),
-        "jpg": _jpeg(i),
-        "label": i % 3,
-        "meta": {"relpath": f"c/{i}.jpg", "label": i % 3, "orig_hw": [8, 10], "depth_model": "m"},
+def _record(i: int, shard: int = 0, **fields) -> Record:
+    return Record(
+        split="train",
+        shard=shard,
+        key=fmt.sample_key("train", i),
+        label=i % 3,
+        relpath=f"c/{i}.jpg",
+        jpg=_jpeg(i),
+        orig_hw=(8, 10),
+        depth_model="m",
         **fields,
-    }
+    )
 
 
 def _jpeg(i: int) -> bytes:
@@ -47,7 +51,7 @@ def test_codes_equal_the_quantised_sobel_of_each_map_whatever_the_mix_of_sizes()
     depths = [torch.rand(8, 10), torch.rand(6, 6), torch.rand(8, 10)]
     codes = saliency_codes(depths, torch.device("cpu"))
     for depth, (q, scale) in zip(depths, codes, strict=True):
-        q_ref, scale_ref = fmt.quantise_saliency(sobel_magnitude(depth[None]))
+        q_ref, scale_ref = quantise_saliency(sobel_magnitude(depth[None]))
         np.testing.assert_array_equal(q, q_ref[0].numpy())
         assert scale == float(scale_ref[0])
 
@@ -62,12 +66,14 @@ def test_writes_depth_maps_precomputed_codes_and_skips_into_finished_shards(tmp_
             [
                 _record(0, depth=depth),
                 _record(1, saliency=q_pre, scale=scale_pre),
-                {
-                    "split": "train",
-                    "shard": 0,
-                    "key": fmt.sample_key("train", 2),
-                    "reason": "too-small: 1x1",
-                },
+                Record(
+                    split="train",
+                    shard=0,
+                    key=fmt.sample_key("train", 2),
+                    label=2,
+                    relpath="c/2.jpg",
+                    reason="too-small: 1x1",
+                ),
             ]
         )
         assert sink.wait() == 3

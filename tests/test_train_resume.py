@@ -356,7 +356,7 @@ def test_ema_run_validates_saves_and_is_evaluated_with_its_ema(shards, tmp_path)
     for name, value in model.state_dict().items():
         assert torch.equal(value, final["model_ema"][name]), name
     # the last epoch's val numbers are the EMA's: validate the loaded EMA model the same way
-    from daat.pipeline.loaders import eval_pipeline
+    from daat.pipeline.loaders import EvalReadSpec, eval_pipeline
     from daat.train.step import val_sums
 
     cfg = config_mod.from_dict(art.manifest["config"])
@@ -364,7 +364,7 @@ def test_ema_run_validates_saves_and_is_evaluated_with_its_ema(shards, tmp_path)
     state.ema.load_state_dict(final["model_ema"])
     state.model.load_state_dict(final["model"])
     batches = eval_pipeline(
-        shards, split="val", image_size=32, grid=(4, 4), batch_size=8, max_samples=10
+        shards, EvalReadSpec(split="val", image_size=32, grid=(4, 4), batch_size=8, max_samples=10)
     )
     sums = val_sums(
         state, ((x, y, g) for _, x, y, g in batches), 2, seed=cfg.seed * 1_000_003 + 7919

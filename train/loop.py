@@ -35,7 +35,14 @@ from daat.artifact_admin import resume_line, reuse_line
 from daat.artifacts import Artifact, FileGuard, atomic_write_text, create_or_open, open_artifact
 from daat.config import Config
 from daat.errors import ShardFormatError, TrainingError
-from daat.pipeline.loaders import batches_per_epoch, eval_pipeline, require_intact, train_pipeline
+from daat.pipeline.loaders import (
+    EvalReadSpec,
+    TrainReadSpec,
+    batches_per_epoch,
+    eval_pipeline,
+    require_intact,
+    train_pipeline,
+)
 from daat.pipeline.shards import ShardArtifact, open_shards
 from daat.train import checkpoint as ckpt
 from daat.train import loggers, warm_start
@@ -250,19 +257,13 @@ class _Loop:
 
     def _batches(self, epoch: int):
         cfg = self.cfg
+        spec = TrainReadSpec.from_config(
+            cfg, grid=self.state.model.grid, rank=self.info.rank, world_size=self.info.world_size
+        )
         batches = train_pipeline(
             self.shards,
-            image_size=cfg.model.img_size,
-            grid=self.state.model.grid,
-            batch_size=cfg.train.batch_size,
-            samples_per_epoch=cfg.train.samples_per_epoch,
-            rank=self.info.rank,
-            world_size=self.info.world_size,
-            seed=cfg.seed,
+            spec,
             epoch=epoch,
-            num_workers=cfg.data.num_workers,
-            rrc_scale=tuple(cfg.train.rrc_scale),
-            hflip=cfg.train.hflip,
             skip_batches=self.pos.batch,
             pin_memory=dist.cuda_paths(self.device),
         )
@@ -364,14 +365,14 @@ class _Loop:
         cfg, info = self.cfg, self.info
         batches = eval_pipeline(
             self.shards,
-            split="val",
-            image_size=cfg.model.img_size,
-            grid=self.state.model.grid,
-            batch_size=cfg.train.batch_size,
-            rank=info.rank,
-            world_size=info.world_size,
-            num_workers=cfg.data.num_workers,
-            max_samples=cfg.train.val_samples or None,
+            EvalReadSpec.from_config(
+                cfg,
+                grid=self.state.model.grid,
+                batch_size=cfg.train.batch_size,
+                max_samples=cfg.train.val_samples or None,
+                rank=info.rank,
+                world_size=info.world_size,
+            ),
         )
         k = cfg.train.val_pgd_steps
         local = val_sums(
