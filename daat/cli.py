@@ -197,9 +197,13 @@ def train(shards, use_cached_depth, depth_model, out, configs, overrides):
         extra.append(f"depth.model={depth_model}")
     cfg = _load_config(configs, list(overrides) + extra)
     _writable(out)
+    from daat import dist
+    from daat.train import standard_first
     from daat.train.loop import run
 
-    _print_result(run(cfg, shards, out).path)
+    with dist.session(cfg.device):  # one process group for a run:standard stand-in and this run
+        art = run(standard_first.resolve(cfg, shards, out), shards, out)
+    _print_result(art.path)
 
 
 @main.command()

@@ -18,8 +18,8 @@ from daat.errors import TrainingError
 from daat.keys import determining as keys_determining
 from daat.models import Outputs
 from daat.train import step as step_mod
-from daat.train.loop import build_state
 from daat.train.online_depth import DepthTarget, check_policy, wants_online
+from daat.train.state import build_optimizer, build_state
 from daat.train.step import NonFiniteGuard, StepSchedule, train_step
 from daat.train.teacher import ResolvedTeacher, RunTeacher, standard_config
 from daat.train.warm_start import effective
@@ -115,7 +115,7 @@ def test_train_step_is_eq5_then_clip_then_adamw():
     loss = ce + 0.7 * 0.8 * align + 0.5 * feat
     for name, value in (("ce", ce), ("align", align), ("feat", feat), ("loss", loss)):
         assert out[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
-    ref_opt = step_mod.build_optimizer(cfg, ref_model, ref_proj)
+    ref_opt = build_optimizer(cfg, ref_model, ref_proj)
     for group in ref_opt.param_groups:
         group["lr"] = 3e-3
     loss.backward()
@@ -194,7 +194,7 @@ def test_train_step_with_pgd_and_online_g_is_eq5(tiny_dpt_dir):
     assert not torch.allclose(g_adv, g_cached)  # the cached G would give another loss
     for name, value in (("ce", ce), ("align", align), ("feat", feat), ("loss", loss)):
         assert out[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
-    ref_opt = step_mod.build_optimizer(cfg, ref_model, ref_proj)
+    ref_opt = build_optimizer(cfg, ref_model, ref_proj)
     for group in ref_opt.param_groups:
         group["lr"] = 3e-3
     loss.backward()

@@ -357,7 +357,7 @@ def test_ema_run_validates_saves_and_is_evaluated_with_its_ema(shards, tmp_path)
         assert torch.equal(value, final["model_ema"][name]), name
     # the last epoch's val numbers are the EMA's: validate the loaded EMA model the same way
     from daat.pipeline.loaders import eval_pipeline
-    from daat.train.step import val_sums
+    from daat.train.validate import val_sums
 
     cfg = config_mod.from_dict(art.manifest["config"])
     state = loop.build_state(cfg, shards.num_classes, None, torch.device("cpu"))
