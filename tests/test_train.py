@@ -5,8 +5,10 @@ written Eq. 5 + clip + AdamW step on a copy of the model, the depth model's inpu
 PGD output, the teacher and depth-model call counts against the configured schedule.
 """
 
+import ast
 import copy
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -608,3 +610,46 @@ def test_train_depth_option_sets_the_depth_model(tiny_shards, tiny_dpt_dir, tmp_
     )
     assert result.exit_code == 2, result.output
     assert f"config key 'depth.model' = '{tiny_dpt_dir}' is not the depth model" in result.stderr
+
+
+# -- module boundaries (docs/ARCHITECTURE.md, Stage 2) ------------------------------------------
+
+TRAIN_DIR = Path(__file__).resolve().parents[1] / "train"
+NOT_IMPORTED = {
+    "losses": ("daat",),
+    "schedules": ("daat",),
+    "step": ("daat.pipeline", "daat.artifacts", "daat.train.checkpoint", "daat.train.loop"),
+    "state": ("daat.pipeline", "daat.artifacts", "daat.train.checkpoint", "daat.train.loop"),
+    "validate": ("daat.artifacts", "daat.train.checkpoint", "daat.train.state", "daat.train.loop"),
+    "run_artifact": ("daat.models", "daat.train.step", "daat.train.state", "daat.train.loop"),
+    "teacher": ("daat.train.loop", "daat.train.standard_first"),
+    "warm_start": ("daat.train.loop", "daat.train.standard_first"),
+    "checkpoint": ("daat.train.loop", "daat.train.step", "daat.train.state"),
+    "online_depth": ("daat.train.loop", "daat.train.step", "daat.train.run_artifact"),
+    "loggers": ("daat.train.loop", "daat.train.step", "daat.train.state"),
+    "loop": ("daat.train.standard_first",),
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_train_modules_keep_their_import_boundaries():
+    for path in sorted(TRAIN_DIR.glob("*.py")):
+        imported = imported_modules(path)
+        assert not any(n.startswith("daat.eval") for n in imported), path.name  # train <- eval
+        banned = NOT_IMPORTED.get(path.stem, ())
+        bad = sorted(n for n in imported if any(n == b or n.startswith(b + ".") for b in banned))
+        assert not bad, f"{path.name} imports {bad}"
+    # only the stand-in's trainer calls back into the loop
+    callers = [p.stem for p in TRAIN_DIR.glob("*.py") if "daat.train.loop" in imported_modules(p)]
+    assert callers == ["standard_first"]
