@@ -280,7 +280,9 @@ def test_teacher_and_init_resolution_never_train(shards, tmp_path):
     ):
         key = overrides[0].split("=")[0]
         with pytest.raises(TrainingError, match=rf"^{key}=run:standard .*standard_first.resolve"):
-            loop.run(cfg_for("daat", "synthetic", overrides=overrides), str(shards.path), tmp_path)
+            loop.run(
+                cfg_for("pgd-at", "synthetic", overrides=overrides), str(shards.path), tmp_path
+            )
         assert not list(tmp_path.glob("run-*"))  # refused before any run was created
     # where run:standard cannot act, nothing is trained and the config comes back as given
     inert = cfg_for(
