@@ -125,8 +125,8 @@ class Variant:
     def __init__(
         self, base, name: str, teacher, device: torch.device, batch, compile_attack: bool = False
     ):
-        from daat.train.loop import build_state
         from daat.train.online_depth import check_policy
+        from daat.train.state import build_state
 
         self.cfg = variant_config(base, name)
         check_policy(self.cfg)

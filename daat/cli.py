@@ -121,9 +121,13 @@ def train(shards, use_cached_depth, depth_model, out, configs, overrides):
         extra.append(f"depth.model={depth_model}")
     cfg = load_config(configs, list(overrides) + extra)
     writable(out)
+    from daat import dist
+    from daat.train import standard_first
     from daat.train.loop import run
 
-    print_result(run(cfg, shards, out).path)
+    with dist.session(cfg.device):  # one process group for a run:standard stand-in and this run
+        art = run(standard_first.resolve(cfg, shards, out), shards, out)
+    print_result(art.path)
 
 
 @main.command()

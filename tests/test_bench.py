@@ -26,7 +26,7 @@ from benchmarks.goals import GOALS
 from daat import config as config_mod
 from daat.models import Teacher
 from daat.train import step as step_mod
-from daat.train.loop import build_state
+from daat.train.state import build_state
 from daat.train.step import StepSchedule
 from daat.train.teacher import ResolvedTeacher
 

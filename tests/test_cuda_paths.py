@@ -105,7 +105,7 @@ def test_bf16_train_step_matches_the_fp32_reference(cuda_paths):
 
 def test_fused_adamw_on_the_cuda_paths(cuda_paths):
     from daat import config
-    from daat.train.step import build_optimizer
+    from daat.train.state import build_optimizer
 
     cfg = config.load(
         ["pgd-at"],
@@ -266,7 +266,7 @@ def test_train_compile_builds_and_steps(cuda_paths, monkeypatch):
     """``train.compile``: the DDP-able training forward and the attack's student are compiled
     (aot_eager here, for the reason given above) and one real step runs through both."""
     from daat import config
-    from daat.train.loop import build_state
+    from daat.train.state import build_state
     from daat.train.step import StepSchedule, train_step
 
     compiled = []

@@ -5,8 +5,10 @@ written Eq. 5 + clip + AdamW step on a copy of the model, the depth model's inpu
 PGD output, the teacher and depth-model call counts against the configured schedule.
 """
 
+import ast
 import copy
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +20,8 @@ from daat.errors import TrainingError
 from daat.keys import determining as keys_determining
 from daat.models import Outputs
 from daat.train import step as step_mod
-from daat.train.loop import build_state
 from daat.train.online_depth import DepthTarget, check_policy, wants_online
+from daat.train.state import build_optimizer, build_state
 from daat.train.step import NonFiniteGuard, StepSchedule, train_step
 from daat.train.teacher import ResolvedTeacher, RunTeacher, standard_config
 from daat.train.warm_start import effective
@@ -115,7 +117,7 @@ def test_train_step_is_eq5_then_clip_then_adamw():
     loss = ce + 0.7 * 0.8 * align + 0.5 * feat
     for name, value in (("ce", ce), ("align", align), ("feat", feat), ("loss", loss)):
         assert out[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
-    ref_opt = step_mod.build_optimizer(cfg, ref_model, ref_proj)
+    ref_opt = build_optimizer(cfg, ref_model, ref_proj)
     for group in ref_opt.param_groups:
         group["lr"] = 3e-3
     loss.backward()
@@ -194,7 +196,7 @@ def test_train_step_with_pgd_and_online_g_is_eq5(tiny_dpt_dir):
     assert not torch.allclose(g_adv, g_cached)  # the cached G would give another loss
     for name, value in (("ce", ce), ("align", align), ("feat", feat), ("loss", loss)):
         assert out[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
-    ref_opt = step_mod.build_optimizer(cfg, ref_model, ref_proj)
+    ref_opt = build_optimizer(cfg, ref_model, ref_proj)
     for group in ref_opt.param_groups:
         group["lr"] = 3e-3
     loss.backward()
@@ -608,3 +610,46 @@ def test_train_depth_option_sets_the_depth_model(tiny_shards, tiny_dpt_dir, tmp_
     )
     assert result.exit_code == 2, result.output
     assert f"config key 'depth.model' = '{tiny_dpt_dir}' is not the depth model" in result.stderr
+
+
+# -- module boundaries (docs/ARCHITECTURE.md, Stage 2) ------------------------------------------
+
+TRAIN_DIR = Path(__file__).resolve().parents[1] / "train"
+NOT_IMPORTED = {
+    "losses": ("daat",),
+    "schedules": ("daat",),
+    "step": ("daat.pipeline", "daat.artifacts", "daat.train.checkpoint", "daat.train.loop"),
+    "state": ("daat.pipeline", "daat.artifacts", "daat.train.checkpoint", "daat.train.loop"),
+    "validate": ("daat.artifacts", "daat.train.checkpoint", "daat.train.state", "daat.train.loop"),
+    "run_artifact": ("daat.models", "daat.train.step", "daat.train.state", "daat.train.loop"),
+    "teacher": ("daat.train.loop", "daat.train.standard_first"),
+    "warm_start": ("daat.train.loop", "daat.train.standard_first"),
+    "checkpoint": ("daat.train.loop", "daat.train.step", "daat.train.state"),
+    "online_depth": ("daat.train.loop", "daat.train.step", "daat.train.run_artifact"),
+    "loggers": ("daat.train.loop", "daat.train.step", "daat.train.state"),
+    "loop": ("daat.train.standard_first",),
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_train_modules_keep_their_import_boundaries():
+    for path in sorted(TRAIN_DIR.glob("*.py")):
+        imported = imported_modules(path)
+        assert not any(n.startswith("daat.eval") for n in imported), path.name  # train <- eval
+        banned = NOT_IMPORTED.get(path.stem, ())
+        bad = sorted(n for n in imported if any(n == b or n.startswith(b + ".") for b in banned))
+        assert not bad, f"{path.name} imports {bad}"
+    # only the stand-in's trainer calls back into the loop
+    callers = [p.stem for p in TRAIN_DIR.glob("*.py") if "daat.train.loop" in imported_modules(p)]
+    assert callers == ["standard_first"]

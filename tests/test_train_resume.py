@@ -19,7 +19,7 @@ from daat.artifacts import open_artifact, verify
 from daat.errors import ShardFormatError, TrainingError
 from daat.models import Teacher, save_random_teacher
 from daat.train import checkpoint as ckpt
-from daat.train import loop
+from daat.train import loop, standard_first
 from daat.train.schedules import lr_at
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,9 @@ def cfg_for(*presets, overrides=()):
 
 
 def train(shards, out, *presets, overrides=()):
-    return loop.run(cfg_for(*presets, overrides=overrides), str(shards.path), str(out))
+    """As ``daat train``: the ``run:standard`` stand-in first (where one acts), then the run."""
+    cfg = standard_first.resolve(cfg_for(*presets, overrides=overrides), shards.path, out)
+    return loop.run(cfg, str(shards.path), str(out))
 
 
 def metrics(run_dir):
@@ -265,6 +267,30 @@ def test_run_standard_teacher_is_trained_once_and_reused(shards, tmp_path):
     assert other.path != art.path and other.manifest["lineage"][1] == standard.id
     assert open_artifact(standard.path).manifest["updated"] == stamp  # reused, not retrained
     assert len(list(tmp_path.glob("run-*"))) == 3
+    # the run records which standard run it used; naming that run directly is the same run
+    assert art.manifest["config"]["loss"]["teacher"] == f"run:{standard.id}"
+    direct = overrides[1:] + [f"loss.teacher=run:{standard.path}"]
+    assert train(shards, tmp_path, "daat", "synthetic", overrides=direct).path == art.path
+
+
+def test_teacher_and_init_resolution_never_train(shards, tmp_path):
+    for overrides in (
+        ["loss.teacher=run:standard", "loss.gamma0=1.0"],
+        ["train.init_from=run:standard"],
+    ):
+        key = overrides[0].split("=")[0]
+        with pytest.raises(TrainingError, match=rf"^{key}=run:standard .*standard_first.resolve"):
+            loop.run(
+                cfg_for("pgd-at", "synthetic", overrides=overrides), str(shards.path), tmp_path
+            )
+        assert not list(tmp_path.glob("run-*"))  # refused before any run was created
+    # where run:standard cannot act, nothing is trained and the config comes back as given
+    inert = cfg_for(
+        "standard", "synthetic", overrides=["attack.steps=0", "train.init_from=run:standard"]
+    )
+    assert standard_first.acting_refs(inert) == []
+    assert standard_first.resolve(inert, shards.path, tmp_path) is inert
+    assert not list(tmp_path.glob("run-*"))
 
 
 def test_eps_warmup_is_logged_and_written_in_the_config(shards, tmp_path):
@@ -357,7 +383,7 @@ def test_ema_run_validates_saves_and_is_evaluated_with_its_ema(shards, tmp_path)
         assert torch.equal(value, final["model_ema"][name]), name
     # the last epoch's val numbers are the EMA's: validate the loaded EMA model the same way
     from daat.pipeline.loaders import EvalReadSpec, eval_pipeline
-    from daat.train.step import val_sums
+    from daat.train.validate import val_sums
 
     cfg = config_mod.from_dict(art.manifest["config"])
     state = loop.build_state(cfg, shards.num_classes, None, torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""``daat train``: the training loop and its run artifact (resumable, DDP under torchrun).
+"""``daat train``: the training loop (resumable, DDP under torchrun).
 
     run(cfg, shards_dir, out) -> Artifact   # <out>/run-<key16>/{config.yaml, metrics.jsonl,
                                             #     checkpoints/{step-*,epoch-*,latest,final.pt}}
@@ -6,61 +6,44 @@
 Running the same command again resumes from ``checkpoints/latest`` (model, optimiser, step, RNG
 streams, data position) or returns the finished run at once. Only rank 0 writes files, holding the
 run's writer lock (a second process on the same run fails at once); every rank reads the same
-shards and checkpoints (multi-node: ``--out`` on a shared file system).
-
-Shard integrity: the run's key includes its shards' content digest; ``open_checked`` refuses tars
-whose sizes differ from the manifest; every session hashes the train and val tars before its first
-step (the ranks split the work), re-checks them (a stat each, a re-hash of any that moved) before
-every checkpoint and hashes them all again before ``final.pt``. A changed byte stops the run
-naming the file, and no checkpoint or final model is written from shards that differ.
+shards and checkpoints (multi-node: ``--out`` on a shared file system). Which run, which
+checkpoint and which shards are acceptable is ``run_artifact``'s; the state is built by
+``state``, validated by ``validate``, stepped by ``step.train_step``. A ``run:standard`` teacher
+or start must be resolved before (``standard_first.resolve``).
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from daat import config as config_mod
-from daat import dist, keys
+from daat import dist
 from daat.artifact_admin import resume_line, reuse_line
-from daat.artifacts import Artifact, FileGuard, atomic_write_text, create_or_open, open_artifact
+from daat.artifacts import Artifact, FileGuard
 from daat.config import Config
-from daat.errors import ShardFormatError, TrainingError
-from daat.pipeline.loaders import (
-    EvalReadSpec,
-    TrainReadSpec,
-    batches_per_epoch,
-    eval_pipeline,
-    require_intact,
-    train_pipeline,
-)
-from daat.pipeline.shards import ShardArtifact, open_shards
+from daat.errors import TrainingError
+from daat.pipeline.loaders import TrainReadSpec, batches_per_epoch, require_intact, train_pipeline
 from daat.train import checkpoint as ckpt
 from daat.train import loggers, warm_start
 from daat.train import teacher as teacher_mod
-from daat.train.online_depth import DepthTarget, check_policy, resolve_model
-from daat.train.schedules import ema_decay_at, eps_scale_at, gamma_at, lr_at, s_at
-from daat.train.step import (
-    NonFiniteGuard,
-    StepSchedule,
-    TrainForward,
-    TrainState,
-    build_optimizer,
-    train_step,
-    val_sums,
+from daat.train.run_artifact import (
+    CONFIG_FILE,
+    check_inputs,
+    check_resumable,
+    open_run,
+    truncate_metrics,
 )
+from daat.train.state import build_state, seed_all
+from daat.train.step import NonFiniteGuard, StepSchedule, train_step
+from daat.train.validate import validate
 
 METRICS = loggers.METRICS
-CONFIG_FILE = "config.yaml"
 LOSS_KEYS = ("loss", "ce", "align", "feat", "zero_grad")
 
 
@@ -69,14 +52,11 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
     with dist.session(cfg.device) as (device, info):
         art = None
         try:
-            loggers.check(cfg)
-            shards = open_checked(cfg, shards_dir)
-            cfg = resolve_model(cfg, shards)
-            check_policy(cfg)
-            source = teacher_mod.locate(cfg, shards_dir, out)
-            init = warm_start.locate(cfg, shards_dir, out)
+            cfg, shards = check_inputs(cfg, shards_dir)
+            source = teacher_mod.locate(cfg, out)
+            init = warm_start.locate(cfg, out)
             cfg = warm_start.effective(cfg)
-            art = _open_run(cfg, shards, [source, init], out, info)
+            art = open_run(cfg, shards, [source, init], out, info)
             if info.is_main:
                 config_mod.print_resolved(cfg, art.id)
             if art.complete:
@@ -100,26 +80,6 @@ def run(cfg: Config, shards_dir: str, out: str) -> Artifact:
         finally:
             if art is not None:
                 art.unlock()
-
-
-def open_checked(cfg: Config, shards_dir: str | Path) -> ShardArtifact:
-    """The shard artifact, checked against what this config needs from it."""
-    shards = open_shards(shards_dir)
-    for split in ("train", "val"):
-        if split not in shards.splits or shards.split_size(split) == 0:
-            raise ShardFormatError(
-                f"{shards.path}: training needs a non-empty '{split}' split (has {shards.splits})"
-            )
-    stored = int(shards.image_policy["resize_short"])
-    if stored < cfg.model.img_size:
-        raise ShardFormatError(
-            f"{shards.path}: images are stored with short side {stored} px, smaller than "
-            f"model.img_size={cfg.model.img_size}; preprocess again with data.resize_short >= "
-            f"{cfg.model.img_size} or lower model.img_size"
-        )
-    if not shards.saliency_encoding:
-        raise ShardFormatError(f"{shards.path}: no depth saliency stored (needed for L_align)")
-    return shards
 
 
 @dataclass
@@ -156,7 +116,7 @@ class _Loop:
         shared = dist.all_gather_objects(None if chosen is None else str(chosen))[0]
         path = None if shared is None else Path(shared)
         if path is None:
-            _seed_all(self.cfg.seed + self.info.rank)
+            seed_all(self.cfg.seed + self.info.rank)
             if self.init is not None:
                 warm_start.load_weights(
                     self.state.model, self.init, self.cfg, self.shards.num_classes
@@ -164,10 +124,10 @@ class _Loop:
                 if self.state.ema is not None:
                     self.state.ema.load_state_dict(self.state.model.state_dict())
             if self.info.is_main:  # a run killed before its first ``latest`` starts over
-                _truncate_metrics(self.art.path / METRICS, None)
+                truncate_metrics(self.art.path / METRICS, None)
             return
         state = ckpt.load(path)
-        self._check_resumable(state, path)
+        check_resumable(state, path, self.shards, self.steps_per_epoch, self.cfg, self.info)
         self.state.model.load_state_dict(state["model"])
         if self.state.ema is not None:
             self.state.ema.load_state_dict(state["model_ema"])
@@ -185,7 +145,7 @@ class _Loop:
         )
         self.last_val = dict(state["last_val"])
         if self.info.is_main:
-            _truncate_metrics(self.art.path / METRICS, self.pos.step)
+            truncate_metrics(self.art.path / METRICS, self.pos.step)
             tqdm.write(
                 "[train] "
                 + resume_line(
@@ -194,26 +154,6 @@ class _Loop:
                     f", epoch {self.pos.epoch + 1} of "
                     f"{self.cfg.train.epochs}",
                 ),
-                file=sys.stderr,
-            )
-
-    def _check_resumable(self, state: dict, path: Path) -> None:
-        if state["shards_id"] != self.shards.id:
-            raise TrainingError(f"{path} was trained on {state['shards_id']}, not {self.shards.id}")
-        if (
-            state["steps_per_epoch"] != self.steps_per_epoch
-            or len(state["rng"]) != self.info.world_size
-        ):
-            raise TrainingError(
-                f"{path} was written by {len(state['rng'])} process(es) with "
-                f"{state['steps_per_epoch']} steps/epoch; this run has {self.info.world_size} "
-                f"with {self.steps_per_epoch}: resume with the same number of processes"
-            )
-        if state["num_workers"] != self.cfg.data.num_workers and self.info.is_main:
-            tqdm.write(
-                f"warning: {path.name} was written with data.num_workers="
-                f"{state['num_workers']}, now {self.cfg.data.num_workers}: the sample "
-                "order differs from an uninterrupted run (one stream per worker)",
                 file=sys.stderr,
             )
 
@@ -278,18 +218,7 @@ class _Loop:
             )
 
     def _schedule(self, step: int, epoch: int) -> StepSchedule:
-        c, epochs = self.cfg, self.cfg.train.epochs
-        warmup = min(round(c.optim.warmup_epochs * self.steps_per_epoch), self.total_steps)
-        eps_warmup = min(round(c.attack.eps_warmup_epochs * self.steps_per_epoch), self.total_steps)
-        return StepSchedule(
-            step=step,
-            epoch=epoch,
-            lr=lr_at(step, self.total_steps, warmup, c.optim.lr, c.optim.min_lr),
-            gamma=gamma_at(epoch, epochs, c.loss.gamma0, c.loss.gamma_frac),
-            s=s_at(epoch, epochs, c.loss.s_schedule, c.loss.s_warmup_frac),
-            eps_scale=eps_scale_at(step, eps_warmup) if c.attack.steps else 1.0,
-            ema_decay=ema_decay_at(step, c.train.ema_decay),
-        )
+        return StepSchedule.at(self.cfg, step, epoch, self.steps_per_epoch)
 
     def _log(self, interval: _Interval, sched: StepSchedule, bar) -> None:
         self.guard.check()
@@ -337,7 +266,7 @@ class _Loop:
         every = self.cfg.train.val_every_epochs
         validated = (epoch + 1) % every == 0 or epoch + 1 == self.cfg.train.epochs
         if validated:
-            self.last_val = self._validate()
+            self.last_val = validate(self.state, self.shards, self.info)
         sched = self._schedule(max(self.pos.step - 1, 0), epoch)
         images = batches * self.cfg.train.batch_size * self.info.world_size
         self._append(
@@ -358,39 +287,6 @@ class _Loop:
         )
         self.pos.epoch, self.pos.batch, self.pos.sums = epoch + 1, 0, {}
         self._save(ckpt.epoch_name(epoch + 1), epoch_end=True)
-
-    def _validate(self) -> dict:
-        """Clean and PGD-k accuracy and mean cos(A(x), G) on the first train.val_samples of the
-        val split, sharded over ranks and summed."""
-        cfg, info = self.cfg, self.info
-        batches = eval_pipeline(
-            self.shards,
-            EvalReadSpec.from_config(
-                cfg,
-                grid=self.state.model.grid,
-                batch_size=cfg.train.batch_size,
-                max_samples=cfg.train.val_samples or None,
-                rank=info.rank,
-                world_size=info.world_size,
-            ),
-        )
-        k = cfg.train.val_pgd_steps
-        local = val_sums(
-            self.state,
-            ((x, y, g) for _, x, y, g in batches),
-            k,
-            seed=cfg.seed * 1_000_003 + 7919 + info.rank,
-        )
-        n, clean, robust, cos = dist.all_reduce_sum(local).tolist()
-        n = max(n, 1.0)
-        return {
-            "val_n": int(n),
-            "val_clean_acc": clean / n,
-            "val_pgd_acc": robust / n,
-            "val_pgd_steps": k,
-            "val_eps": cfg.attack.eps,
-            "val_cos_AG": cos / n,
-        }
 
     def _wall(self) -> float:
         return self.pos.wall_s + time.perf_counter() - self.session_start
@@ -486,98 +382,3 @@ class _Interval:
 
     def elapsed(self) -> float:
         return max(time.perf_counter() - self.start, 1e-9)
-
-
-def _truncate_metrics(path: Path, step: int | None) -> None:
-    """Drop lines written after the checkpoint we resume from (they will be written again);
-    ``None``: no checkpoint, drop them all."""
-    if path.is_file():
-        keep = [
-            line
-            for line in path.read_text().splitlines()
-            if line.strip() and step is not None and json.loads(line)["step"] <= step
-        ]
-        atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _open_run(cfg, shards, sources, out, info) -> Artifact:
-    """Rank 0 creates, resumes or reuses the run (holding its writer lock unless it is complete
-    and intact); the other ranks open the same one. A complete run whose ``final.pt`` no longer
-    matches its sha256 is reopened to write it again from its last checkpoint. ``sources``: the
-    teacher and ``init_from`` runs (None where unused); their ids join the lineage."""
-    lineage = list(
-        dict.fromkeys([shards.id] + [i for s in sources if s is not None for i in s.lineage])
-    )
-    determining = {**keys.determining("run", cfg), "shards_content": shards.content_digest}
-
-    def open_on_main() -> Artifact:
-        art = create_or_open(
-            out, "run", determining, config=config_mod.to_dict(cfg), lineage=lineage
-        )
-        problem = ckpt.RunCheckpoints(art).final_problem() if art.complete else None
-        if problem is not None:
-            art.lock()
-            tqdm.write(
-                f"warning: {art.path}: {problem}; not reusing it: {ckpt.FINAL} is written "
-                "again from the run's last checkpoint",
-                file=sys.stderr,
-            )
-            art.mark_incomplete()
-        return art
-
-    art = dist.main_first(open_on_main)
-    path = dist.all_gather_objects(None if art is None else str(art.path))[0]
-    return art or open_artifact(path, kind="run")
-
-
-def build_state(
-    cfg: Config,
-    num_classes: int,
-    teacher: teacher_mod.ResolvedTeacher | None,
-    device: torch.device,
-    info: dist.DistInfo | None = None,
-) -> TrainState:
-    """Student, projection, DDP wrapper, AdamW, PGD generator and depth target for ``train_step``
-    (also the entry point for benchmarks). ``info`` None: one process."""
-    from daat.models import FeatureProjection, build_student
-
-    info = info or dist.DistInfo()
-    _seed_all(cfg.seed)  # identical initial weights on every rank
-    model = build_student(cfg.model, num_classes).to(device)
-    projection = None
-    if teacher is not None and teacher.embed_dim != model.embed_dim:
-        projection = FeatureProjection(model.embed_dim, teacher.embed_dim).to(device)
-    forward: torch.nn.Module = TrainForward(model)
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(
-            forward, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.train.compile:
-        forward = torch.compile(forward)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed * 1_000_003 + info.rank)
-    # PGD is ~90% of a step: compiling only the update forward would leave it eager.
-    attack_model = torch.compile(model) if cfg.train.compile else None
-    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.train.ema_decay > 0 else None
-    return TrainState(
-        cfg=cfg,
-        model=model,
-        forward=forward,
-        attack_model=attack_model,
-        ema=ema,
-        optimizer=build_optimizer(cfg, model, projection),
-        device=device,
-        depth_target=DepthTarget(cfg, model.grid, device),
-        generator=generator,
-        teacher=teacher.module if teacher else None,
-        projection=projection,
-        distributed=info.enabled,
-    )

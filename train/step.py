@@ -23,8 +23,9 @@ from daat.attacks import pgd
 from daat.config import Config
 from daat.dist import cuda_paths
 from daat.errors import TrainingError
-from daat.train.losses import align_loss, cosine_distance, feat_loss
+from daat.train.losses import align_loss, feat_loss
 from daat.train.online_depth import DepthTarget
+from daat.train.schedules import ema_decay_at, eps_scale_at, gamma_at, lr_at, s_at
 
 
 class TrainForward(nn.Module):
@@ -74,7 +75,7 @@ class TrainState:
 
 @dataclass(frozen=True)
 class StepSchedule:
-    """The schedule values of one step (pure functions of step/epoch, computed by the loop)."""
+    """The schedule values of one step (pure functions of step/epoch: ``at``)."""
 
     step: int
     epoch: int
@@ -83,6 +84,23 @@ class StepSchedule:
     s: float = 1.0  # s(t)
     eps_scale: float = 1.0  # ε warm-up: the attack's ε and α times this
     ema_decay: float = 0.0  # weight-EMA decay of this update (used when the state keeps an EMA)
+
+    @classmethod
+    def at(cls, cfg: Config, step: int, epoch: int, steps_per_epoch: int) -> StepSchedule:
+        """The schedules of ``cfg`` at global ``step`` in ``epoch`` (warm-ups in whole steps)."""
+        c, epochs = cfg, cfg.train.epochs
+        total_steps = steps_per_epoch * epochs
+        warmup = min(round(c.optim.warmup_epochs * steps_per_epoch), total_steps)
+        eps_warmup = min(round(c.attack.eps_warmup_epochs * steps_per_epoch), total_steps)
+        return cls(
+            step=step,
+            epoch=epoch,
+            lr=lr_at(step, total_steps, warmup, c.optim.lr, c.optim.min_lr),
+            gamma=gamma_at(epoch, epochs, c.loss.gamma0, c.loss.gamma_frac),
+            s=s_at(epoch, epochs, c.loss.s_schedule, c.loss.s_warmup_frac),
+            eps_scale=eps_scale_at(step, eps_warmup) if c.attack.steps else 1.0,
+            ema_decay=ema_decay_at(step, c.train.ema_decay),
+        )
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -128,7 +146,7 @@ def train_step(state: TrainState, batch, sched: StepSchedule) -> dict[str, torch
     loss, ce, align, feat, zero_grad (PGD samples whose input gradient was all zero) and
     nonfinite (1.0 when the total loss was NaN/inf)."""
     cfg, device = state.cfg, state.device
-    x, y, g_cached = _to_device(batch, device)
+    x, y, g_cached = to_device(batch, device)
     for group in state.optimizer.param_groups:
         group["lr"] = sched.lr
 
@@ -192,89 +210,12 @@ def _average_grads(module: nn.Module) -> None:
             p.grad.div_(world)
 
 
-def _to_device(batch, device: torch.device):
+def to_device(batch, device: torch.device):
+    """``(images, labels, G or None)`` of a loader batch on ``device`` (non-blocking copies)."""
     images, labels = batch[0], batch[1]
     g = batch[2] if len(batch) > 2 else None
     move = dict(device=device, non_blocking=True)
     return images.to(**move), labels.to(**move), (g.to(**move) if g is not None else None)
-
-
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
-
-
-def build_optimizer(
-    cfg: Config, model: nn.Module, projection: nn.Module | None = None
-) -> torch.optim.Optimizer:
-    """AdamW over the student (and projection); no weight decay on norms, biases, layer-scale
-    gains (every 1-d tensor), the positional embedding or the CLS/register tokens."""
-    named = list(model.named_parameters())
-    if projection is not None:
-        named += [(f"projection.{n}", p) for n, p in projection.named_parameters()]
-    decay, no_decay = [], []
-    for name, p in named:
-        if p.requires_grad:
-            skip = p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES)
-            (no_decay if skip else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.optim.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    fused = True if cuda_paths(next(model.parameters()).device) else None
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), fused=fused)
-
-
-VAL_FIELDS = ("n", "clean", "robust", "cos")
-
-
-def val_sums(state: TrainState, batches, pgd_steps: int, seed: int) -> torch.Tensor:
-    """Sums over ``batches`` of (count, clean correct, PGD-k correct, cos(A(x), G)) on this rank,
-    as a float64 device tensor (the loop all-reduces it). PGD-k runs at ``attack.eps`` with
-    α = 2.5 ε / k (Madry et al.; 1/255 for ε = 4/255, k = 10), random start from a generator
-    seeded by ``seed`` (the global RNG streams are not touched), and a sample counts as robust only
-    if no iterate fooled the model (worst case over iterates, as evaluation scores it). The model
-    validated is the weight EMA when the state keeps one (what evaluation will use)."""
-    cfg, device = state.cfg, state.device
-    model = state.ema if state.ema is not None else state.model
-    eps = cfg.attack.eps
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    attack_dtype = amp_dtype(device, cfg.attack.amp)
-    sums = torch.zeros(len(VAL_FIELDS), dtype=torch.float64, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            x, y, g = _to_device(batch, device)
-            with torch.no_grad(), amp_context(device, cfg.train.amp):
-                out = model.forward_train(x, need_attention=True)
-            clean = out.logits.argmax(dim=1) == y
-            cos = 1.0 - cosine_distance(out.attention.float(), g.float().flatten(1))
-            robust = clean
-            if pgd_steps > 0:
-                result = pgd(
-                    model,
-                    x,
-                    y,
-                    eps=eps,
-                    alpha=2.5 * eps / pgd_steps,
-                    steps=pgd_steps,
-                    random_start=True,
-                    generator=generator,
-                    amp_dtype=attack_dtype,
-                    check_final=True,
-                )
-                robust = clean & ~result.fooled_any
-            sums += torch.stack(
-                [
-                    torch.tensor(float(len(y)), device=device, dtype=torch.float64),
-                    clean.sum().double(),
-                    robust.sum().double(),
-                    cos.sum().double(),
-                ]
-            )
-    finally:
-        model.train(was_training)
-    return sums
 
 
 class NonFiniteGuard:

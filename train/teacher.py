@@ -6,9 +6,11 @@
   (its CLS + patch tokens after the final norm); ``run:run-…`` (a bare artifact id) names that
   run under the same ``--out`` directory (what ``daat experiment`` passes, so the saved config
   does not depend on where the artifacts live);
-- ``run:standard``: train (or reuse: same content key, so free the second time) a ``standard``
-  run with the same data/model/optim settings on the same shards, and use that. Offline, with no
-  DINOv2 weights, this is the synthetic preset's stand-in teacher.
+- ``run:standard``: the ``standard`` run with the same data/model/optim settings on the same
+  shards (``standard_config``). Offline, with no DINOv2 weights, this is the synthetic preset's
+  stand-in teacher. It is trained before this run by ``standard_first.resolve`` (``daat train``)
+  or as its own cell (``daat experiment``), which pass ``run:run-<id>`` instead: ``locate`` only
+  opens finished runs and never trains.
 """
 
 from __future__ import annotations
@@ -73,19 +75,27 @@ class TeacherSource:
     lineage: tuple[str, ...]
 
 
-def locate(cfg: Config, shards_dir: str | Path, out: str | Path) -> TeacherSource | None:
-    """The teacher's source, or None when L_feat is off (γ0 = 0). ``run:standard`` trains (or
-    reuses) the standard run here, on every rank, before this run's artifact is opened."""
+def locate(cfg: Config, out: str | Path) -> TeacherSource | None:
+    """The teacher's source, or None when L_feat is off (γ0 = 0). A run teacher must be finished
+    already: ``run:standard`` here is an error (``standard_first.resolve`` replaces it)."""
     if cfg.loss.gamma0 <= 0:
         return None
     spec = cfg.loss.teacher
-    if spec == STANDARD:
-        from daat.train.loop import run as train_run
-
-        return run_source(spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path)
+    require_resolved(spec, "loss.teacher")
     if spec.startswith(RUN_PREFIX):
         return run_source(spec, run_dir(spec, out))
     return TeacherSource(spec, None, ())
+
+
+def require_resolved(spec: str, key: str) -> None:
+    """Refuse ``run:standard`` where only a finished run can be opened."""
+    if spec == STANDARD:
+        raise TrainingError(
+            f"{key}={STANDARD} names a run that is not trained yet: call "
+            "daat.train.standard_first.resolve(cfg, shards_dir, out) first (daat train does; "
+            "daat experiment trains it as its own cell) or name a finished run with "
+            "run:/path/to/run-..."
+        )
 
 
 def run_dir(ref: str, out: str | Path) -> Path:

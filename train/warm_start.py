@@ -3,10 +3,11 @@ from.
 
 - ``run:/path/to/run-…``: that run;
 - ``run:standard``: the ``standard`` run with this config's data/model/optim/train settings on the
-  same shards (``teacher.standard_config``), trained here or reused: the same artifact that
-  ``loss.teacher: run:standard`` names, so PGD-AT and DAAT start from the run that Table 1's
-  Standard row reports and DAAT's stand-in teacher is. A run that is itself standard training
-  ignores ``run:standard`` (it IS that run).
+  same shards (``teacher.standard_config``): the same artifact that ``loss.teacher: run:standard``
+  names, so PGD-AT and DAAT start from the run that Table 1's Standard row reports and DAAT's
+  stand-in teacher is. ``standard_first.resolve`` trains (or reuses) it before this run and
+  passes ``run:run-<id>``; ``locate`` only opens finished runs. A run that is itself standard
+  training ignores ``run:standard`` (it IS that run).
 
 A run that starts from another trains ``train.finetune_epochs`` epochs (when > 0) instead of
 ``train.epochs``; ``effective`` writes the epochs it trains into ``train.epochs`` of the config the
@@ -24,7 +25,7 @@ from daat import config as config_mod
 from daat.config import Config
 from daat.errors import TrainingError
 from daat.keys import as_trained
-from daat.train.teacher import STANDARD, TeacherSource, run_dir, run_source, standard_config
+from daat.train.teacher import TeacherSource, require_resolved, run_dir, run_source
 
 KEY = "train.init_from"
 
@@ -38,18 +39,14 @@ def effective(cfg: Config) -> Config:
     return out
 
 
-def locate(cfg: Config, shards_dir: str | Path, out: str | Path) -> TeacherSource | None:
-    """The run to start from, or None (from scratch). Takes the config as given (before
-    ``effective``): ``run:standard`` trains or reuses the standard run with ``train.epochs``."""
+def locate(cfg: Config, out: str | Path) -> TeacherSource | None:
+    """The finished run to start from, or None (from scratch). Takes the config as given (before
+    ``effective``); an acting ``run:standard`` is an error (``standard_first.resolve`` replaces
+    it)."""
     spec = effective(cfg).train.init_from
     if not spec:
         return None
-    if spec == STANDARD:
-        from daat.train.loop import run as train_run
-
-        return run_source(
-            spec, train_run(standard_config(cfg), str(shards_dir), str(out)).path, key=KEY
-        )
+    require_resolved(spec, KEY)
     return run_source(spec, run_dir(spec, out), key=KEY)
 
 
