@@ -36,10 +36,10 @@ class TrainForward(nn.Module):
 
     def forward(self, x_adv: torch.Tensor, x_clean: torch.Tensor | None, need_attention: bool):
         if x_clean is None:
-            out = self.student.forward_train(x_adv, need_attention=need_attention)
+            out = self.student.forward_tapped(x_adv, need_attention=need_attention)
             return out.logits, out.attention, None
         b = x_adv.shape[0]
-        out = self.student.forward_train(
+        out = self.student.forward_tapped(
             torch.cat([x_adv, x_clean]), need_attention=need_attention, need_tokens=True
         )
         attention = out.attention[:b] if need_attention else None
@@ -246,7 +246,7 @@ def val_sums(state: TrainState, batches, pgd_steps: int, seed: int) -> torch.Ten
         for batch in batches:
             x, y, g = _to_device(batch, device)
             with torch.no_grad(), amp_context(device, cfg.train.amp):
-                out = model.forward_train(x, need_attention=True)
+                out = model.forward_tapped(x, need_attention=True)
             clean = out.logits.argmax(dim=1) == y
             cos = 1.0 - cosine_distance(out.attention.float(), g.float().flatten(1))
             robust = clean
