@@ -31,6 +31,7 @@ from daat.errors import DaatError
 from daat.saliency import unit_mass_of_rows
 
 JS_MAX = math.log(2.0)
+TOP_MASS_FRAC = 0.2  # the paper's "top-20 % patches of G": the share ``top_mass`` reads
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,9 @@ def top_k_count(n_patches: int, frac: float) -> int:
     return max(1, math.ceil(frac * n_patches - 1e-9))
 
 
-def top_mass(attention: torch.Tensor, saliency: torch.Tensor, frac: float = 0.2) -> torch.Tensor:
+def top_mass(
+    attention: torch.Tensor, saliency: torch.Tensor, frac: float = TOP_MASS_FRAC
+) -> torch.Tensor:
     """Per-sample share of ``attention``'s mass on the top-``frac`` patches of ``saliency``."""
     a, g = _flat(attention), _flat(saliency)
     if a.shape != g.shape:
