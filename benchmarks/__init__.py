@@ -1,1 +1,1 @@
-"""Benchmarks of the three stages (issue 6). ``make bench`` runs ``benchmarks/run_all.py``."""
+"""Benchmarks of the three stages. ``make bench`` runs ``benchmarks/run_all.py``."""

@@ -1,4 +1,4 @@
-"""Benchmarks (issue 6): numerical parity of the optimised train step with a plain fp32 step, the
+"""Benchmarks: numerical parity of the optimised train step with a plain fp32 step, the
 benchmark helpers against hand-computed values, and a smoke run of ``make bench`` at tiny sizes.
 
 Parity: ``train_step`` (PGD with frozen weights, fused attention for the logits, the CLS row
