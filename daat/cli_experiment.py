@@ -59,8 +59,9 @@ def group(out_option, fail_cleanly, print_result, writable) -> click.Group:
           daat experiment experiments/table1-synthetic.yaml --jobs 2 --out artifacts
         """
         from daat.eval import experiment as exp
+        from daat.eval.experiment_spec import load_spec
 
-        loaded = exp.load_spec(spec)
+        loaded = load_spec(spec)
         steps = exp.plan(loaded)
         if print_commands:
             click.echo("\n".join(exp.commands(loaded, steps, out)))
@@ -86,8 +87,9 @@ def group(out_option, fail_cleanly, print_result, writable) -> click.Group:
         """
         from daat.eval import experiment as exp
         from daat.eval import experiment_report
+        from daat.eval.experiment_spec import load_spec
 
-        loaded = exp.load_spec(spec)
+        loaded = load_spec(spec)
         print_result(experiment_report.collect(loaded, exp.plan(loaded), out).path)
 
     @experiment.command("cell")
@@ -106,8 +108,9 @@ def group(out_option, fail_cleanly, print_result, writable) -> click.Group:
         """
         writable(out)
         from daat.eval import experiment as exp
+        from daat.eval.experiment_spec import load_spec
 
-        loaded = exp.load_spec(spec)
+        loaded = load_spec(spec)
         print_result(exp.run_step(loaded, exp.plan(loaded), step, out).path)
 
     return experiment
