@@ -33,13 +33,16 @@ CPU_STUDENT = dict(
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if name not in ("cpu", "cuda"):
+    """The ``--device`` flag through ``dist.pick_device`` (the one device rule); a bad flag or a
+    missing GPU ends the benchmark with a one-line message."""
+    from daat import dist
+
+    if name not in ("auto", "cpu", "cuda"):
         raise SystemExit(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+    try:
+        return dist.pick_device(name)
+    except RuntimeError as e:
+        raise SystemExit("--device cuda: no CUDA device is available") from e
 
 
 def configure_threads(device: torch.device, threads: int) -> int:

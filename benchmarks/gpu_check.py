@@ -369,7 +369,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
 from benchmarks import common
-from daat.models import save_random_teacher
+from daat.teacher_model import save_random_teacher
 from daat.tiny_models import save_tiny_dpt
 root, work = Path({root!r}), Path({work!r})
 wnids = [l.split()[0] for l in (Path({repo!r}) / "daat/data/imagenet100_wnids.txt").read_text()

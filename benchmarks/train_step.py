@@ -85,10 +85,10 @@ def variant_config(base, name: str):
 
 def make_teacher(cfg, device: torch.device):
     """A frozen random DINOv2 of the student's own size (the paper's teacher is ViT-B/14 like its
-    student), built as ``models.build_teacher`` builds one, without a weights file."""
+    student), built as ``teacher_model.build_teacher`` builds one, without a weights file."""
     import timm
 
-    from daat.models import Teacher
+    from daat.teacher_model import Teacher
     from daat.train.teacher import ResolvedTeacher
 
     m = cfg.model

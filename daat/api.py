@@ -192,7 +192,7 @@ def attention_map(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A(x): the CLS token's attention over the patches [B, h, w] (unit mass per image, the
     model's ``attention_aggregate`` over blocks), for a model from ``load_model`` and images
     [B, 3, H, W] in [0,1]. No gradient is kept."""
-    if not hasattr(model, "forward_train"):
+    if not hasattr(model, "forward_tapped"):
         raise DaatError(
             f"attention_map needs a model from daat.load_model on a run or a timm "
             f"export folder; {type(model).__name__} has no attention tap (a "

@@ -59,8 +59,9 @@ def experiment_run(spec, out, jobs, print_commands):
       daat experiment experiments/table1-synthetic.yaml --jobs 2 --out artifacts
     """
     from daat.eval import experiment as exp
+    from daat.eval.experiment_spec import load_spec
 
-    loaded = exp.load_spec(spec)
+    loaded = load_spec(spec)
     steps = exp.plan(loaded)
     if print_commands:
         click.echo("\n".join(exp.commands(loaded, steps, out)))
@@ -87,8 +88,9 @@ def experiment_collect(spec, out):
     """
     from daat.eval import experiment as exp
     from daat.eval import experiment_report
+    from daat.eval.experiment_spec import load_spec
 
-    loaded = exp.load_spec(spec)
+    loaded = load_spec(spec)
     print_result(experiment_report.collect(loaded, exp.plan(loaded), out).path)
 
 
@@ -108,6 +110,7 @@ def experiment_cell(spec, step, out):
     """
     writable(out)
     from daat.eval import experiment as exp
+    from daat.eval.experiment_spec import load_spec
 
-    loaded = exp.load_spec(spec)
+    loaded = load_spec(spec)
     print_result(exp.run_step(loaded, exp.plan(loaded), step, out).path)

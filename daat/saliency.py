@@ -4,6 +4,9 @@
 - ``pool_to_grid`` averages E onto the ViT patch grid (the grid of A(x)).
 - ``unit_mass`` is N: divide each sample by its sum; a map with (almost) no edges becomes the
   uniform field instead of 0/0.
+- ``unit_mass_of_rows`` is the same normalisation for rows that cannot overflow (attention
+  probabilities, the maps compared in evaluation): each row over its plain sum, an all-zero row
+  uniform. It is the one renormaliser of A(x) and of the evaluation metrics.
 
 Every function is batched, runs on whatever device its input lives on and works with or without
 autograd (a flat region gives a zero gradient, never NaN). Inputs must be finite; E and G are
@@ -109,6 +112,16 @@ def unit_mass(x: torch.Tensor, eps: float = UNIFORM_EPS) -> torch.Tensor:
     uniform = torch.full_like(scaled, 1.0 / flat.shape[1])
     out = torch.where(empty, uniform, scaled / safe_sum)
     return out.reshape(x.shape).to(x.dtype)
+
+
+def unit_mass_of_rows(p: torch.Tensor) -> torch.Tensor:
+    """Each row of a non-negative [B, N] map divided by its sum (an all-zero row -> 1/N), in
+    p's dtype. Unlike ``unit_mass`` it divides by the plain sum, without first scaling by the
+    row's peak: exact for rows of probabilities, which is what A(x) has always been
+    renormalised with; ``unit_mass`` keeps the overflow guard edge maps of any scale need."""
+    total = p.sum(dim=-1, keepdim=True)
+    uniform = torch.full_like(p, 1.0 / p.shape[-1])
+    return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), uniform)
 
 
 def saliency_from_edges(e: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

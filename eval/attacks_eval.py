@@ -19,10 +19,8 @@ same numbers as one uninterrupted process.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -58,19 +56,6 @@ def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     true = logits.gather(1, y.view(-1, 1)).squeeze(1)
     others = logits.scatter(1, y.view(-1, 1), float("-inf"))
     return true - others.amax(dim=1)
-
-
-@contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """Weights need no gradient while attacking (FAB calls backward; spare the .grad writes)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +189,7 @@ def autoattack_eval(
 ) -> Outcome:
     """AutoAttack standard on one batch of samples; robust = clean correct and not broken by AA."""
     adversary = build_autoattack(model, eps, seed, x.device, num_classes)
-    with frozen(model):
+    with attacks.frozen_weights(model):  # FAB calls backward: spare the .grad writes
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     x_adv = x_adv.detach().to(x.device)
     _check_ball(x, x_adv, eps, "AutoAttack")

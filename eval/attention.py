@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from daat.errors import DaatError
+from daat.saliency import unit_mass_of_rows
 
 JS_MAX = math.log(2.0)
+TOP_MASS_FRAC = 0.2  # the paper's "top-20 % patches of G": the share ``top_mass`` reads
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -47,9 +49,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _unit(p: torch.Tensor) -> torch.Tensor:
     if (p < 0).any():
         raise ValueError("js_divergence needs non-negative maps")
-    total = p.sum(dim=1, keepdim=True)
-    uniform = torch.full_like(p, 1.0 / p.shape[1])
-    return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), uniform)
+    return unit_mass_of_rows(p)
 
 
 def _kl_terms(p: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,9 @@ def top_k_count(n_patches: int, frac: float) -> int:
     return max(1, math.ceil(frac * n_patches - 1e-9))
 
 
-def top_mass(attention: torch.Tensor, saliency: torch.Tensor, frac: float = 0.2) -> torch.Tensor:
+def top_mass(
+    attention: torch.Tensor, saliency: torch.Tensor, frac: float = TOP_MASS_FRAC
+) -> torch.Tensor:
     """Per-sample share of ``attention``'s mass on the top-``frac`` patches of ``saliency``."""
     a, g = _flat(attention), _flat(saliency)
     if a.shape != g.shape:
@@ -88,11 +90,11 @@ def top_mass(attention: torch.Tensor, saliency: torch.Tensor, frac: float = 0.2)
 
 
 def attention_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A(x) [B, h*w] and the logits, from one forward_train pass (no gradient)."""
+    """A(x) [B, h*w] and the logits, from one ``forward_tapped`` pass (no gradient)."""
     with torch.no_grad():
-        out = model.forward_train(x, need_attention=True)
+        out = model.forward_tapped(x, need_attention=True)
     if out.attention is None:
-        raise DaatError("the model's forward_train returned no attention map")
+        raise DaatError("the model's forward_tapped returned no attention map")
     return out.attention.float(), out.logits.float()
 
 

@@ -20,13 +20,10 @@ units; rank 0 summarises and draws the figures after a barrier.
 
 from __future__ import annotations
 
-import os
 import sys
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -36,31 +33,10 @@ from daat.artifact_admin import resume_line, reuse_line
 from daat.artifacts import Artifact, create_or_open, open_artifact, sha256_file
 from daat.config import Config
 from daat.errors import DaatError
-from daat.eval import attacks_eval, attention, cue_conflict, results, summary
-from daat.eval.results import GROUPS, Store, Task
-from daat.eval.style import format_eps
-
-ATTENTION_TOP_FRAC = 0.2  # attention mass on the top-20 % patches of G (the report's column)
-
-
-@dataclass
-class Chunk:
-    """The samples of chunk ``index`` of ``group`` (see results.py), in stream order."""
-
-    group: str
-    index: int
-    val_index: list[int] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
-    images: list[torch.Tensor] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    saliency: list[torch.Tensor] = field(default_factory=list)
-
-    def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (
-            torch.stack(self.images).to(device),
-            torch.tensor(self.labels, device=device),
-            torch.stack(self.saliency).to(device),
-        )
+from daat.eval import cue_conflict, results, sanity, summary
+from daat.eval.chunks import ChunkRunner, progress_bars, stream_chunks
+from daat.eval.context import EvalContext, RankWork, ShardSource
+from daat.eval.results import Store
 
 
 def log(message: str) -> None:
@@ -77,13 +53,9 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
         if not path.is_file():
             raise DaatError(f"checkpoint {checkpoint} does not exist")
         return path
-    final = run_dir / ckpt.CKPT_DIR / ckpt.FINAL
-    if final.is_file():
-        return final
-    found = ckpt.latest(run_dir / ckpt.CKPT_DIR)
-    if found is None:
-        raise DaatError(f"{run_dir} has no checkpoint to evaluate yet")
-    log(f"warning: {run_dir} has no final checkpoint; evaluating {found.name}")
+    found = ckpt.final_or_latest(run_dir)
+    if found.name != ckpt.FINAL:
+        log(f"warning: {run_dir} has no final checkpoint; evaluating {found.name}")
     return found
 
 
@@ -138,7 +110,7 @@ def determining(cfg: Config, run_id: str, ckpt_sha: str, shard_art) -> dict:
 
 
 def eval_shards(run_art: Artifact, shards_dir: Path, given: str | None, num_classes: int):
-    """(shard artifact, facts to record): the shards the run was trained on, found at its
+    """(shard artifact, ``ShardSource``): the shards the run was trained on, found at its
     recorded ``shards_dir`` or at ``given``, and only if their id and content digest are the ones
     in the run's lineage; or, ``given`` on purpose, other shards with the same classes."""
     from daat.pipeline.shards import open_shards
@@ -159,12 +131,9 @@ def eval_shards(run_art: Artifact, shards_dir: Path, given: str | None, num_clas
             f"trained on {num_classes} classes {classes}; evaluation needs the same "
             f"classes in the same order"
         )
-    return shard_art, {
-        "id": shard_art.id,
-        "path": str(shard_art.path.resolve()),
-        "content_digest": shard_art.content_digest,
-        "source": "run lineage" if ours else "--shards (not the run's own)",
-    }
+    return shard_art, ShardSource(
+        shard_art.id, shard_art.path.resolve(), shard_art.content_digest, own=ours
+    )
 
 
 def open_eval_artifact(
@@ -178,193 +147,6 @@ def open_eval_artifact(
     return art or create_or_open(*args, **kwargs, lock=False)
 
 
-# -- streaming the val split into chunks -------------------------------------------------------
-def stream_chunks(
-    batches,
-    val_positions: np.ndarray,
-    store: Store,
-    wanted,
-    figure_pos: set[int],
-    figures: dict[int, tuple],
-):
-    """Yield every group's ``Chunk``s (only ``wanted(group, k)`` ones carry images) from the
-    ordered val stream; ``val_positions[p]`` is the val index of evaluated sample p.
-
-    Samples at evaluated positions in ``figure_pos`` are also copied into
-    ``figures[p] = (image, label, G, key)``. Stops reading once nothing wanted is left.
-    """
-    ends = [int(store.chunk_positions(g, k)[-1]) for g, k in store.units() if wanted(g, k)]
-    last_pos = max(ends + list(figure_pos), default=-1)
-    if last_pos < 0:
-        return
-    pos_of = {int(v): p for p, v in enumerate(val_positions)}
-    member = {g: {int(p): i for i, p in enumerate(store.positions[g])} for g in GROUPS}
-    chunks = {g: Chunk(g, 0) for g in GROUPS}
-    seen = 0
-    for sample_keys, images, labels, sal in batches:
-        for j in range(len(sample_keys)):
-            pos = pos_of.get(seen)
-            seen += 1
-            if pos is None:
-                continue
-            if pos in figure_pos:
-                figures[pos] = (images[j], int(labels[j]), sal[j], sample_keys[j])
-            for g in GROUPS:
-                if pos not in member[g]:
-                    continue
-                chunk = chunks[g]
-                chunk.val_index.append(seen - 1)
-                chunk.keys.append(sample_keys[j])
-                chunk.labels.append(int(labels[j]))
-                if wanted(g, chunk.index):
-                    chunk.images.append(images[j])
-                    chunk.saliency.append(sal[j])
-                start, end = store.bounds(g, chunk.index)
-                if len(chunk.val_index) == end - start:
-                    yield chunk
-                    chunks[g] = Chunk(g, chunk.index + 1)
-            if pos >= last_pos:
-                return
-    raise DaatError(
-        f"the val stream ended after {seen} samples, before val sample "
-        f"{val_positions[last_pos]} (are the shards complete?)"
-    )
-
-
-# -- per-chunk work ----------------------------------------------------------------------------
-def task_title(task: Task) -> str:
-    """'PGD-10 ε=4/255', 'AutoAttack ε=4/255', 'clean': what a progress bar calls a task."""
-    if task.kind == "clean":
-        return "clean"
-    name = f"PGD-{task.steps}" if task.kind == "pgd" else "AutoAttack"
-    return f"{name} ε={format_eps(task.eps)}"
-
-
-def progress_bars(
-    store: Store, mine: list[tuple[str, int]], info: dist.DistInfo
-) -> dict[str, tqdm]:
-    """One bar per task on rank 0 (samples of this rank's chunks, done / total, ETA), unless the
-    environment sets TQDM_DISABLE; other ranks get disabled bars."""
-    off = not info.is_main or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
-    bars = {}
-    for i, task in enumerate(store.tasks):
-        units = [k for g, k in mine if g == task.group]
-        sizes = [store.bounds(task.group, k)[1] - store.bounds(task.group, k)[0] for k in units]
-        done = sum(n for k, n in zip(units, sizes) if store.is_done(task, k))
-        bars[task.name] = tqdm(
-            total=sum(sizes),
-            initial=done,
-            desc=f"{task_title(task):<20}",
-            unit="img",
-            position=i,
-            leave=True,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            disable=off,
-        )
-    return bars
-
-
-class ChunkRunner:
-    """Runs one chunk's pending tasks and writes them to the store; counts what it computed."""
-
-    def __init__(
-        self,
-        model,
-        store: Store,
-        cfg: Config,
-        device: torch.device,
-        num_classes: int,
-        bars: dict[str, tqdm],
-    ):
-        self.model, self.store, self.ev = model, store, cfg.eval
-        self.device, self.num_classes, self.bars = device, num_classes, bars
-        self.computed: dict[str, int] = {t.name: 0 for t in store.tasks}
-        self.seconds: dict[str, float] = {t.name: 0.0 for t in store.tasks}
-
-    def run(self, chunk: Chunk) -> None:
-        x, y, g = chunk.tensors(self.device)
-        clean = self.batched(lambda sl: attacks_eval.clean(self.model, x[sl], y[sl]), len(y))
-        for task in self.store.pending(chunk.group, chunk.index):
-            start = time.perf_counter()
-            if task.kind == "clean":
-                self.store.write_samples(
-                    chunk.index, np.asarray(chunk.val_index), np.asarray(chunk.labels), chunk.keys
-                )
-                out = clean
-            else:
-                out = self.run_task(task, chunk.index, x, y, g, clean["correct"])
-            self.store.write_task(task, chunk.index, out)
-            self.store.mark_done(task, chunk.index)
-            self.computed[task.name] += 1
-            self.seconds[task.name] += time.perf_counter() - start
-            self.bars[task.name].update(len(chunk.labels))
-
-    def batched(self, fn, n: int) -> dict[str, np.ndarray]:
-        """Run ``fn(slice)`` over batches of eval.batch_size; concatenate the per-sample fields
-        (plus the attention metrics when fn returns them)."""
-        parts: dict[str, list[np.ndarray]] = {}
-        for start in range(0, n, self.ev.batch_size):
-            out = fn(slice(start, start + self.ev.batch_size))
-            outcome, extra = out if isinstance(out, tuple) else (out, {})
-            fields = {name: getattr(outcome, name).numpy() for name in results.TASK_FIELDS}
-            for name, value in {**fields, **extra}.items():
-                parts.setdefault(name, []).append(value)
-        return {name: np.concatenate(v) for name, v in parts.items()}
-
-    def run_task(self, task: Task, k: int, x, y, g, clean_correct: np.ndarray) -> dict:
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(attacks_eval.task_seed(self.ev.seed, task.name, k))
-        ok = torch.from_numpy(clean_correct).to(self.device)
-        table = task.name == results.table_task_name(self.ev)
-
-        def one(sl: slice):
-            out = self.attack(task, k, x[sl], y[sl], ok[sl], generator)
-            return (out, self.attention_metrics(x[sl], out.x_adv, g[sl])) if table else out
-
-        values = self.batched(one, len(y))
-        if table:
-            self.store.write_attention(k, {f: values[f] for f in results.ATTENTION_FIELDS})
-        return values
-
-    def attack(self, task: Task, k: int, x, y, clean_ok, generator) -> attacks_eval.Outcome:
-        if task.kind == "pgd":
-            fn = attacks_eval.pgd_until_fooled if task.early_stop else attacks_eval.pgd_eval
-            return fn(
-                self.model,
-                x,
-                y,
-                clean_ok,
-                eps=task.eps,
-                alpha=task.alpha,
-                steps=task.steps,
-                generator=generator,
-            )
-        seed = attacks_eval.task_seed(self.ev.seed, task.name, k) % (2**31)
-        return attacks_eval.autoattack_eval(
-            self.model,
-            x,
-            y,
-            eps=task.eps,
-            seed=seed,
-            num_classes=self.num_classes,
-            batch_size=self.ev.batch_size,
-        )
-
-    def attention_metrics(self, x, x_adv, g) -> dict[str, np.ndarray]:
-        a_clean, _ = attention.attention_map(self.model, x)
-        a_adv, _ = attention.attention_map(self.model, x_adv)
-        metrics = {
-            "cos": attention.cosine(a_clean, a_adv),
-            "cos_g_clean": attention.cosine(a_clean, g),
-            "cos_g_adv": attention.cosine(a_adv, g),
-            "js": attention.js_divergence(a_clean, a_adv),
-            "top_clean": attention.top_mass(a_clean, g, ATTENTION_TOP_FRAC),
-            "top_adv": attention.top_mass(a_adv, g, ATTENTION_TOP_FRAC),
-        }
-        return {k: v.cpu().numpy() for k, v in metrics.items()}
-
-
 # -- the stage -------------------------------------------------------------------------------
 def run(
     run_dir: str,
@@ -375,7 +157,7 @@ def run(
     shards: str | None = None,
 ) -> Artifact:
     """Evaluate a run's checkpoint on its own shards' val split (or ``shards``, on purpose)."""
-    from daat.pipeline.loaders import eval_pipeline, require_intact
+    from daat.pipeline.loaders import require_intact
     from daat.train.checkpoint import load_model_for_eval
 
     run_art = open_artifact(run_dir, kind="run")
@@ -385,7 +167,7 @@ def run(
         art = None
         try:
             model, _run_cfg, shards_dir = load_model_for_eval(run_art.path, ckpt_path, device)
-            shard_art, shard_facts = eval_shards(run_art, shards_dir, shards, model.vit.num_classes)
+            shard_art, source = eval_shards(run_art, shards_dir, shards, model.vit.num_classes)
             sha = checkpoint_sha(run_art, ckpt_path)
             art = open_eval_artifact(out, cfg, run_art, shard_art, sha, info)
             if info.is_main:
@@ -396,27 +178,23 @@ def run(
                 return art
             files = shard_art.guard(["val"])
             require_intact(shard_art, files.verify(info.rank, info.world_size), "before evaluating")
-            _evaluate(
-                art,
-                model,
-                cfg,
-                shard_art,
-                eval_pipeline,
-                info,
-                device,
-                {
-                    "run": run_art.id,
-                    "checkpoint": str(ckpt_path),
-                    "checkpoint_sha256": sha,
-                    "shards": shard_facts,
-                    "grid": list(model.grid),
-                },
-                lambda: require_intact(
+            context = EvalContext(
+                run_id=run_art.id,
+                checkpoint=ckpt_path,
+                checkpoint_sha256=sha,
+                shards=source,
+                num_classes=shard_art.num_classes,
+                grid=tuple(model.grid),
+            )
+
+            def check_shards() -> None:
+                require_intact(
                     shard_art,
                     files.verify(info.rank, info.world_size),
                     "before writing summary.json",
-                ),
-            )
+                )
+
+            _evaluate(art, model, cfg, shard_art, context, (device, info), check_shards)
             return art
         finally:
             if art is not None:
@@ -428,15 +206,16 @@ def _evaluate(
     model,
     cfg: Config,
     shard_art,
-    eval_pipeline,
-    info,
-    device,
-    facts: dict,
-    check_shards,
+    context: EvalContext,
+    session: tuple[torch.device, dist.DistInfo],
+    check_shards: Callable[[], None],
 ) -> None:
+    """Every rank: its pending chunks, then (rank 0, after a barrier) the summary and figures.
+    ``check_shards`` re-hashes this rank's val tars before anything is summarised."""
     from daat.eval import figures as figures_mod
-    from daat.pipeline.loaders import EvalReadSpec
+    from daat.pipeline.loaders import EvalReadSpec, eval_pipeline
 
+    device, info = session
     ev = cfg.eval
     n_val = shard_art.split_size("val")
     val_positions = results.subset_positions(n_val, ev.n_samples, ev.seed)
@@ -497,13 +276,11 @@ def _evaluate(
         f"({reused} reused from an earlier run); seconds per task: "
         + ", ".join(f"{k} {v:.0f}" for k, v in runner.seconds.items() if v)
     )
-    counts = dist.all_gather_objects(
-        {"computed": runner.computed, "reused": reused, "seconds": runner.seconds}
-    )
+    work = dist.all_gather_objects(RankWork(runner.computed, reused, runner.seconds))
     check_shards()  # every rank, its share of the val tars: before anything is summarised
     dist.barrier()
     if info.is_main:
-        _finish(art, model, cfg, shard_art, store, figure_samples, counts, facts, device)
+        _finish(art, model, cfg, shard_art, store, figure_samples, work, context, device)
     dist.barrier()
 
 
@@ -513,10 +290,10 @@ def _finish(
     cfg: Config,
     shard_art,
     store: Store,
-    figure_samples,
-    counts,
-    facts: dict,
-    device,
+    figure_samples: dict[int, tuple],
+    work: list[RankWork],
+    context: EvalContext,
+    device: torch.device,
 ) -> None:
     from daat.eval import figures as figures_mod
 
@@ -528,8 +305,8 @@ def _finish(
     fig_files = figures_mod.make_all(
         art.path, model, cfg.eval, figure_samples, figures_mod.display_names(shard_art), device
     )
-    data = summary.build(store, cfg, facts, counts, fig_files, shard_art.num_classes)
-    summary.shout(data["sanity"]["flags"])
+    data = summary.build(store, cfg, context, work, fig_files)
+    sanity.shout(data["sanity"]["flags"])
     cue_conflict.add_to(art, data, model, cfg, shard_art, device)
     for path in sorted((art.path / "results.zarr").rglob("*")):
         if path.is_file() and not path.name.endswith(".partial"):

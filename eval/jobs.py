@@ -98,10 +98,11 @@ def _child(spec_path: str, step: str, out: str, log: str, threads: int) -> None:
 
     from daat.errors import DaatError
     from daat.eval import experiment
+    from daat.eval.experiment_spec import load_spec
 
     torch.set_num_threads(threads)
     try:
-        spec = experiment.load_spec(spec_path)
+        spec = load_spec(spec_path)
         print(experiment.run_step(spec, experiment.plan(spec), step, out).path, flush=True)
     except DaatError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -65,11 +65,12 @@ def write_spec(root: Path) -> Path:
 def run(out: str, jobs: int | None = None) -> Path:
     from daat.eval import experiment, experiment_report, report
     from daat.eval import jobs as jobs_mod
+    from daat.eval.experiment_spec import load_spec
 
     start = time.perf_counter()
     root = Path(out)
     arts = str(root / "artifacts")
-    spec = experiment.load_spec(write_spec(root))
+    spec = load_spec(write_spec(root))
     steps = experiment.plan(spec)
     free = jobs_mod.free_cores()
     if jobs is None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from daat.config import EvalConfig, fraction_text
+from daat.config import Config, EvalConfig
 from daat.errors import DaatError
 
 LAYOUT_VERSION = 4  # 3: radii as fractions, long tasks named *_long; 4: attention cos(A, G)
@@ -57,14 +57,15 @@ class Task:
     early_stop: bool = False  # PGD drops samples once fooled (attacks_eval.pgd_until_fooled)
 
 
-def eps_label(eps: float) -> str:
-    """4/255 -> '4/255', 0.01 -> '0.01': summary keys and every printed radius."""
-    return fraction_text(eps)
-
-
 def eps_tag(eps: float) -> str:
     """The radius in a task (zarr group) name, in grey levels: 4/255 -> '4', 0.01 -> '2.55'."""
     return f"{eps * 255:.6g}"
+
+
+def accuracy_keys(cfg: Config) -> tuple[str, str]:
+    """Summary keys of the Table 1 PGD and of Fig. 3c's PGD (kept apart when their steps agree)."""
+    short, long = f"pgd-{cfg.eval.pgd_steps}", f"pgd-{cfg.eval.pgd_long_steps}"
+    return short, (long if long != short else f"{long}-long")
 
 
 def table_task_name(ev: EvalConfig) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 from daat.artifacts import atomic_path
+from daat.config import fraction_text
 
 RC = {
     "font.family": "DejaVu Sans",
@@ -59,11 +60,14 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def format_eps(eps: float) -> str:
-    """An L∞ radius in [0, 1] pixel units as a reader writes it: 0.0157 -> '4/255',
-    0.5/255 -> '0.5/255'; a radius that is no tenth of a 1/255 step stays a decimal."""
+    """An L∞ radius in [0, 1] pixel units as a figure writes it: ``config.fraction_text`` (the one
+    '4/255' spelling) of the radius rounded to a tenth of a 1/255 step, so a typed 0.0157 reads
+    '4/255'; no radius reads '0'; a radius that is no tenth of a step stays a 4-digit decimal.
+    Summary keys use ``fraction_text`` itself, which never rounds."""
     steps = eps * 255
-    if math.isclose(steps, round(steps, 1), abs_tol=0.01):
-        return f"{round(steps, 1):g}/255" if steps else "0"
+    tenths = round(steps, 1)
+    if math.isclose(steps, tenths, abs_tol=0.01):
+        return fraction_text(tenths / 255) if tenths else "0"
     return f"{eps:.4g}"
 
 

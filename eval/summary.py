@@ -1,39 +1,25 @@
-"""``summary.json`` from the per-sample store, and the sanity checks for broken models and for weak
-attacks / masking.
+"""``summary.json`` from the per-sample store: accuracies (also on the same samples), the attacks
+as run, attention under attack, the sanity checks' outcome (``sanity.py``) and what this
+invocation computed.
 
 Every accuracy is a share of samples in [0, 1]. PGD accuracies are worst case over iterates (see
 attacks_eval). Comparisons between attacks are made on the SAME samples (the smaller subset).
 Radii are fractions of the [0, 1] pixel range; keys and messages write them as ``4/255``.
-
-Sanity checks (each failing one is a flag, printed loudly on stderr with its numbers):
-- ``autoattack_above_pgd``: AutoAttack accuracy > PGD-10 accuracy (AA should be the stronger).
-- ``long_pgd_above_pgd``: PGD-100 accuracy > PGD-10 accuracy at the same ε.
-- ``accuracy_rises_with_eps``: PGD-100 accuracy at a larger ε > at a smaller ε.
-- ``robust_flat_in_eps``: PGD-100 accuracy at the largest ε of eval.eps_grid is not below the one
-  at the smallest (1/255 -> 10/255 by default), though above 0: nothing an attack does hurts it.
-- ``robust_to_autoattack_broken_by_pgd``: samples AutoAttack left correct but a PGD broke at the
-  same ε.
-- ``zero_input_gradients``: samples whose input gradient was exactly zero during PGD.
-- ``near_chance``: clean accuracy within 2 points of chance (1 / number of classes) or below.
-- ``one_class_dominates``: one class gets more than 30% of the clean predictions (and more than
-  twice its share of the true labels).
-- ``clean_below_robust``: an attack's adversarial points are classified correctly more often than
-  the clean images (on the same samples).
-The first six are signs of a weak attack or of gradient masking, the last three of a model that
-has learned nothing or is broken; there is no tolerance: a single sample is reported, so read the
-numbers before trusting the robust accuracies.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 
-from daat.config import Config
+from daat.config import Config, fraction_text
 from daat.eval import attention, results
-from daat.eval.results import Store
+from daat.eval.context import EvalContext, RankWork
+from daat.eval.results import Store, accuracy_keys
+from daat.eval.sanity import Evidence, gather, sanity
+from daat.eval.sanity import accuracy as _acc
+from daat.eval.sanity import pct as _pct
 
 NOTE = (
     "PGD accuracies are worst case over iterates: a sample counts as robust only if it is "
@@ -41,44 +27,6 @@ NOTE = (
     "(pyautoattack, version standard: APGD-CE, APGD-T, FAB-T, Square) starts from clean "
     "correctness too."
 )
-CHANCE_MARGIN = 0.02  # near_chance: clean accuracy <= 1/C + this
-DOMINANT_SHARE = 0.30  # one_class_dominates: a class's share of the clean predictions above this
-
-
-@dataclass
-class Evidence:
-    """What the sanity checks read, each array over all n evaluated samples (``read_full``:
-    outside a task's subset its fill value). ``longs``/``long_preds`` are keyed by eps label in
-    increasing ε."""
-
-    labels: np.ndarray
-    clean: np.ndarray  # bool, clean correct
-    clean_pred: np.ndarray
-    table: np.ndarray  # bool, robust under the Table 1 PGD
-    table_pred: np.ndarray  # prediction at its adversarial point
-    aa: np.ndarray
-    aa_pred: np.ndarray
-    aa_mask: np.ndarray  # bool, the AutoAttack subset (all False without AutoAttack)
-    longs: dict
-    long_preds: dict
-    long_mask: np.ndarray
-    zero_grad: np.ndarray
-    num_classes: int
-
-
-def _acc(correct: np.ndarray, mask: np.ndarray | None = None) -> float | None:
-    values = correct if mask is None else correct[mask]
-    return float(np.mean(values)) if values.size else None
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-def accuracy_keys(cfg: Config) -> tuple[str, str]:
-    """Summary keys of the Table 1 PGD and of Fig. 3c's PGD (kept apart when their steps agree)."""
-    short, long = f"pgd-{cfg.eval.pgd_steps}", f"pgd-{cfg.eval.pgd_long_steps}"
-    return short, (long if long != short else f"{long}-long")
 
 
 def _same_samples(ev: Evidence, cfg: Config) -> dict:
@@ -97,54 +45,24 @@ def _same_samples(ev: Evidence, cfg: Config) -> dict:
             **{f"{long_key}@{e}": _acc(c, long_mask) for e, c in ev.longs.items()},
         },
     }
-    eps_key = results.eps_label(cfg.eval.eps)
+    eps_key = fraction_text(cfg.eval.eps)
     if eps_key in ev.longs and not (aa_mask & ~long_mask).any():  # AA subset inside PGD-100's
         same["autoattack_subset"][f"{long_key}@{eps_key}"] = _acc(ev.longs[eps_key], aa_mask)
     return same
 
 
-def gather(store: Store, cfg: Config, num_classes: int) -> Evidence:
-    ev = cfg.eval
-    by_name = {t.name: t for t in store.tasks}
-    aa_task = by_name.get(results.autoattack_task_name(ev))  # None: eval.autoattack=false
-    none = np.zeros(store.n, dtype=bool)
-    table = by_name[results.table_task_name(ev)]
-    longs = {results.eps_label(e): by_name[results.long_task_name(ev, e)] for e in ev.eps_grid}
-    zero_grad = none.copy()
-    for task in (t for t in store.tasks if t.kind == "pgd"):
-        zero_grad |= store.read_full(task, "zero_grad")
-    return Evidence(
-        labels=store.read("label").astype(np.int64),
-        clean=store.read_full(by_name["clean"], "correct"),
-        clean_pred=store.read_full(by_name["clean"], "pred"),
-        table=store.read_full(table, "correct"),
-        table_pred=store.read_full(table, "pred"),
-        aa=store.read_full(aa_task, "correct") if aa_task else none,
-        aa_pred=store.read_full(aa_task, "pred") if aa_task else np.full(store.n, -1),
-        aa_mask=store.member("autoattack") if aa_task else none,
-        longs={e: store.read_full(t, "correct") for e, t in longs.items()},
-        long_preds={e: store.read_full(t, "pred") for e, t in longs.items()},
-        long_mask=store.member("long"),
-        zero_grad=zero_grad,
-        num_classes=num_classes,
-    )
-
-
 def build(
-    store: Store,
-    cfg: Config,
-    facts: dict,
-    counts: list[dict],
-    figure_files: list[str],
-    num_classes: int,
+    store: Store, cfg: Config, context: EvalContext, work: list[RankWork], figure_files: list[str]
 ) -> dict:
+    """summary.json of a finished evaluation (every chunk done) from its store; ``work`` holds
+    every rank's share of this invocation."""
     ev = cfg.eval
+    num_classes = context.num_classes
     short_key, long_key = accuracy_keys(cfg)
     evidence = gather(store, cfg, num_classes)
     flags, checks = sanity(cfg, evidence)
-    grid = facts.get("grid", (1, 1))
     return {
-        **{k: v for k, v in facts.items() if k != "grid"},
+        **context.to_dict(),
         "preset": cfg.preset,
         "seed": cfg.seed,
         "lam": cfg.loss.lam,
@@ -167,17 +85,15 @@ def build(
             "chunks": {g: store.n_chunks(g) for g in results.GROUPS},
         },
         "attacks": attack_facts(cfg),
-        "attention": attention_summary(store, int(grid[0] * grid[1]), short_key, ev.eps),
+        "attention": attention_summary(store, context.n_patches, short_key, ev.eps),
         "sanity": {"flags": flags, "checks": checks},
         "resume": {
-            "chunks_computed": _sum(c["computed"] for c in counts),
-            "chunk_tasks_computed": sum(sum(c["computed"].values()) for c in counts),
-            "chunk_tasks_reused": sum(c["reused"] for c in counts),
+            "chunks_computed": _sum(w.computed for w in work),
+            "chunk_tasks_computed": sum(sum(w.computed.values()) for w in work),
+            "chunk_tasks_reused": sum(w.reused for w in work),
         },
         # this invocation's compute time per task, summed over ranks (earlier runs' chunks: 0)
-        "compute_seconds": {
-            k: round(v, 1) for k, v in _sum(c.get("seconds", {}) for c in counts).items()
-        },
+        "compute_seconds": {k: round(v, 1) for k, v in _sum(w.seconds for w in work).items()},
         "figures": figure_files,
         "note": NOTE,
     }
@@ -196,7 +112,7 @@ def attack_facts(cfg: Config) -> dict:
     """The attacks as run: radii and steps as fractions (``eps``) and as text (``eps_text``)."""
     ev = cfg.eval
     short_key, long_key = accuracy_keys(cfg)
-    label = results.eps_label
+    label = fraction_text
     return {
         short_key: {
             "eps": ev.eps,
@@ -233,9 +149,9 @@ def attention_summary(store: Store, n_patches: int, attack_key: str, eps: float)
         values = values[np.isfinite(values)]
         return float(values.mean()) if values.size else None
 
-    k = attention.top_k_count(n_patches, 0.2)
+    k = attention.top_k_count(n_patches, attention.TOP_MASS_FRAC)
     return {
-        "attack": f"{attack_key} at eps {results.eps_label(eps)}",
+        "attack": f"{attack_key} at eps {fraction_text(eps)}",
         "cos_clean_adv": mean("cos"),
         "js_clean_adv": mean("js"),
         "top20_mass_clean": mean("top_clean"),
@@ -246,176 +162,6 @@ def attention_summary(store: Store, n_patches: int, attack_key: str, eps: float)
         "top20_uniform_baseline": k / n_patches,
         "js_unit": "nats (max ln 2 = 0.693)",
     }
-
-
-def _flag(name: str, message: str, **numbers) -> dict:
-    return {"name": name, "message": message, "numbers": numbers}
-
-
-class _Checks:
-    """Collects every check's outcome; the failed ones also become flags."""
-
-    def __init__(self):
-        self.flags: list[dict] = []
-        self.checks: list[dict] = []
-
-    def __call__(self, name: str, failed: bool, message: str, **numbers) -> None:
-        self.checks.append({"name": name, "passed": not failed, "numbers": numbers})
-        if failed:
-            self.flags.append(_flag(name, message, **numbers))
-
-
-def sanity(cfg: Config, ev: Evidence) -> tuple[list[dict], list[dict]]:
-    """(flags, checks): every check with its numbers; flags are the failed ones."""
-    check = _Checks()
-    _attack_checks(cfg, ev, check)
-    _model_checks(cfg, ev, check)
-    return check.flags, check.checks
-
-
-def _attack_checks(cfg: Config, ev: Evidence, check: _Checks) -> None:
-    short_key, long_key = accuracy_keys(cfg)
-    eps_key = results.eps_label(cfg.eval.eps)
-    aa_mask, long_mask, longs = ev.aa_mask, ev.long_mask, ev.longs
-    n_aa, n_long = int(aa_mask.sum()), int(long_mask.sum())
-    if n_aa:
-        acc_aa, acc_pgd = _acc(ev.aa, aa_mask), _acc(ev.table, aa_mask)
-        check(
-            "autoattack_above_pgd",
-            acc_aa > acc_pgd,
-            f"AutoAttack accuracy {_pct(acc_aa)} is ABOVE {short_key} accuracy {_pct(acc_pgd)} "
-            f"on the same {n_aa} samples: AutoAttack should be the stronger attack",
-            autoattack=acc_aa,
-            pgd=acc_pgd,
-            samples=n_aa,
-        )
-    if eps_key in longs and n_long:
-        acc_long, acc_short = _acc(longs[eps_key], long_mask), _acc(ev.table, long_mask)
-        check(
-            "long_pgd_above_pgd",
-            acc_long > acc_short,
-            f"{long_key} accuracy {_pct(acc_long)} is ABOVE {short_key} accuracy "
-            f"{_pct(acc_short)} at eps {eps_key} on the same {n_long} samples",
-            long_pgd=acc_long,
-            pgd=acc_short,
-            samples=n_long,
-        )
-    if n_long:
-        accs = [(e, _acc(c, long_mask)) for e, c in longs.items()]
-        rises = [(a, b) for (a, b) in zip(accs, accs[1:]) if b[1] > a[1]]
-        check(
-            "accuracy_rises_with_eps",
-            bool(rises),
-            f"{long_key} accuracy RISES with eps: "
-            + ", ".join(f"{_pct(a[1])} at {a[0]} -> {_pct(b[1])} at {b[0]}" for a, b in rises),
-            accuracy={e: a for e, a in accs},
-        )
-        if len(accs) >= 2:
-            (e0, a0), (e1, a1) = accs[0], accs[-1]
-            check(
-                "robust_flat_in_eps",
-                a0 > 0 and a1 >= a0,
-                f"{long_key} accuracy does not fall as eps grows: {_pct(a0)} at {e0}, "
-                f"{_pct(a1)} at {e1} on the same {n_long} samples; a real model loses "
-                f"accuracy under a stronger attack, this one looks untouched by it",
-                smallest=a0,
-                largest=a1,
-                eps=[e0, e1],
-                samples=n_long,
-            )
-    if n_aa:
-        broken = ~ev.table.astype(bool)
-        if eps_key in longs:
-            broken |= long_mask & ~longs[eps_key].astype(bool)
-        odd = aa_mask & ev.aa.astype(bool) & broken
-        check(
-            "robust_to_autoattack_broken_by_pgd",
-            bool(odd.any()),
-            f"{int(odd.sum())} of {n_aa} samples stay correct under AutoAttack but a PGD at the "
-            f"same eps broke them",
-            samples=int(odd.sum()),
-            of=n_aa,
-        )
-    zero = ev.zero_grad
-    check(
-        "zero_input_gradients",
-        bool(zero.any()),
-        f"{int(zero.sum())} samples had an all-zero input gradient during PGD "
-        f"(gradient masking or underflow): gradient attacks cannot be trusted on them",
-        samples=int(zero.sum()),
-        of=len(zero),
-    )
-
-
-def _model_checks(cfg: Config, ev: Evidence, check: _Checks) -> None:
-    short_key, long_key = accuracy_keys(cfg)
-    n, classes = len(ev.labels), max(ev.num_classes, 1)
-    if not n:
-        return
-    clean, chance = _acc(ev.clean), 1.0 / classes
-    check(
-        "near_chance",
-        clean <= chance + CHANCE_MARGIN,
-        f"clean accuracy {_pct(clean)} is within {100 * CHANCE_MARGIN:g} points of chance "
-        f"({_pct(chance)} for {classes} classes) or below: the model has not learned the task, "
-        f"so its robust accuracies mean nothing",
-        clean=clean,
-        chance=chance,
-        classes=classes,
-    )
-    predicted = np.bincount(ev.clean_pred[ev.clean_pred >= 0], minlength=classes)
-    top = int(np.argmax(predicted))
-    share, label_share = predicted[top] / n, float(np.mean(ev.labels == top))
-    check(
-        "one_class_dominates",
-        share > max(DOMINANT_SHARE, 2 * label_share),
-        f"class {top} gets {_pct(share)} of the {n} clean predictions (it is {_pct(label_share)} "
-        f"of the labels): a model that predicts one class for most inputs looks robust to "
-        f"every attack",
-        share=float(share),
-        label_share=label_share,
-        class_index=top,
-    )
-    points = {short_key: (ev.table_pred, np.ones(n, dtype=bool))}
-    if ev.aa_mask.any():
-        points["autoattack"] = (ev.aa_pred, ev.aa_mask)
-    for e, pred in ev.long_preds.items():
-        points[f"{long_key}@{e}"] = (pred, ev.long_mask)
-    above = []
-    for name, (pred, mask) in points.items():
-        if mask.any():
-            at_attack, at_clean = _acc(pred[mask] == ev.labels[mask]), _acc(ev.clean, mask)
-            if at_attack > at_clean:
-                above.append((name, at_attack, at_clean, int(mask.sum())))
-    check(
-        "clean_below_robust",
-        bool(above),
-        "accuracy at the adversarial points is ABOVE clean accuracy on the same samples: "
-        + ", ".join(f"{name} {_pct(a)} vs clean {_pct(c)} on {m}" for name, a, c, m in above)
-        + " (attacks made the model more accurate: a randomised or broken model)",
-        attacks={name: {"adversarial": a, "clean": c, "samples": m} for name, a, c, m in above},
-    )
-
-
-def shout(flags: list[dict]) -> None:
-    """Print every flag on stderr where nobody can miss it."""
-    if not flags:
-        print(
-            "[evaluate] sanity checks: all passed (the model is above chance and spreads its "
-            "predictions; no sign of a weak attack or gradient masking)",
-            file=sys.stderr,
-            flush=True,
-        )
-        return
-    bar = "!" * 100
-    lines = [
-        bar,
-        f"!!! {len(flags)} SANITY FLAG(S): the model or the attacks look broken; do not "
-        f"trust the robust accuracies below until each flag is explained",
-    ]
-    lines += [f"!!! [{f['name']}] {f['message']}" for f in flags]
-    lines.append(bar)
-    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def print_table(data: dict) -> None:

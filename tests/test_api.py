@@ -88,7 +88,7 @@ def test_attention_map_is_the_models_tap_on_the_patch_grid(tiny_run):
     assert a.shape == (5, 4, 4)
     assert torch.allclose(a.sum((1, 2)), torch.ones(5), atol=1e-5)
     with torch.no_grad():
-        tapped = model.forward_train(x, need_attention=True).attention
+        tapped = model.forward_tapped(x, need_attention=True).attention
     assert torch.equal(a.flatten(1), tapped)
     with pytest.raises(DaatError, match="no attention tap"):
         daat.attention_map(torch.nn.Linear(2, 2), x)

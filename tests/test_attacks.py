@@ -250,5 +250,5 @@ def test_cuda_bf16_attack_on_student():
     assert result.x_adv.dtype == torch.float32
     assert (result.x_adv - x).abs().max().item() <= EPS + 1e-6
     assert not result.zero_grad.any().item()
-    out = model.forward_train(x, need_attention=True)
+    out = model.forward_tapped(x, need_attention=True)
     torch.testing.assert_close(out.attention.sum(-1), torch.ones(32, device="cuda"))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from benchmarks.goals import GOALS
 from daat import config as config_mod
-from daat.models import Teacher
+from daat.teacher_model import Teacher
 from daat.train import step as step_mod
 from daat.train.state import build_state
 from daat.train.step import StepSchedule

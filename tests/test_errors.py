@@ -157,7 +157,7 @@ def test_train_on_a_full_disk_says_so_in_one_line(tiny_shards, tmp_path, monkeyp
 def test_an_offline_teacher_fails_at_once_naming_the_ways_out(monkeypatch):
     from huggingface_hub import try_to_load_from_cache
 
-    from daat.models import build_teacher
+    from daat.teacher_model import build_teacher
 
     name = "vit_small_patch14_dinov2.lvd142m"
     if isinstance(try_to_load_from_cache(f"timm/{name}", "model.safetensors"), str):

@@ -20,6 +20,7 @@ from daat.artifacts import open_artifact, verify
 from daat.errors import DaatError
 from daat.eval import experiment as exp
 from daat.eval import jobs
+from daat.eval.experiment_spec import SpecError, load_spec
 from daat.keys import determining
 
 TOY_SET = {
@@ -78,21 +79,21 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # -- spec and plan (no training) ---------------------------------------------------------------
 def test_spec_errors_name_the_key(tmp_path):
     path = write_spec(tmp_path, colour="blue")
-    with pytest.raises(exp.SpecError, match="unknown key 'colour'"):
-        exp.load_spec(path)
-    with pytest.raises(exp.SpecError, match="'baseline' names 'pgd-at'"):
-        exp.load_spec(write_spec(tmp_path, baseline="pgd-at"))
-    with pytest.raises(exp.SpecError, match="grid axis 'loss.lam'"):
-        exp.load_spec(write_spec(tmp_path, grid={"loss.lam": 0.1}))
+    with pytest.raises(SpecError, match="unknown key 'colour'"):
+        load_spec(path)
+    with pytest.raises(SpecError, match="'baseline' names 'pgd-at'"):
+        load_spec(write_spec(tmp_path, baseline="pgd-at"))
+    with pytest.raises(SpecError, match="grid axis 'loss.lam'"):
+        load_spec(write_spec(tmp_path, grid={"loss.lam": 0.1}))
     bare = tmp_path / "bare.yaml"  # only the required keys: no scale preset, no grid
     bare.write_text("cards: [synthetic]\nmethods: [standard]\nseeds: [0]\nbaseline: standard\n")
-    assert exp.load_spec(bare).scale == () and len(exp.plan(exp.load_spec(bare))) == 3
+    assert load_spec(bare).scale == () and len(exp.plan(load_spec(bare))) == 3
     with pytest.raises(config_mod.ConfigError, match="train.epochz"):
-        exp.plan(exp.load_spec(write_spec(tmp_path, set={"train.epochz": 1})))
+        exp.plan(load_spec(write_spec(tmp_path, set={"train.epochz": 1})))
 
 
 def test_plan_trains_the_standard_run_first_and_shares_it(tmp_path):
-    spec = exp.load_spec(
+    spec = load_spec(
         write_spec(
             tmp_path,
             methods=["pgd-at", "daat"],
@@ -142,7 +143,7 @@ def test_a_run_teacher_is_keyed_by_its_lineage_not_its_name():
 
 
 def test_print_commands_come_in_dependency_blocks(tmp_path):
-    spec = exp.load_spec(write_spec(tmp_path))
+    spec = load_spec(write_spec(tmp_path))
     lines = exp.commands(spec, exp.plan(spec), str(tmp_path / "out"))
     cells = [line.split()[4] for line in lines if line.startswith("daat experiment cell")]
     assert cells == [
@@ -156,7 +157,7 @@ def test_print_commands_come_in_dependency_blocks(tmp_path):
 
 
 def test_a_cell_that_shares_another_cells_run_is_printed_after_it(tmp_path):
-    spec = exp.load_spec(
+    spec = load_spec(
         write_spec(
             tmp_path,
             methods=["daat-no-align", "daat"],
@@ -188,7 +189,7 @@ def test_threads_split_the_cores_and_respect_a_preset_cap(monkeypatch):
 
 
 def test_a_failed_step_is_named_with_its_log_and_blocks_what_needs_it(tmp_path, capsys):
-    spec = exp.load_spec(write_spec(tmp_path, cards=["no-such-card.yaml"], seeds=[0]))
+    spec = load_spec(write_spec(tmp_path, cards=["no-such-card.yaml"], seeds=[0]))
     steps = exp.plan(spec)
     with pytest.raises(
         DaatError,
@@ -348,7 +349,7 @@ def test_collect_reports_what_has_finished(killed_then_rerun, tmp_path):
     k = killed_then_rerun
     partial = tmp_path / "partial"
     partial.mkdir()
-    spec = exp.load_spec(k["spec"])
+    spec = load_spec(k["spec"])
     steps = exp.plan(spec)
     art = exp.experiment_artifact(spec, str(partial))
     for name in (

@@ -12,17 +12,9 @@ import torch.nn.functional as F
 from daat.config import ConfigError, ModelConfig
 from daat.config import load as config_load
 from daat.errors import DaatError, DataError
-from daat.models import (
-    ConvStem,
-    DaatViT,
-    FeatureProjection,
-    Teacher,
-    build_projection,
-    build_student,
-    build_teacher,
-    save_random_teacher,
-    teacher_input_size,
-)
+from daat.models import DaatViT, FeatureProjection, build_projection, build_student
+from daat.stems import ConvStem
+from daat.teacher_model import Teacher, build_teacher, save_random_teacher, teacher_input_size
 from daat.train.losses import align_loss
 
 SYNTH = dict(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4)
@@ -118,7 +110,7 @@ def test_conv_stem_keeps_the_patch_grid_and_the_tap():
     ]
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert stem(x).shape == (3, 64, 64)  # [B, 8*8 tokens, embed_dim]
-    out = model.eval().forward_train(x, need_attention=True, need_tokens=True)
+    out = model.eval().forward_tapped(x, need_attention=True, need_tokens=True)
     assert out.logits.shape == (3, 7) and out.tokens.shape == (3, 65, 64)
     assert out.attention.shape == (3, 64) and (out.attention >= 0).all()
     torch.testing.assert_close(out.attention.sum(-1), torch.ones(3), atol=1e-6, rtol=0)
@@ -131,7 +123,7 @@ def test_conv_stem_tap_matches_explicit_attention_and_has_no_batch_statistics():
     model.eval()
     assert model.grid == (8, 8)
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    out = model.forward_train(x, need_attention=True)
+    out = model.forward_tapped(x, need_attention=True)
     logits, maps, _ = explicit_forward(model, x)
     torch.testing.assert_close(
         out.attention, reference_attention(maps, 1, "mean"), atol=1e-5, rtol=0
@@ -157,7 +149,7 @@ def test_conv_stem_needs_a_power_of_two_patch():
 def test_tap_matches_explicit_attention(aggregate, extra):
     model = tiny_vit(aggregate, seed=1, **extra)
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    out = model.forward_train(x, need_attention=True, need_tokens=True)
+    out = model.forward_tapped(x, need_attention=True, need_tokens=True)
     logits, maps, feats = explicit_forward(model, x)
     prefix = model.num_prefix_tokens
     assert prefix == 1 + extra.get("reg_tokens", 0)
@@ -185,24 +177,27 @@ def test_explicit_reference_agrees_with_timm_unfused_path():
 
 def test_attention_is_not_uniform_and_differs_between_aggregates():
     x = torch.rand(2, 3, 64, 64)
-    mean = tiny_vit("mean", seed=3).forward_train(x, need_attention=True).attention
-    last = tiny_vit("last", seed=3).forward_train(x, need_attention=True).attention
+    mean = tiny_vit("mean", seed=3).forward_tapped(x, need_attention=True).attention
+    last = tiny_vit("last", seed=3).forward_tapped(x, need_attention=True).attention
     assert mean.std(-1).min() > 1e-4
     assert (mean - last).abs().max() > 1e-4
 
 
-def test_plain_forward_equals_forward_train_logits_and_tap_is_inert_after():
+def test_plain_forward_equals_forward_tapped_logits_and_tap_is_inert_after():
     model = tiny_vit(seed=4).train()
     x = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
         plain = model(x)
-        out = model.forward_train(x, need_attention=True, need_tokens=True)
-        via_forward = model(x, need_attention=True)
+        out = model.forward_tapped(x, need_attention=True, need_tokens=True)
+        again = model.forward_tapped(x, need_attention=True)
+    assert isinstance(plain, torch.Tensor)  # forward is logits only, as in timm
+    with pytest.raises(TypeError):
+        model(x, need_attention=True)
     torch.testing.assert_close(out.logits, plain, atol=0, rtol=0)
-    torch.testing.assert_close(via_forward.attention, out.attention, atol=0, rtol=0)
+    torch.testing.assert_close(again.attention, out.attention, atol=0, rtol=0)
     assert out.tokens.shape == (4, 65, 64)
     assert model._sink.rows is None  # the hooks are inert again
-    nothing = model.forward_train(x)
+    nothing = model.forward_tapped(x)
     assert nothing.attention is None and nothing.tokens is None
 
 
@@ -219,10 +214,10 @@ def test_tap_switched_off_when_forward_raises(monkeypatch):
 
     monkeypatch.setattr(model.vit.blocks[2].mlp, "forward", boom)  # after some hooks have fired
     with pytest.raises(RuntimeError, match="boom"):
-        model.forward_train(torch.rand(2, 3, 64, 64), need_attention=True)
+        model.forward_tapped(torch.rand(2, 3, 64, 64), need_attention=True)
     assert model._sink.rows is None
     monkeypatch.undo()
-    assert model.forward_train(torch.rand(2, 3, 64, 64), need_attention=True).attention.shape == (
+    assert model.forward_tapped(torch.rand(2, 3, 64, 64), need_attention=True).attention.shape == (
         2,
         64,
     )
@@ -238,7 +233,7 @@ def test_deepcopy_taps_its_own_blocks():
     for m in (model, clone):
         expected = reference_attention(explicit_forward(m, x)[1], 1, "mean")
         torch.testing.assert_close(
-            m.forward_train(x, need_attention=True).attention, expected, atol=1e-5, rtol=0
+            m.forward_tapped(x, need_attention=True).attention, expected, atol=1e-5, rtol=0
         )
 
 
@@ -248,7 +243,8 @@ def test_align_loss_gradient_reaches_every_block(aggregate):
     x = torch.rand(2, 3, 64, 64)
     target = torch.rand(2, 64)
     align_loss(
-        model.forward_train(x, need_attention=True).attention, target / target.sum(-1, keepdim=True)
+        model.forward_tapped(x, need_attention=True).attention,
+        target / target.sum(-1, keepdim=True),
     ).backward()
     last = len(model.vit.blocks) - 1
     for i, blk in enumerate(model.vit.blocks):

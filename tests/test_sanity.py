@@ -11,8 +11,8 @@ import torch
 from test_evaluate import FAST_EVAL, TINY_MODEL, fabricate_run
 
 from daat import config as config_mod
-from daat.eval import evaluate, summary
-from daat.eval.summary import Evidence
+from daat.eval import evaluate, sanity
+from daat.eval.sanity import Evidence
 from daat.models import build_student
 
 GRID = [k / 255 for k in (1, 2, 4, 6, 8, 10)]
@@ -47,7 +47,7 @@ def config(grid=GRID):
 
 
 def flag_names(cfg, ev) -> set[str]:
-    flags, checks = summary.sanity(cfg, ev)
+    flags, checks = sanity.sanity(cfg, ev)
     assert {f["name"] for f in flags} <= {c["name"] for c in checks}
     return {f["name"] for f in flags}
 
@@ -61,7 +61,7 @@ def test_a_hundred_class_model_at_one_percent_is_flagged(capsys):
     robust = {e: np.zeros(labels.size, bool) for e in GRID}
     flags = flag_names(config(), evidence(labels, pred, robust, num_classes=100))
     assert flags == {"near_chance"}
-    summary.shout(summary.sanity(config(), evidence(labels, pred, robust, 100))[0])
+    sanity.shout(sanity.sanity(config(), evidence(labels, pred, robust, 100))[0])
     err = capsys.readouterr().err
     assert "all passed" not in err and "[near_chance]" in err
 
@@ -70,10 +70,10 @@ def test_a_constant_predictor_that_no_attack_moves_is_flagged(capsys):
     labels = np.repeat(np.arange(10), [20, 10, 10, 10, 10, 10, 10, 10, 5, 5])  # class 0: 20%
     pred = np.zeros(labels.size, dtype=np.int64)  # always class 0: 20% accuracy, 2x chance
     robust = {e: pred == labels for e in GRID}  # 20% at every radius up to 10/255
-    flags, _ = summary.sanity(config(), evidence(labels, pred, robust, num_classes=10))
+    flags, _ = sanity.sanity(config(), evidence(labels, pred, robust, num_classes=10))
     names = {f["name"] for f in flags}
     assert {"one_class_dominates", "robust_flat_in_eps"} <= names and "near_chance" not in names
-    summary.shout(flags)
+    sanity.shout(flags)
     err = capsys.readouterr().err
     assert "all passed" not in err and "SANITY FLAG" in err
 

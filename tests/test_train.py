@@ -107,8 +107,8 @@ def test_train_step_is_eq5_then_clip_then_adamw():
 
     out = train_step(state, (x, y, g), sched)
 
-    adv = ref_model.forward_train(x, need_attention=True)
-    clean = ref_model.forward_train(x, need_tokens=True)
+    adv = ref_model.forward_tapped(x, need_attention=True)
+    clean = ref_model.forward_tapped(x, need_tokens=True)
     ce = F.cross_entropy(adv.logits, y)
     align = (1 - F.cosine_similarity(adv.attention, g, dim=1)).mean()
     phi_s = ref_proj(clean.tokens).flatten(1)
@@ -184,8 +184,8 @@ def test_train_step_with_pgd_and_online_g_is_eq5(tiny_dpt_dir):
     ref_model.train()
     with torch.no_grad():
         g_adv = independent_g(load_depth_model(str(tiny_dpt_dir), "cpu")(x_adv).float(), 4)
-    adv = ref_model.forward_train(x_adv, need_attention=True)
-    clean = ref_model.forward_train(x, need_tokens=True)
+    adv = ref_model.forward_tapped(x_adv, need_attention=True)
+    clean = ref_model.forward_tapped(x, need_tokens=True)
     ce = F.cross_entropy(adv.logits, y)
     align = (1 - F.cosine_similarity(adv.attention, g_adv, dim=1)).mean()
     feat = (
@@ -263,7 +263,7 @@ def test_pgd_runs_on_frozen_weights_and_feeds_the_update(monkeypatch):
     real = attacks.pgd
 
     grads_on = []
-    state.model.register_forward_pre_hook(  # PGD calls model(x); the update uses forward_train
+    state.model.register_forward_pre_hook(  # PGD calls model(x); the update uses forward_tapped
         lambda m, args: grads_on.append(any(p.requires_grad for p in m.parameters()))
     )
 
@@ -544,8 +544,8 @@ def test_train_forward_batches_adv_and_clean_like_two_forwards():
     x, _, _ = batch()
     x_adv = (x + 0.01).clamp(0, 1)
     logits, attention, tokens = state.forward(x_adv, x, True)
-    adv: Outputs = state.model.forward_train(x_adv, need_attention=True)
-    clean: Outputs = state.model.forward_train(x, need_tokens=True)
+    adv: Outputs = state.model.forward_tapped(x_adv, need_attention=True)
+    clean: Outputs = state.model.forward_tapped(x, need_tokens=True)
     torch.testing.assert_close(logits, adv.logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(attention, adv.attention, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(tokens, clean.tokens, rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ import yaml
 from daat import config as config_mod
 from daat.artifacts import open_artifact, verify
 from daat.errors import ShardFormatError, TrainingError
-from daat.models import Teacher, save_random_teacher
+from daat.teacher_model import Teacher, save_random_teacher
 from daat.train import checkpoint as ckpt
 from daat.train import loop, standard_first
 from daat.train.schedules import lr_at

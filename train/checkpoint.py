@@ -283,7 +283,7 @@ def load_model_for_eval(
         art = open_artifact(run_dir, kind="run")
     except ArtifactError as e:
         raise TrainingError(str(e)) from e
-    path = Path(checkpoint) if checkpoint is not None else _default_checkpoint(art.path)
+    path = Path(checkpoint) if checkpoint is not None else final_or_latest(art.path)
     verify_checkpoint(art, path)
     state = load(path)
     cfg = config_mod.from_dict(state["config"])
@@ -296,7 +296,9 @@ def load_model_for_eval(
     return model, cfg, Path(shards_dir)
 
 
-def _default_checkpoint(run_dir: Path) -> Path:
+def final_or_latest(run_dir: Path) -> Path:
+    """The checkpoint a run is used by default: ``checkpoints/final.pt``, else the one ``latest``
+    names (a run still in progress). Raises ``TrainingError`` when there is neither."""
     final = run_dir / CKPT_DIR / FINAL
     if final.is_file():
         return final

@@ -37,10 +37,10 @@ class TrainForward(nn.Module):
 
     def forward(self, x_adv: torch.Tensor, x_clean: torch.Tensor | None, need_attention: bool):
         if x_clean is None:
-            out = self.student.forward_train(x_adv, need_attention=need_attention)
+            out = self.student.forward_tapped(x_adv, need_attention=need_attention)
             return out.logits, out.attention, None
         b = x_adv.shape[0]
-        out = self.student.forward_train(
+        out = self.student.forward_tapped(
             torch.cat([x_adv, x_clean]), need_attention=need_attention, need_tokens=True
         )
         attention = out.attention[:b] if need_attention else None

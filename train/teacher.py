@@ -1,6 +1,6 @@
 """The frozen L_feat teacher named by ``loss.teacher`` (only resolved when ``loss.gamma0 > 0``).
 
-- a timm name or a local weights file/dir (the paper: DINOv2 ViT-B/14) -> ``models.build_teacher``
+- a timm name or a local weights file/dir (the paper: DINOv2 ViT-B/14) -> ``build_teacher``
   (``loss.teacher_arch`` names the timm architecture of a weights file that does not record it);
 - ``run:/path/to/run-…``: a finished daat run whose final student is frozen and used as teacher
   (its CLS + patch tokens after the final norm); ``run:run-…`` (a bare artifact id) names that
@@ -47,7 +47,7 @@ class RunTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student.forward_train(x, need_tokens=True).tokens
+        return self.student.forward_tapped(x, need_tokens=True).tokens
 
     def train(self, mode: bool = True) -> RunTeacher:
         return super().train(False)  # always frozen
@@ -124,7 +124,7 @@ def load(source: TeacherSource, cfg: Config, device: torch.device) -> ResolvedTe
         return ResolvedTeacher(
             RunTeacher(student), source.lineage[0], list(source.lineage), int(student.embed_dim)
         )
-    from daat.models import build_teacher
+    from daat.teacher_model import build_teacher
 
     grid = (cfg.model.img_size // cfg.model.patch_size,) * 2
     arch = {"architecture": cfg.loss.teacher_arch} if cfg.loss.teacher_arch else None

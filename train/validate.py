@@ -69,7 +69,7 @@ def val_sums(state: TrainState, batches, pgd_steps: int, seed: int) -> torch.Ten
         for batch in batches:
             x, y, g = to_device(batch, device)
             with torch.no_grad(), amp_context(device, cfg.train.amp):
-                out = model.forward_train(x, need_attention=True)
+                out = model.forward_tapped(x, need_attention=True)
             clean = out.logits.argmax(dim=1) == y
             cos = 1.0 - cosine_distance(out.attention.float(), g.float().flatten(1))
             robust = clean
