@@ -6,8 +6,6 @@ per task. What a chunk and a task are, and when one is done, is ``results.py``'s
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -15,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from daat import dist
+from daat import dist, progress
 from daat.config import Config
 from daat.errors import DaatError
 from daat.eval import attacks_eval, attention, results
@@ -106,24 +104,22 @@ def task_title(task: Task) -> str:
 def progress_bars(
     store: Store, mine: list[tuple[str, int]], info: dist.DistInfo
 ) -> dict[str, tqdm]:
-    """One bar per task on rank 0 (samples of this rank's chunks, done / total, ETA), unless the
-    environment sets TQDM_DISABLE; other ranks get disabled bars."""
-    off = not info.is_main or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    """One bar per task on rank 0 (samples of this rank's chunks, done / total, ETA), under
+    ``daat.progress``'s rules; other ranks get disabled bars."""
     bars = {}
     for i, task in enumerate(store.tasks):
         units = [k for g, k in mine if g == task.group]
         sizes = [store.bounds(task.group, k)[1] - store.bounds(task.group, k)[0] for k in units]
         done = sum(n for k, n in zip(units, sizes) if store.is_done(task, k))
-        bars[task.name] = tqdm(
+        bars[task.name] = progress.bar(
+            main=info.is_main,
             total=sum(sizes),
             initial=done,
             desc=f"{task_title(task):<20}",
             unit="img",
             position=i,
             leave=True,
-            file=sys.stderr,
             dynamic_ncols=True,
-            disable=off,
         )
     return bars
 

@@ -207,7 +207,7 @@ def _process_split(
     device: torch.device,
     sink: ShardSink,
 ) -> None:
-    from tqdm import tqdm
+    from daat import progress
 
     plan = _shard_plan(split, items, cfg.data.shard_size)
     mine = [s for s in range(len(plan)) if s % info.world_size == info.rank]
@@ -225,7 +225,7 @@ def _process_split(
                 f"already written{' by this rank' if info.enabled else ''}",
             )
         )
-    bar = tqdm(
+    bar = progress.bar(
         total=total,
         initial=total - sum(len(plan[s]) for s in pending),
         unit="img",

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from daat import config as config_mod
-from daat import dist
+from daat import dist, progress
 from daat.artifact_admin import resume_line, reuse_line
 from daat.artifacts import Artifact, FileGuard
 from daat.config import Config
@@ -159,11 +159,10 @@ class _Loop:
 
     def train(self) -> None:
         cfg = self.cfg
-        bar = tqdm(
+        bar = progress.bar(
+            main=self.info.is_main,
             total=self.total_steps,
             initial=self.pos.step,
-            disable=not self.info.is_main,
-            file=sys.stderr,
             dynamic_ncols=True,
             desc=self.art.id,
         )
