@@ -16,7 +16,6 @@ artifact its config determines, so a rerun after kill -9 continues where it stop
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import os
@@ -36,7 +35,6 @@ from daat.artifacts import (
 from daat.errors import DaatError
 from daat.eval.experiment_spec import Spec, SpecError, override
 
-STANDARD_REF = "run:standard"
 STEPS_DIR = "steps"
 
 
@@ -97,29 +95,14 @@ def cell_config(
     return cfg
 
 
-def _leaves(d: dict, prefix: str = ""):
-    for key, value in d.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def standard_refs(cfg: config_mod.Config) -> list[str]:
     """Config keys whose value is ``run:standard`` AND changes what the run learns (a key the
     run's content key ignores, like loss.teacher at γ0 = 0, or train.init_from on the standard
-    run itself, is no dependency)."""
-    from daat.keys import as_trained, determining
+    run itself, is no dependency): ``train.standard_first.acting_refs``, the rule ``daat train``
+    resolves with."""
+    from daat.train.standard_first import acting_refs
 
-    keys = []
-    base = determining("run", cfg)
-    for key, value in _leaves(as_trained(config_mod.to_dict(cfg))):
-        if value == STANDARD_REF:
-            probe = copy.deepcopy(cfg)
-            config_mod.apply_override(probe, override(key, "run-reference-probe"))
-            if determining("run", probe) != base:
-                keys.append(key)
-    return keys
+    return acting_refs(cfg)
 
 
 def _run_key(card: str, cfg: config_mod.Config) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import copy_artifact
+from test_train_resume import E2E
 
 from daat import config as config_mod
 from daat.artifacts import ArtifactError, open_artifact, verify
@@ -23,28 +24,7 @@ from daat.pipeline.shards import open_shards
 from daat.train import checkpoint as ckpt
 from daat.train import loop
 
-# 4 steps per epoch (32 samples, batch 8), 1-step PGD, 10 val samples with PGD-2.
-RUN = [
-    "model.img_size=32",
-    "model.patch_size=8",
-    "model.embed_dim=32",
-    "model.depth=2",
-    "model.num_heads=2",
-    "train.batch_size=8",
-    "train.samples_per_epoch=32",
-    "train.epochs=2",
-    "train.val_samples=10",
-    "train.val_pgd_steps=2",
-    "attack.steps=1",
-    "data.num_workers=0",
-    "train.log_every_steps=2",
-    "train.ckpt_every_steps=3",
-    "optim.warmup_epochs=0.5",
-    "depth.target=cached",
-    "device=cpu",
-    "train.init_from=",
-    "train.val_every_epochs=1",
-]
+RUN = E2E  # 4 steps per epoch (32 samples, batch 8), 1-step PGD, 10 val samples with PGD-2
 EVAL = [
     "data.num_workers=0",
     "device=cpu",
